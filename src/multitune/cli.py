@@ -1,0 +1,72 @@
+"""The `multitune` command line. Thin: it parses arguments and calls the library; no logic of its own."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from multitune.errors import EXIT_USER_ERROR, UserError
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    _quiet_libraries()
+    try:
+        return int(args.func(args) or 0)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USER_ERROR
+
+
+def _quiet_libraries() -> None:
+    """Keep the console for multitune's own progress: no per-file progress bars from transformers, and
+    no deprecation chatter between libraries that the user cannot act on."""
+    import warnings
+
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="multitune", description="Multi-task fine-tuning of chat models.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    t = sub.add_parser("train", help="train, evaluate and save a run described by a YAML config")
+    t.add_argument("config", help="path of the run's YAML config")
+    t.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                   help="override config keys, e.g. train.learning_rate=1e-4 tasks.claims.weight=2")
+    t.set_defaults(func=_train)
+
+    pr = sub.add_parser("predict", help="batch inference with a trained run on rows in a task's format")
+    pr.add_argument("run_dir", help="a run's output_dir (holds config.yaml and adapter/)")
+    pr.add_argument("--input", required=True, help="rows to predict: csv, tsv, jsonl, json or parquet")
+    pr.add_argument("--output", required=True, help="where to write predictions (.jsonl)")
+    pr.add_argument("--task", help="which task's format and answers to use (default: the run's only task)")
+    pr.add_argument("--max-new-tokens", type=int, default=128, help="for open-ended tasks")
+    pr.set_defaults(func=_predict)
+    return p
+
+
+def _train(args: argparse.Namespace) -> int:
+    from multitune import config
+    from multitune.train.recipe import run
+
+    run(config.load(args.config, args.overrides))
+    return 0
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from multitune.predict import predict_file
+
+    n = predict_file(args.run_dir, args.input, args.output, task=args.task, max_new_tokens=args.max_new_tokens)
+    print(f"wrote {n} predictions to {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,27 @@
+"""Batches of tokenised examples -> padded tensors."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from multitune.data.tokenize import IGNORE, Tokenized
+
+
+def pad_batch(examples: Sequence[Tokenized], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad to the longest example. Padding has attention 0 and label IGNORE, so it carries no loss.
+
+    Returns input_ids, attention_mask, labels: (B, T) and task_ids: (B,).
+    """
+    width = max(len(ex.input_ids) for ex in examples)
+    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(examples), width), IGNORE, dtype=torch.long)
+    mask = torch.zeros((len(examples), width), dtype=torch.long)
+    for i, ex in enumerate(examples):
+        n = len(ex.input_ids)
+        ids[i, :n] = torch.tensor(ex.input_ids)
+        labels[i, :n] = torch.tensor(ex.labels)
+        mask[i, :n] = 1
+    task_ids = torch.tensor([ex.task_id for ex in examples], dtype=torch.long)
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels, "task_ids": task_ids}

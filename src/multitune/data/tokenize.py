@@ -1,0 +1,151 @@
+"""Chat template -> token ids + labels with the loss on the answers only.
+
+The conversation is rendered with the tokenizer's own chat template, then cut into segments at every
+assistant turn: the text the template puts before an answer (system, user, headers) is not trained;
+the answer and the template's end-of-turn token after it are. Each segment is tokenised on its own and
+the ids concatenated, so an answer is encoded exactly as the model will produce it after the prompt
+at inference time (a BPE merge across the prompt/answer boundary can never leak prompt tokens into the
+labels, or answer tokens into the prompt).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from multitune.errors import UserError
+from multitune.tasks.base import Example, Message
+
+IGNORE = -100  # label of a token that carries no loss (torch's cross_entropy ignore_index)
+
+
+@dataclass(frozen=True)
+class Tokenized:
+    """One training example: `labels[i]` is `input_ids[i]` where the token is trained, else IGNORE."""
+
+    input_ids: list[int]
+    labels: list[int]
+    task_id: int
+
+    @property
+    def n_answer_tokens(self) -> int:
+        return sum(1 for x in self.labels if x != IGNORE)
+
+
+def render(tokenizer: Any, messages: Sequence[Message], add_generation_prompt: bool = False) -> str:
+    return tokenizer.apply_chat_template(
+        list(messages), tokenize=False, add_generation_prompt=add_generation_prompt
+    )
+
+
+def segments(tokenizer: Any, messages: Sequence[Message]) -> list[tuple[str, bool]]:
+    """Cut the rendered conversation into (text, trained) pieces; assistant turns are trained.
+
+    The template must render a conversation as a prefix of the same conversation with one more turn,
+    which holds for Llama 3 and most chat templates; one that does not is refused rather than guessed.
+    """
+    out: list[tuple[str, bool]] = []
+    done = ""
+    for i, message in enumerate(messages):
+        if message["role"] != "assistant":
+            continue
+        prompt = render(tokenizer, messages[:i], add_generation_prompt=True)
+        full = render(tokenizer, messages[: i + 1])
+        if not (prompt.startswith(done) and full.startswith(prompt)):
+            raise UserError(
+                "the tokenizer's chat template does not render conversations as prefixes of each other, "
+                "so the answer tokens cannot be located",
+                where=f"chat template of {getattr(tokenizer, 'name_or_path', 'the tokenizer')}",
+                fix="use a model whose template renders turns incrementally (e.g. Llama 3 Instruct)",
+            )
+        out.append((prompt[len(done):], False))
+        out.append((full[len(prompt):], True))
+        done = full
+    return out
+
+
+def encode_segments(tokenizer: Any, pieces: Sequence[tuple[str, bool]], task_id: int) -> Tokenized:
+    ids: list[int] = []
+    labels: list[int] = []
+    encoded = tokenizer([text for text, _ in pieces], add_special_tokens=False)["input_ids"]
+    for (_, trained), piece in zip(pieces, encoded, strict=True):
+        ids.extend(piece)
+        labels.extend(piece if trained else [IGNORE] * len(piece))
+    return Tokenized(ids, labels, task_id)
+
+
+def fit_length(example: Tokenized, max_seq_len: int, policy: str, where: str) -> Tokenized | None:
+    """Apply the truncation policy. Returns None when the example must be dropped.
+
+    `truncate` removes the oldest prompt tokens (after the first one, the template's begin-of-text)
+    and never an answer token of the last turn; an example whose final answer alone does not fit is
+    dropped. `drop` drops any over-long example; `error` refuses it.
+    """
+    excess = len(example.input_ids) - max_seq_len
+    if excess <= 0:
+        return example
+    if policy == "error":
+        raise UserError(
+            f"example is {len(example.input_ids)} tokens, over data.max_seq_len={max_seq_len}",
+            where=where,
+            fix="raise data.max_seq_len, or set data.truncation=truncate or drop",
+        )
+    if policy == "drop":
+        return None
+    last_answer_start = _last_answer_start(example.labels)
+    if 1 + excess > last_answer_start:
+        return None
+    ids = example.input_ids[:1] + example.input_ids[1 + excess:]
+    labels = example.labels[:1] + example.labels[1 + excess:]
+    if all(x == IGNORE for x in labels):
+        return None
+    return Tokenized(ids, labels, example.task_id)
+
+
+def _last_answer_start(labels: Sequence[int]) -> int:
+    i = len(labels)
+    while i > 0 and labels[i - 1] != IGNORE:
+        i -= 1
+    return i
+
+
+@dataclass
+class TokenizeStats:
+    examples: int = 0
+    truncated: int = 0
+    dropped_too_long: int = 0
+    tokens: int = 0
+    answer_tokens: int = 0
+
+
+def tokenize_examples(
+    tokenizer: Any, examples: Sequence[Example], task_id: int, max_seq_len: int, policy: str
+) -> tuple[list[Tokenized], TokenizeStats]:
+    """Tokenise a task's examples with answer-only labels and the length policy applied."""
+    out: list[Tokenized] = []
+    stats = TokenizeStats()
+    for ex in examples:
+        tok = encode_segments(tokenizer, segments(tokenizer, ex.messages), task_id)
+        fitted = fit_length(tok, max_seq_len, policy, where=f"task {ex.task}, row {ex.row}")
+        if fitted is None:
+            stats.dropped_too_long += 1
+            continue
+        stats.truncated += fitted is not tok
+        stats.examples += 1
+        stats.tokens += len(fitted.input_ids)
+        stats.answer_tokens += fitted.n_answer_tokens
+        out.append(fitted)
+    return out, stats
+
+
+def prompt_ids(tokenizer: Any, prompt: Sequence[Message]) -> list[int]:
+    """Token ids of a prompt up to and including the assistant header, as training encodes them."""
+    pieces = segments(tokenizer, [*prompt, {"role": "assistant", "content": ""}])[:-1]
+    return encode_segments(tokenizer, pieces, task_id=-1).input_ids
+
+
+def answer_ids(tokenizer: Any, prompt: Sequence[Message], answer: str) -> list[int]:
+    """Token ids of `answer` as the final assistant turn after `prompt`, end-of-turn token included."""
+    pieces = segments(tokenizer, [*prompt, {"role": "assistant", "content": answer}])
+    return tokenizer(pieces[-1][0], add_special_tokens=False)["input_ids"]

@@ -1,0 +1,70 @@
+"""The one exception type a user should ever see, and how it is shown.
+
+Anything the user can fix (a config key, a file, a row, a label) is raised as `UserError`; the command
+line prints its message and exits non-zero without a traceback. Anything else is a bug in multitune and
+keeps its traceback.
+"""
+
+from __future__ import annotations
+
+
+class UserError(Exception):
+    """A problem in the user's config, data or environment, with where it is and how to fix it.
+
+    `what` says what is wrong, `where` points at the file / line / row / key, `fix` says what to do.
+    """
+
+    def __init__(self, what: str, *, where: str | None = None, fix: str | None = None):
+        self.what = what
+        self.where = where
+        self.fix = fix
+        super().__init__(self.render())
+
+    def render(self) -> str:
+        lines = [self.what if not self.where else f"{self.where}: {self.what}"]
+        if self.fix:
+            lines.append(f"  fix: {self.fix}")
+        return "\n".join(lines)
+
+
+# Exit statuses the command line uses, so scripts and launchers can tell them apart.
+EXIT_USER_ERROR = 2
+EXIT_PREEMPTED = 75  # EX_TEMPFAIL: stopped on a signal after saving a checkpoint; run again to resume
+EXIT_ABORTED = 130
+
+
+def hub_error(e: BaseException, what: str, repo_id: str) -> UserError:
+    """Turn a Hugging Face Hub failure into a message that says what to do.
+
+    `what` is "model" or "dataset". Looks through the exception's causes for the Hub's own error types:
+    a gated repository (accept the licence, log in), a missing or private one, a missing revision, or
+    no network and nothing in the local cache.
+    """
+    names = {type(c).__name__ for c in _causes(e)}
+    url = f"https://huggingface.co/{'datasets/' if what == 'dataset' else ''}{repo_id}"
+    login = "log in with `huggingface-cli login` or set HF_TOKEN"
+    if "GatedRepoError" in names:
+        return UserError(f"{what} {repo_id!r} is gated: its licence must be accepted before download",
+                         fix=f"accept the terms at {url} with your account, then {login}")
+    if "RepositoryNotFoundError" in names:
+        return UserError(f"{what} {repo_id!r} was not found on the Hub, or it is private",
+                         fix=f"check the id; if it is private, {login} with an account that can read it")
+    if "RevisionNotFoundError" in names:
+        return UserError(f"{what} {repo_id!r} has no such revision", fix="check the branch, tag or commit")
+    if names & {"LocalEntryNotFoundError", "OfflineModeIsEnabled", "ConnectError", "ConnectionError",
+                "gaierror"}:
+        return UserError(
+            f"could not reach the Hugging Face Hub for {what} {repo_id!r}, and it is not in the local cache",
+            fix="check the network (or unset HF_HUB_OFFLINE), or give a local path instead of a Hub id",
+        )
+    root = list(_causes(e))[-1]
+    return UserError(f"could not load {what} {repo_id!r}: {type(root).__name__}: {root}")
+
+
+def _causes(e: BaseException):
+    seen: set[int] = set()
+    c: BaseException | None = e
+    while c is not None and id(c) not in seen:
+        seen.add(id(c))
+        yield c
+        c = c.__cause__ or c.__context__

@@ -1,0 +1,83 @@
+"""Where metrics go: `metrics.jsonl` always, Weights & Biases when configured. The loop talks to one
+`Trackers` object and never asks which backends are on (a run without wandb never imports it)."""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Any, Protocol
+
+from multitune.config.schema import RunConfig
+from multitune.errors import UserError
+from multitune.io import append_jsonl
+
+
+class Tracker(Protocol):
+    def log(self, row: dict[str, Any], step: int) -> None: ...
+    def finish(self) -> None: ...
+
+
+class JsonlTracker:
+    """One JSON object per logged step in `metrics.jsonl`, flushed as it is written."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def log(self, row: dict[str, Any], step: int) -> None:
+        append_jsonl(self.path, {"step": step, **{k: _finite_or_none(v) for k, v in row.items()}})
+
+    def finish(self) -> None:
+        pass
+
+
+class WandbTracker:
+    def __init__(self, cfg: RunConfig, config_dict: dict[str, Any]):
+        try:
+            import wandb
+        except ImportError:
+            raise UserError("logging.wandb is set but wandb is not installed",
+                            fix="pip install 'multitune[wandb]', or remove logging.wandb") from None
+        w = cfg.logging.wandb
+        assert w is not None
+        os.makedirs(cfg.output_dir, exist_ok=True)
+        self._wandb = wandb
+        self.run = wandb.init(
+            project=w.project, entity=w.entity, name=w.run_name, tags=list(w.tags), mode=w.mode,
+            dir=cfg.output_dir, config=config_dict,
+        )
+
+    def log(self, row: dict[str, Any], step: int) -> None:
+        self.run.log(row, step=step)
+
+    def finish(self) -> None:
+        self.run.finish()
+
+
+class Trackers:
+    """Fans a row out to every tracker; with none (not the main process) it does nothing."""
+
+    def __init__(self, trackers: list[Tracker]):
+        self.trackers = trackers
+
+    def log(self, row: dict[str, Any], step: int) -> None:
+        for t in self.trackers:
+            t.log(row, step)
+
+    def finish(self) -> None:
+        for t in self.trackers:
+            t.finish()
+
+
+def make_trackers(cfg: RunConfig, is_main: bool) -> Trackers:
+    if not is_main:
+        return Trackers([])
+    trackers: list[Tracker] = [JsonlTracker(Path(cfg.output_dir) / "metrics.jsonl")]
+    if cfg.logging.wandb is not None:
+        trackers.append(WandbTracker(cfg, cfg.model_dump(mode="json")))
+    return Trackers(trackers)
+
+
+def _finite_or_none(v: Any) -> Any:
+    # JSON has no NaN/Infinity; write null so every line stays valid JSON.
+    return None if isinstance(v, float) and not math.isfinite(v) else v

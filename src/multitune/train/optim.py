@@ -1,0 +1,36 @@
+"""AdamW over the trainable parameters and a warmup + decay schedule from transformers."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from multitune.config.schema import TrainConfig
+
+# Our schedule names -> transformers.get_scheduler names (ours are the ones users type; "constant"
+# still warms up when warmup_ratio > 0).
+SCHEDULES = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}
+
+
+def build_optimizer(model: Any, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW; weight decay applies to matrices only (not to norms' scales or biases)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in params if p.ndim >= 2]
+    no_decay = [p for p in params if p.ndim < 2]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.learning_rate)
+
+
+def warmup_steps(cfg: TrainConfig, total_steps: int) -> int:
+    return math.ceil(cfg.warmup_ratio * total_steps)
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, total_steps: int) -> Any:
+    from transformers import get_scheduler
+
+    return get_scheduler(
+        SCHEDULES[cfg.lr_scheduler], optimizer,
+        num_warmup_steps=warmup_steps(cfg, total_steps), num_training_steps=total_steps,
+    )
