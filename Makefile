@@ -13,7 +13,7 @@ STAMP := $(VENV)/.multitune-installed
 TORCH_VERSION := 2.13.0
 EXTRAS ?= dev,wandb,qlora
 TORCH_INDEX_URL ?=
-PIP := $(BIN)/python -m pip --disable-pip-version-check --quiet
+PIP := $(BIN)/python -m pip --disable-pip-version-check -qq
 
 .PHONY: quickstart test setup lint clean
 

@@ -30,9 +30,9 @@ class TinyModelConfig(Section):
     num_kv_heads: int = Field(2, ge=1)
     """Fewer key/value heads than query heads: grouped-query attention, as in Llama 3."""
     max_position_embeddings: int = Field(2048, ge=64)
-    pretrain_steps: int = Field(300, ge=0)
+    pretrain_steps: int = Field(0, ge=0)
     """Language-model steps on the run's training inputs (never its answers) before adapters are
-    trained; see `models/tiny.py` for why. 0 keeps the random initialisation."""
+    trained. 0 (the default) keeps the random initialisation; `models/tiny.py` says why."""
     pretrain_learning_rate: float = Field(3e-3, gt=0)
     pretrain_batch_size: int = Field(16, ge=1)
 
@@ -72,6 +72,9 @@ class AdapterConfig(Section):
     target_modules: str | list[str] = "all-linear"
     """`all-linear` (every linear layer but the output head), `attention` (q/k/v/o projections) or an
     explicit list of module names."""
+    modules_to_save: list[str] = []
+    """Modules trained in full and saved with the adapter, e.g. `[embed_tokens, lm_head]` when the
+    vocabulary changed or the base has never produced the answers' tokens."""
 
 
 TASK_NAME = re.compile(r"^[A-Za-z0-9_-]+$")

@@ -119,63 +119,69 @@ def intents(n: int = 600) -> list[Row]:
     return rows
 
 
-# --- quiz: 5-way multiple choice on simple facts ---------------------------------------------------
+# --- quiz: 5-way multiple choice riddles ------------------------------------------------------------
 #
-# Each question family keeps its five choices in one fixed order, so the right letter follows from the
-# question's subject: the tiny model learns that in a minute. (With shuffled choices the model must also
-# learn to follow a pointer from the matching choice back to its letter; measured here, the tiny model
-# was still at chance after 6 epochs of that, LoRA and full fine-tuning alike.)
+# A riddle strings together clues about one of five answers; each riddle family keeps its five choices in
+# one fixed order. The right letter therefore follows from the clues, spread over the whole question, which
+# the tiny model can pick up in a minute. (Shuffled choices add a pointer from the matching choice back to
+# its letter; measured here, the tiny model was still at chance after 6 epochs of that, LoRA and full
+# fine-tuning alike.)
 
-_QUIZ_FAMILIES = [
-    (
-        ["How many legs does a {x} have?", "A {x} walks on how many legs?", "Count the legs of a {x}."],
-        ["none", "two", "four", "six", "eight"],
-        {"snake": "none", "worm": "none", "fish": "none", "eel": "none", "chicken": "two", "duck": "two",
-         "owl": "two", "penguin": "two", "dog": "four", "cat": "four", "horse": "four", "cow": "four",
-         "ant": "six", "bee": "six", "beetle": "six", "fly": "six", "spider": "eight", "scorpion": "eight",
-         "tick": "eight", "mite": "eight"},
-    ),
-    (
-        ["What colour is a ripe {x}?", "Which colour does a {x} usually have?", "A {x} is mostly what colour?"],
-        ["red", "yellow", "green", "white", "black"],
-        {"strawberry": "red", "tomato": "red", "cherry": "red", "raspberry": "red", "banana": "yellow",
-         "lemon": "yellow", "sunflower": "yellow", "corn cob": "yellow", "lime": "green", "cucumber": "green",
-         "pea pod": "green", "leaf": "green", "snowball": "white", "swan": "white", "cloud": "white",
-         "egg shell": "white", "crow": "black", "lump of coal": "black", "tyre": "black", "panther": "black"},
-    ),
-    (
-        ["Where does a {x} usually live?", "Where would you most likely find a {x}?", "A {x} makes its home where?"],
-        ["sea", "forest", "desert", "farm", "river"],
-        {"whale": "sea", "shark": "sea", "dolphin": "sea", "octopus": "sea", "bear": "forest", "deer": "forest",
-         "woodpecker": "forest", "squirrel": "forest", "camel": "desert", "lizard": "desert",
-         "cactus wren": "desert", "fennec fox": "desert", "pig": "farm", "sheep": "farm", "hen": "farm",
-         "goat": "farm", "trout": "river", "beaver": "river", "otter": "river", "heron": "river"},
-    ),
-    (
-        ["Which tool would you use to {x}?", "What do you need to {x}?", "To {x}, which tool is best?"],
-        ["hammer", "saw", "spade", "brush", "scissors"],
-        {"drive in a nail": "hammer", "knock in a tent peg": "hammer", "flatten a dent": "hammer",
-         "cut a plank": "saw", "shorten a broom handle": "saw", "cut a branch off": "saw",
-         "dig a hole": "spade", "plant a tree": "spade", "turn the soil": "spade",
-         "paint a fence": "brush", "sweep the steps": "brush", "varnish a door": "brush",
-         "cut paper": "scissors", "trim a ribbon": "scissors", "cut out a coupon": "scissors"},
-    ),
+_RIDDLES = [
+    ("Which animal is it?", ["elephant", "giraffe", "penguin", "snake", "owl"], {
+        "elephant": ["it has a long trunk", "it has huge flapping ears", "it is grey and heavy",
+                     "it has ivory tusks", "it never forgets, people say"],
+        "giraffe": ["it has a very long neck", "it eats leaves from tall trees", "its coat has brown patches",
+                    "it is the tallest animal", "it has long thin legs"],
+        "penguin": ["it cannot fly", "it swims in icy water", "it is black and white",
+                    "it waddles on the ice", "it lives near the south pole"],
+        "snake": ["it has no legs", "it slides on its belly", "it sheds its skin",
+                  "it flicks its forked tongue", "some of its kind are venomous"],
+        "owl": ["it hunts at night", "it hoots in the dark", "it can turn its head far round",
+                "it has big round eyes", "it flies without a sound"],
+    }),
+    ("Which thing is it?", ["umbrella", "clock", "kettle", "ladder", "candle"], {
+        "umbrella": ["it keeps the rain off", "you open it over your head", "it folds up small",
+                     "it has thin metal ribs", "you take it out on wet days"],
+        "clock": ["it tells the time", "it has hands but no fingers", "it ticks all day",
+                  "it hangs on the wall", "its alarm wakes you up"],
+        "kettle": ["it boils water", "it whistles when ready", "it has a spout and a handle",
+                   "you use it to make tea", "it sits in the kitchen"],
+        "ladder": ["it has rungs", "you climb it to reach high places", "it leans against a wall",
+                   "painters carry it around", "it helps you reach the roof"],
+        "candle": ["it is made of wax", "it has a wick", "it gives a small flame",
+                   "it melts as it burns", "you light it when the power fails"],
+    }),
+    ("Which place is it?", ["library", "beach", "hospital", "airport", "bakery"], {
+        "library": ["you borrow books there", "people whisper there", "it has long shelves",
+                    "you need a card to take things home", "students study there"],
+        "beach": ["it has sand and waves", "people swim and sunbathe there", "you build castles there",
+                  "it is by the sea", "you find shells there"],
+        "hospital": ["doctors and nurses work there", "sick people are cared for there",
+                     "ambulances arrive there", "it has wards and beds", "surgeons operate there"],
+        "airport": ["planes take off there", "you check in your luggage there", "it has gates and runways",
+                    "you show a boarding pass there", "travellers wait for flights there"],
+        "bakery": ["bread is baked there", "it smells of fresh rolls", "you buy cakes there",
+                   "the ovens start before dawn", "it sells croissants"],
+    }),
 ]
 LETTERS = ["A", "B", "C", "D", "E"]
 
 
 def quiz(n: int = 500) -> list[Row]:
-    """Five-way multiple choice on simple facts (legs, colours, habitats, tools), lettered A-E."""
+    """Five-way multiple choice riddles (animals, things, places), lettered A-E."""
     rng = _rng("quiz")
     rows = []
     for i in range(n):
-        phrasings, choices, answers = _QUIZ_FAMILIES[i % len(_QUIZ_FAMILIES)]
-        subject = rng.choice(sorted(answers))
+        ask, choices, clues = _RIDDLES[i % len(_RIDDLES)]
+        answer = rng.choice(choices)
+        picked = rng.sample(clues[answer], 3)
+        riddle = f"{picked[0].capitalize()}, {picked[1]} and {picked[2]}. {ask}"
         rows.append({
             "id": f"quiz-{i}",
-            "question": rng.choice(phrasings).format(x=subject),
+            "question": riddle,
             "choices": {"label": list(LETTERS), "text": list(choices)},
-            "answerKey": LETTERS[choices.index(answers[subject])],
+            "answerKey": LETTERS[choices.index(answer)],
         })
     return rows
 

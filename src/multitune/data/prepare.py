@@ -23,6 +23,14 @@ class TaskSplit:
     train: list[Example]
     val: list[Example]
 
+    @property
+    def labels(self) -> list[str] | None:
+        """A classification task's label set, in order (None for other kinds)."""
+        if self.cfg.kind != "classification":
+            return None
+        first = next(iter(self.train or self.val), None)
+        return list(first.candidates) if first and first.candidates else None
+
 
 @dataclass
 class Prepared:
@@ -77,4 +85,6 @@ def tokenize_splits(tokenizer: Any, splits: Sequence[TaskSplit], cfg: RunConfig)
             "kind": split.cfg.kind, "source": split.cfg.source, "rows": split.rows,
             "weight": split.cfg.weight, "train": asdict(s_train), "val": asdict(s_val),
         }
+        if split.labels is not None:
+            stats[split.cfg.name]["labels"] = split.labels
     return Prepared(list(splits), train, val, sizes, stats)

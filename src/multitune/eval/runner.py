@@ -43,7 +43,7 @@ def evaluate(
         metrics = {"loss": loss_sum / max(tokens, 1), "rows": float(len(val_ex))}
         predictions: list[dict[str, Any]] = []
         if val_ex and val_ex[0].candidates is not None:
-            mine = _score(model, tokenizer, val_ex[rank::world_size])
+            mine = score_examples(model, tokenizer, val_ex[rank::world_size])
             predictions = sorted(_gather_list(mine, world_size), key=lambda r: r["row"])
             metrics["accuracy"] = sum(r["correct"] for r in predictions) / len(predictions)
         results[name] = TaskResult(metrics, predictions)
@@ -66,7 +66,9 @@ def _loss_sums(model: Any, examples: Sequence[Tokenized], micro_batch_size: int,
     return total, count
 
 
-def _score(model: Any, tokenizer: Any, examples: Sequence[Example]) -> list[dict[str, Any]]:
+def score_examples(model: Any, tokenizer: Any, examples: Sequence[Example]) -> list[dict[str, Any]]:
+    """Pick each example's most likely candidate. One record per example: row, gold (None when
+    unlabelled), prediction, correct, score (the prediction's log-likelihood)."""
     cache: dict[str, list[int]] = {}  # candidate -> token ids; the answer encoding does not depend on the prompt
     records = []
     for ex in examples:
@@ -76,7 +78,7 @@ def _score(model: Any, tokenizer: Any, examples: Sequence[Example]) -> list[dict
         best = int(torch.argmax(scores))
         records.append({
             "row": ex.row, "gold": ex.label, "prediction": ex.candidates[best],
-            "correct": ex.candidates[best] == ex.label, "score": float(scores[best]),
+            "correct": ex.label is not None and ex.candidates[best] == ex.label, "score": float(scores[best]),
         })
     return records
 

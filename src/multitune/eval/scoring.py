@@ -33,9 +33,9 @@ def candidate_logprobs(model: Any, prompt: Sequence[int], candidates: Sequence[S
     # comes after the real tokens of its row, which causal attention never lets them see.
     inputs = torch.zeros((len(candidates), width - 1), dtype=torch.long, device=device)
     for k, c in enumerate(candidates):
-        inputs[k, : len(c) - 1] = torch.tensor(c[:-1], device=device)
+        inputs[k, : len(c) - 1] = torch.tensor(c[:-1], dtype=torch.long, device=device)
     logp = torch.log_softmax(model(input_ids=inputs, past_key_values=cache, use_cache=True).logits.float(), -1)
     for k, c in enumerate(candidates):  # logp[k, j] is the distribution of candidate token j + 1
-        rest = torch.tensor(c[1:], device=device)
+        rest = torch.tensor(c[1:], dtype=torch.long, device=device)
         scores[k] += logp[k, torch.arange(len(c) - 1, device=device), rest].sum()
     return scores.cpu()

@@ -28,6 +28,7 @@ def attach(model: Any, cfg: AdapterConfig) -> Any:
         lora_alpha=cfg.alpha,
         lora_dropout=cfg.dropout,
         target_modules=target_modules(cfg),
+        modules_to_save=list(cfg.modules_to_save) or None,
         task_type="CAUSAL_LM",
     )
     return get_peft_model(model, lora)

@@ -14,9 +14,13 @@ KINDS = {
 }
 
 
-def examples(cfg: Any, rows: Any) -> list[Example]:
-    """Render every row of a task as an `Example` through its kind's module."""
-    return KINDS[cfg.kind].examples(cfg, rows)
+def examples(cfg: Any, rows: Any, *, labelled: bool = True, labels: list[str] | None = None) -> list[Example]:
+    """Render every row of a task as an `Example` through its kind's module.
+
+    `labelled=False` renders rows without answers (for prediction); a classification task then needs
+    `labels`, the label set it was trained with.
+    """
+    return KINDS[cfg.kind].examples(cfg, rows, labelled=labelled, labels=labels)
 
 
 __all__ = ["KINDS", "Example", "Message", "examples"]

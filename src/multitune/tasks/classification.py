@@ -37,9 +37,14 @@ def default_template(n_labels: int) -> str:
     return TEMPLATE_WITH_LABELS if n_labels <= LIST_LABELS_UP_TO else TEMPLATE_WITHOUT_LABELS
 
 
-def examples(cfg: ClassificationTask, rows: Any) -> list[Example]:
-    require_columns(rows, {"text_column": cfg.text_column, "label_column": cfg.label_column}, cfg.name)
-    labels = label_names(cfg, rows)
+def examples(
+    cfg: ClassificationTask, rows: Any, *, labelled: bool = True, labels: list[str] | None = None
+) -> list[Example]:
+    """Render rows as examples. `labelled=False` (prediction) reads no label column and needs `labels`,
+    the label set the model was trained with."""
+    wanted = {"text_column": cfg.text_column} | ({"label_column": cfg.label_column} if labelled else {})
+    require_columns(rows, wanted, cfg.name)
+    labels = labels if labels is not None else label_names(cfg, rows)
     if len(labels) < 2:
         raise UserError(f"a classification task needs at least 2 labels, found {labels}", where=f"task {cfg.name}")
     template = cfg.prompt_template or default_template(len(labels))
@@ -48,9 +53,14 @@ def examples(cfg: ClassificationTask, rows: Any) -> list[Example]:
     names = getattr(rows.features.get(cfg.label_column), "names", None)
     candidates = tuple(labels)
     known = set(labels)
+    raw_labels = rows[cfg.label_column] if labelled else [None] * len(rows)
     out = []
-    for i, (text, raw_label) in enumerate(zip(rows[cfg.text_column], rows[cfg.label_column], strict=True)):
+    for i, (text, raw_label) in enumerate(zip(rows[cfg.text_column], raw_labels, strict=True)):
         text = text_cell(text, cfg.text_column, i, cfg.name)
+        user = template.format(text=text, labels=", ".join(labels))
+        if not labelled:
+            out.append(Example(cfg.name, i, chat(system, user, ""), candidates=candidates))
+            continue
         label = _label(raw_label, names, i, cfg)
         if label not in known:
             raise UserError(
@@ -58,7 +68,6 @@ def examples(cfg: ClassificationTask, rows: Any) -> list[Example]:
                 where=f"task {cfg.name}, row {i}",
                 fix=f"add it to tasks.{cfg.name}.labels, or fix the row",
             )
-        user = template.format(text=text, labels=", ".join(labels))
         out.append(Example(cfg.name, i, chat(system, user, label), label=label, candidates=candidates))
     return out
 

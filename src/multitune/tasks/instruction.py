@@ -12,18 +12,19 @@ DEFAULT_TEMPLATE = "{instruction}\n\n{input}"
 FIELDS = ("instruction", "input")
 
 
-def examples(cfg: InstructionTask, rows: Any) -> list[Example]:
-    wanted = {"instruction_column": cfg.instruction_column, "output_column": cfg.output_column}
+def examples(cfg: InstructionTask, rows: Any, *, labelled: bool = True, labels: None = None) -> list[Example]:
+    """Render rows as examples; `labelled=False` (prediction) reads no output column."""
+    wanted = {"instruction_column": cfg.instruction_column}
+    wanted |= {"output_column": cfg.output_column} if labelled else {}
     has_input = cfg.input_column in rows.column_names
     require_columns(rows, wanted, cfg.name)
     template = cfg.prompt_template or DEFAULT_TEMPLATE
     check_template(template, FIELDS, cfg.name)
     system = DEFAULT_SYSTEM if cfg.system_prompt is None else cfg.system_prompt
     inputs = rows[cfg.input_column] if has_input else [""] * len(rows)
+    outputs = rows[cfg.output_column] if labelled else [""] * len(rows)
     out = []
-    for i, (instruction, extra, output) in enumerate(
-        zip(rows[cfg.instruction_column], inputs, rows[cfg.output_column], strict=True)
-    ):
+    for i, (instruction, extra, output) in enumerate(zip(rows[cfg.instruction_column], inputs, outputs, strict=True)):
         instruction = text_cell(instruction, cfg.instruction_column, i, cfg.name)
         output = text_cell(output, cfg.output_column, i, cfg.name)
         extra = "" if extra is None else text_cell(extra, cfg.input_column, i, cfg.name)

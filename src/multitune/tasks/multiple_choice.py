@@ -17,21 +17,24 @@ DEFAULT_TEMPLATE = "{question}\n\n{choices}"
 FIELDS = ("question", "choices")
 
 
-def examples(cfg: MultipleChoiceTask, rows: Any) -> list[Example]:
-    require_columns(
-        rows,
-        {"question_column": cfg.question_column, "choices_column": cfg.choices_column,
-         "answer_column": cfg.answer_column},
-        cfg.name,
-    )
+def examples(cfg: MultipleChoiceTask, rows: Any, *, labelled: bool = True, labels: None = None) -> list[Example]:
+    """Render rows as examples; `labelled=False` (prediction) reads no answer column."""
+    wanted = {"question_column": cfg.question_column, "choices_column": cfg.choices_column}
+    require_columns(rows, wanted | ({"answer_column": cfg.answer_column} if labelled else {}), cfg.name)
     template = cfg.prompt_template or DEFAULT_TEMPLATE
     check_template(template, FIELDS, cfg.name)
     system = DEFAULT_SYSTEM if cfg.system_prompt is None else cfg.system_prompt
     out = []
-    columns = (rows[cfg.question_column], rows[cfg.choices_column], rows[cfg.answer_column])
+    answers = rows[cfg.answer_column] if labelled else [None] * len(rows)
+    columns = (rows[cfg.question_column], rows[cfg.choices_column], answers)
     for i, (question, choices, answer) in enumerate(zip(*columns, strict=True)):
         question = text_cell(question, cfg.question_column, i, cfg.name)
         letters, texts = _choices(choices, i, cfg)
+        rendered = "\n".join(f"{letter}. {text}" for letter, text in zip(letters, texts, strict=True))
+        user = template.format(question=question, choices=rendered)
+        if not labelled:
+            out.append(Example(cfg.name, i, chat(system, user, ""), candidates=tuple(letters)))
+            continue
         if answer is None or str(answer).strip() == "":
             raise UserError(
                 f"column {cfg.answer_column!r} is empty: this row has no answer (the Hub's test split of "
@@ -43,8 +46,6 @@ def examples(cfg: MultipleChoiceTask, rows: Any) -> list[Example]:
         if answer not in letters:
             raise UserError(f"answer {answer!r} is not one of the choices {letters}",
                             where=f"task {cfg.name}, row {i}")
-        rendered = "\n".join(f"{letter}. {text}" for letter, text in zip(letters, texts, strict=True))
-        user = template.format(question=question, choices=rendered)
         out.append(Example(cfg.name, i, chat(system, user, answer), label=answer, candidates=tuple(letters)))
     return out
 

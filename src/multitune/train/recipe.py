@@ -7,6 +7,7 @@ N steps) -> final evaluation -> adapter, metrics, predictions, before/after tabl
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +22,15 @@ from multitune.tracking import make_trackers
 from multitune.train import loop, optim
 
 
-def run(cfg: RunConfig) -> dict[str, Any]:
-    """Train, evaluate and save one run as the config says. Returns the contents of eval/metrics.json."""
+@dataclass
+class TrainResult:
+    metrics: dict[str, Any]  # the contents of eval/metrics.json
+    model: Any  # the trained model (peft-wrapped for adapters), unwrapped from any distributed wrapper
+    tokenizer: Any
+
+
+def run(cfg: RunConfig) -> TrainResult:
+    """Train, evaluate and save one run as the config says."""
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
@@ -33,6 +41,7 @@ def run(cfg: RunConfig) -> dict[str, Any]:
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         config_mod.save(cfg, out / "config.yaml")
+        (out / "metrics.jsonl").unlink(missing_ok=True)  # a fresh run: rows of an earlier one would mix in
 
     # Data: rows -> examples -> seeded split; the tiny model (if asked for) is built from the training split.
     splits = load_splits(cfg)
@@ -87,7 +96,7 @@ def run(cfg: RunConfig) -> dict[str, Any]:
         say(f"\nadapter: {out / 'adapter'}\nmetrics: {out / 'eval' / 'metrics.json'}")
     trackers.finish()
     accelerator.wait_for_everyone()
-    return summary
+    return TrainResult(summary, accelerator.unwrap_model(model), tokenizer)
 
 
 def write_eval_outputs(out: Path, summary: dict[str, Any], results: dict[str, TaskResult]) -> None:

@@ -1,0 +1,38 @@
+"""Batched greedy generation from prompt token ids (what a chat user of the model would see)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+
+@torch.no_grad()
+def greedy(
+    model: Any, tokenizer: Any, prompts: Sequence[Sequence[int]], max_new_tokens: int, batch_size: int, pad_id: int
+) -> list[str]:
+    """Decode greedily after each prompt until an end-of-turn/sequence token or `max_new_tokens`.
+
+    Prompts are left-padded into batches (so every row's next token sits at the same position), sorted
+    by length to waste little padding; the answers come back in the prompts' order.
+    """
+    device = next(model.parameters()).device
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    out: list[str] = [""] * len(prompts)
+    for start in range(0, len(order), batch_size):
+        chunk = order[start : start + batch_size]
+        width = max(len(prompts[i]) for i in chunk)
+        ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(chunk), width), dtype=torch.long)
+        for row, i in enumerate(chunk):
+            p = list(prompts[i])
+            ids[row, width - len(p):] = torch.tensor(p)
+            mask[row, width - len(p):] = 1
+        generated = model.generate(
+            input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=max_new_tokens,
+            do_sample=False, pad_token_id=pad_id,
+        )
+        for row, i in enumerate(chunk):
+            out[i] = tokenizer.decode(generated[row, width:], skip_special_tokens=True).strip()
+    return out
