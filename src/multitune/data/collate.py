@@ -25,3 +25,16 @@ def pad_batch(examples: Sequence[Tokenized], pad_id: int) -> dict[str, torch.Ten
         mask[i, :n] = 1
     task_ids = torch.tensor([ex.task_id for ex in examples], dtype=torch.long)
     return {"input_ids": ids, "attention_mask": mask, "labels": labels, "task_ids": task_ids}
+
+
+MODEL_KEYS = ("input_ids", "attention_mask", "position_ids")
+
+
+def model_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The tensors of a batch that go into the model's forward (labels and task ids stay out)."""
+    return {k: batch[k] for k in MODEL_KEYS if k in batch}
+
+
+def real_tokens(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Number of non-padding tokens in a batch (a 0-dim tensor)."""
+    return batch["attention_mask"].sum()

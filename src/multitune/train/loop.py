@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from multitune.config.schema import TrainConfig
-from multitune.data.collate import pad_batch
+from multitune.data.collate import model_inputs, pad_batch, real_tokens
 from multitune.data.mixture import cached_epoch_order, step_micro_batches, steps_per_epoch
 from multitune.data.prepare import Prepared
 from multitune.tracking import Trackers
@@ -42,7 +42,7 @@ def accumulate_gradients(
     loss and answer tokens per task on this process.
     """
     local_answer = sum(answer_token_count(mb["labels"]) for mb in micro_batches)
-    local_tokens = sum(mb["attention_mask"].sum() for mb in micro_batches)
+    local_tokens = sum(real_tokens(mb) for mb in micro_batches)
     counts = accelerator.reduce(torch.stack([local_answer, local_tokens]).to(accelerator.device), "sum")
     # DDP/FSDP average gradients over processes; multiplying by the world size turns that average back
     # into the sum over processes, which is then divided by the step's total answer tokens.
@@ -52,7 +52,7 @@ def accumulate_gradients(
         last = i == len(micro_batches) - 1
         # Only the last micro-batch synchronises gradients across processes.
         with contextlib.nullcontext() if last else accelerator.no_sync(model):
-            logits = model(input_ids=mb["input_ids"], attention_mask=mb["attention_mask"], use_cache=False).logits
+            logits = model(**model_inputs(mb), use_cache=False).logits
             sums, n = per_example_loss(logits, mb["labels"])  # (B,), (B,)
             accelerator.backward(sums.sum() * scale)
         task_sums += per_task_sums(sums, n, mb["task_ids"], n_tasks)
