@@ -6,18 +6,27 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from multitune.errors import EXIT_USER_ERROR, UserError
+from multitune.errors import EXIT_ABORTED, EXIT_PREEMPTED, EXIT_USER_ERROR, UserError
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     _quiet_libraries()
+    from multitune.train.signals import Preempted
+
     try:
         return int(args.func(args) or 0)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USER_ERROR
+    except Preempted as e:
+        print(str(e), file=sys.stderr)
+        return EXIT_PREEMPTED
+    except KeyboardInterrupt:
+        print("\naborted; the last complete checkpoint (if any) is intact: run the same command to resume",
+              file=sys.stderr)
+        return EXIT_ABORTED
 
 
 def _quiet_libraries() -> None:
@@ -42,6 +51,8 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("config", help="path of the run's YAML config")
     t.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                    help="override config keys, e.g. train.learning_rate=1e-4 tasks.claims.weight=2")
+    t.add_argument("--force", action="store_true",
+                   help="resume from output_dir's checkpoint even if the config or data changed")
     t.set_defaults(func=_train)
 
     pr = sub.add_parser("predict", help="batch inference with a trained run on rows in a task's format")
@@ -58,7 +69,7 @@ def _train(args: argparse.Namespace) -> int:
     from multitune import config
     from multitune.train.recipe import run
 
-    run(config.load(args.config, args.overrides))
+    run(config.load(args.config, args.overrides), force=args.force)
     return 0
 
 

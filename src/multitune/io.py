@@ -4,9 +4,18 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
+
+
+def write_errors() -> tuple[type[BaseException], ...]:
+    """Exception types a failed file write raises: OSError, and safetensors' own error type (it reports
+    a full disk as a SafetensorError, not an OSError)."""
+    from safetensors import SafetensorError
+
+    return (OSError, SafetensorError)
 
 
 def write_text_atomic(path: Path, text: str) -> None:
@@ -48,3 +57,25 @@ def append_jsonl(path: Path, row: dict[str, Any]) -> None:
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
     with path.open(encoding="utf-8") as f:
         return [json.loads(line) for line in f if line.strip()]
+
+
+def replace_dir_atomic(src: Path, dst: Path) -> None:
+    """Move the finished folder `src` to `dst`, replacing what was there.
+
+    A rename cannot replace a non-empty folder, so an existing `dst` is first renamed aside and removed
+    after: at every moment `dst` is either the old complete folder or the new one (or, for an instant
+    between two renames, absent: never half-written).
+    """
+    if dst.exists():
+        old = dst.with_name(f".old-{dst.name}")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(dst, old)
+        os.replace(src, dst)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(src, dst)
+    fd = os.open(dst.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)  # make the renames themselves durable
+    finally:
+        os.close(fd)

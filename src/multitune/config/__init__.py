@@ -1,6 +1,6 @@
 """Run configuration: typed sections, YAML loading, overrides, saving."""
 
-from multitune.config.load import apply_overrides, load, save, validate
+from multitune.config.load import apply_overrides, dump, load, save, validate
 from multitune.config.schema import (
     TASK_KINDS,
     AdapterConfig,
@@ -28,6 +28,7 @@ __all__ = [
     "TaskConfig",
     "TrainConfig",
     "apply_overrides",
+    "dump",
     "load",
     "save",
     "validate",

@@ -159,9 +159,13 @@ def _is_section(obj: Any) -> bool:
     return isinstance(obj, type) and issubclass(obj, BaseModel)
 
 
+def dump(cfg: RunConfig) -> str:
+    """The resolved config (every default filled in) as YAML text."""
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
+
+
 def save(cfg: RunConfig, path: str | Path) -> None:
-    """Write the resolved config (every default filled in) as YAML, atomically."""
+    """Write the resolved config as YAML, atomically."""
     from multitune.io import write_text_atomic
 
-    text = yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
-    write_text_atomic(Path(path), text)
+    write_text_atomic(Path(path), dump(cfg))

@@ -166,6 +166,9 @@ class TrainConfig(Section):
     max_grad_norm: float | None = Field(1.0, gt=0)
     """Clip the gradient norm to this; null turns clipping off."""
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    max_bad_steps: int = Field(5, ge=1)
+    """Stop after this many consecutive steps whose loss or gradient norm is NaN or infinite (each one
+    is skipped: no weight update)."""
 
 
 class EvalConfig(Section):
@@ -181,6 +184,13 @@ class EvalConfig(Section):
 class CheckpointConfig(Section):
     every_steps: int | None = Field(None, ge=1)
     """Save a resumable checkpoint every this many optimizer steps (and always at the end)."""
+    every_minutes: float | None = Field(None, gt=0)
+    """Also save one when this many minutes have passed since the last (for long steps on rented GPUs)."""
+    keep_last: int | None = Field(2, ge=1)
+    """Keep the newest this many checkpoints (and the best one); null keeps all."""
+    resume: str = "auto"
+    """`auto`: continue from the newest complete checkpoint in output_dir if there is one; `never`: start
+    fresh (refused when output_dir already holds checkpoints); or the path of a checkpoint folder."""
 
 
 class WandbConfig(Section):

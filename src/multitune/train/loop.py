@@ -19,17 +19,10 @@ from multitune.config.schema import TrainConfig
 from multitune.data.collate import model_inputs, pad_batch, real_tokens
 from multitune.data.mixture import cached_epoch_order, step_micro_batches, steps_per_epoch
 from multitune.data.prepare import Prepared
+from multitune.errors import UserError
 from multitune.tracking import Trackers
 from multitune.train.loss import answer_token_count, per_example_loss, per_task_sums
-
-
-@dataclass
-class StepResult:
-    loss: float  # mean loss per answer token over the whole step (all micro-batches, all processes)
-    grad_norm: float
-    answer_tokens: int  # on all processes
-    tokens: int  # non-padding tokens on all processes
-    task_sums: torch.Tensor  # (n_tasks, 2): summed loss and answer tokens per task, all processes
+from multitune.train.state import StepResult, TrainState, interval_row, record
 
 
 def accumulate_gradients(
@@ -63,20 +56,27 @@ def train_step(
     model: Any, optimizer: Any, scheduler: Any, accelerator: Any, micro_batches: Sequence[dict[str, torch.Tensor]],
     max_grad_norm: float | None, n_tasks: int,
 ) -> StepResult:
-    """One optimizer step over this process's micro-batches (already on the device)."""
+    """One optimizer step over this process's micro-batches (already on the device).
+
+    A step whose loss or gradient norm is not finite updates no weight (the schedule still advances,
+    so the learning rate stays a function of the step). Both numbers are reduced over processes before
+    the check, so every process takes the same decision.
+    """
     counts, task_sums = accumulate_gradients(model, accelerator, micro_batches, n_tasks)
     grad_norm = (
         accelerator.clip_grad_norm_(model.parameters(), max_grad_norm) if max_grad_norm is not None
         else _grad_norm(model)
     )
-    optimizer.step()
-    scheduler.step()
-    optimizer.zero_grad(set_to_none=True)
     task_sums = accelerator.reduce(task_sums, "sum")
-    return StepResult(
+    result = StepResult(
         loss=float(task_sums[:, 0].sum() / counts[0].clamp(min=1)), grad_norm=float(grad_norm),
         answer_tokens=int(counts[0]), tokens=int(counts[1]), task_sums=task_sums.cpu(),
     )
+    if result.finite:
+        optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return result
 
 
 def _grad_norm(model: Any) -> torch.Tensor:
@@ -101,8 +101,6 @@ class Plan:
 
 
 def make_plan(cfg: TrainConfig, prepared: Prepared, seed: int, world_size: int) -> Plan:
-    from multitune.errors import UserError
-
     epoch_size = len(cached_epoch_order(tuple(prepared.task_sizes), tuple(prepared.weights), seed, 0))
     global_batch = cfg.micro_batch_size * cfg.grad_accum_steps * world_size
     per_epoch = steps_per_epoch(epoch_size, global_batch)
@@ -128,63 +126,57 @@ def batches_for_step(
     return [{k: v.to(device) for k, v in b.items()} for b in batches]
 
 
-@dataclass
-class Interval:
-    """Sums over the steps since the last log line."""
-
-    task_sums: torch.Tensor
-    tokens: int = 0
-    steps: int = 0
-    started: float = 0.0
-
-    @classmethod
-    def start(cls, n_tasks: int) -> Interval:
-        return cls(torch.zeros((n_tasks, 2), dtype=torch.float64), started=time.perf_counter())
-
-    def add(self, r: StepResult) -> None:
-        self.task_sums += r.task_sums
-        self.tokens += r.tokens
-        self.steps += 1
-
-    def row(self, task_names: Sequence[str]) -> dict[str, float]:
-        elapsed = max(time.perf_counter() - self.started, 1e-9)
-        total = self.task_sums.sum(0)
-        row = {"train/loss": float(total[0] / max(total[1], 1)), "tokens_per_s": self.tokens / elapsed}
-        for name, (loss, n) in zip(task_names, self.task_sums.tolist(), strict=True):
-            if n:
-                row[f"train/{name}/loss"] = loss / n
-        return row
+class NonFiniteTraining(UserError):
+    """Too many consecutive steps with a NaN or infinite loss or gradient norm."""
 
 
 def train_loop(
     model: Any, optimizer: Any, scheduler: Any, accelerator: Any, prepared: Prepared, plan: Plan,
-    cfg: TrainConfig, seed: int, pad_id: int, trackers: Trackers, log_every_steps: int,
-    on_step_end: Callable[[int], None] = lambda step: None, start_step: int = 0,
+    cfg: TrainConfig, seed: int, pad_id: int, trackers: Trackers, log_every_steps: int, state: TrainState,
+    after_step: Callable[[TrainState], None] = lambda state: None,
 ) -> None:
-    """Run optimizer steps `start_step` .. plan.total_steps - 1, logging every `log_every_steps`.
+    """Run optimizer steps from `state.step` to `plan.total_steps`, logging every `log_every_steps`.
 
-    `on_step_end(step)` is called after each step with the number of completed steps (evaluation and
-    checkpoints hang there).
+    `after_step(state)` runs after each step (evaluation, checkpoints and preemption hang there).
     """
     from tqdm.auto import tqdm
 
     names = prepared.task_names
-    bar = tqdm(total=plan.total_steps, initial=start_step, disable=not accelerator.is_main_process,
+    bar = tqdm(total=plan.total_steps, initial=state.step, disable=not accelerator.is_main_process,
                desc="train", unit="step", dynamic_ncols=True)
-    interval = Interval.start(len(names))
+    if not state.interval_task_sums:
+        state.reset_interval(len(names))
+    started = time.perf_counter()
     model.train()
-    for step in range(start_step, plan.total_steps):
-        batches = batches_for_step(prepared, plan, step, seed, accelerator.process_index, pad_id, accelerator.device)
+    while state.step < plan.total_steps:
+        batches = batches_for_step(prepared, plan, state.step, seed, accelerator.process_index, pad_id,
+                                   accelerator.device)
         lr = scheduler.get_last_lr()[0]
         result = train_step(model, optimizer, scheduler, accelerator, batches, cfg.max_grad_norm, len(names))
-        interval.add(result)
-        done = step + 1
+        record(state, result)
         bar.update(1)
-        if done % log_every_steps == 0 or done == plan.total_steps:
-            row = interval.row(names)
+        if not result.finite:
+            _report_bad_step(state, result, trackers, cfg.max_bad_steps, accelerator)
+        if state.step % log_every_steps == 0 or state.step == plan.total_steps:
+            row = interval_row(state, names, started)
             bar.set_postfix(loss=f"{row['train/loss']:.4f}", lr=f"{lr:.2e}", tok_s=f"{row['tokens_per_s']:.0f}")
             trackers.log({**row, "lr": lr, "grad_norm": result.grad_norm,
-                          "epoch": done / plan.steps_per_epoch}, step=done)
-            interval = Interval.start(len(names))
-        on_step_end(done)
+                          "epoch": state.step / plan.steps_per_epoch}, step=state.step)
+            state.reset_interval(len(names))
+            started = time.perf_counter()
+        after_step(state)
     bar.close()
+
+
+def _report_bad_step(state: TrainState, result: StepResult, trackers: Trackers, max_bad: int, accelerator: Any) -> None:
+    trackers.log({"skipped_non_finite": 1, "bad_steps": state.bad_steps, "loss": result.loss,
+                  "grad_norm": result.grad_norm}, step=state.step)
+    accelerator.print(f"\nwarning: step {state.step} skipped: loss {result.loss}, gradient norm {result.grad_norm} "
+                      f"({state.consecutive_bad_steps} in a row, {state.bad_steps} in all)")
+    if state.consecutive_bad_steps >= max_bad:
+        raise NonFiniteTraining(
+            f"training stopped: {state.consecutive_bad_steps} consecutive steps (up to step {state.step}) had a "
+            "NaN or infinite loss or gradient norm",
+            fix="lower train.learning_rate, keep train.max_grad_norm set, check the data for empty or broken "
+                "rows, or use bf16 instead of fp16; the last checkpoint was saved before these steps and is intact",
+        )

@@ -1,12 +1,14 @@
 """`multitune train`: the whole run, top to bottom.
 
-config -> data -> base model -> adapters -> baseline evaluation -> training loop (with evaluation every
-N steps) -> final evaluation -> adapter, metrics, predictions, before/after table.
+config -> data -> base model -> adapters -> resume or baseline evaluation -> training loop (evaluation,
+checkpoints and preemption after each step) -> final evaluation and checkpoint -> adapter, metrics,
+predictions, before/after table.
 """
 
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,12 +16,15 @@ from typing import Any
 from multitune import config as config_mod
 from multitune.config.schema import RunConfig
 from multitune.data.prepare import Prepared, load_splits, tokenize_splits, training_conversations
+from multitune.errors import UserError
 from multitune.eval.runner import TaskResult, evaluate
-from multitune.io import write_json_atomic, write_text_atomic
+from multitune.io import replace_dir_atomic, write_errors, write_json_atomic, write_text_atomic
 from multitune.models import adapters, load
 from multitune.report.table import before_after
 from multitune.tracking import make_trackers
-from multitune.train import loop, optim
+from multitune.train import checkpoint, loop, optim, resume
+from multitune.train.signals import Preempted, StopRequests
+from multitune.train.state import TrainState
 
 
 @dataclass
@@ -29,8 +34,9 @@ class TrainResult:
     tokenizer: Any
 
 
-def run(cfg: RunConfig) -> TrainResult:
-    """Train, evaluate and save one run as the config says."""
+def run(cfg: RunConfig, force: bool = False) -> TrainResult:
+    """Train, evaluate and save one run as the config says, resuming it if `output_dir` holds a
+    checkpoint (`checkpoint.resume`). `force` resumes even when the config or data changed."""
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
@@ -38,10 +44,11 @@ def run(cfg: RunConfig) -> TrainResult:
     say = accelerator.print  # only the main process prints
     set_seed(cfg.seed)
     out = Path(cfg.output_dir)
+    config_yaml = config_mod.dump(cfg)
     if accelerator.is_main_process:
-        out.mkdir(parents=True, exist_ok=True)
-        config_mod.save(cfg, out / "config.yaml")
-        (out / "metrics.jsonl").unlink(missing_ok=True)  # a fresh run: rows of an earlier one would mix in
+        _prepare_output_dir(out)
+    resume.refuse_changed_config(cfg.checkpoint.resume, out, config_yaml, force)
+    accelerator.wait_for_everyone()
 
     # Data: rows -> examples -> seeded split; the tiny model (if asked for) is built from the training split.
     splits = load_splits(cfg)
@@ -50,53 +57,124 @@ def run(cfg: RunConfig) -> TrainResult:
     tokenizer = load.load_tokenizer(model_name, cfg.model)
     prepared = tokenize_splits(tokenizer, splits, cfg)
     pad_id = load.pad_id(tokenizer)
-    if accelerator.is_main_process:
-        write_json_atomic(out / "data_stats.json", prepared.stats)
     say(_data_summary(prepared))
 
-    # Model and optimiser.
-    model = adapters.attach(load.load_model(model_name, cfg.model), cfg.adapter)
+    # Model and optimiser. Seed again: building the tiny model draws random numbers only when it is not
+    # cached yet, and the adapters' initialisation must not depend on that.
+    base = load.load_model(model_name, cfg.model)
+    set_seed(cfg.seed)
+    model = adapters.attach(base, cfg.adapter)
     trainable, total = adapters.count_parameters(model)
     say(f"model {cfg.model.name} ({model_name}): {cfg.adapter.method}, {trainable:,} of {total:,} parameters trainable")
     plan = loop.make_plan(cfg.train, prepared, cfg.seed, accelerator.num_processes)
     optimizer = optim.build_optimizer(model, cfg.train)
     scheduler = optim.build_scheduler(optimizer, cfg.train, plan.total_steps)
     model, optimizer = accelerator.prepare(model, optimizer)
-    trackers = make_trackers(cfg, accelerator.is_main_process)
-    say(f"training: {plan.total_steps} steps ({plan.steps_per_epoch}/epoch), global batch {plan.global_batch_size}")
+
+    # Resume from the newest usable checkpoint, or start fresh.
+    meta = {"world_size": accelerator.num_processes, "data_fingerprint": resume.data_fingerprint(prepared)}
+    state, resumed_from = resume.restore(cfg.checkpoint.resume, out, accelerator, model, optimizer, scheduler,
+                                         meta, config_yaml, force)
+    if accelerator.is_main_process:
+        write_text_atomic(out / "config.yaml", config_yaml)
+        write_json_atomic(out / "data_stats.json", prepared.stats)
+    trackers = make_trackers(cfg, accelerator.is_main_process, keep_rows=state.metrics_rows if resumed_from else None,
+                             run_id=state.tracker_run_id)
+    state.tracker_run_id = trackers.run_id
+    say(f"training: {plan.total_steps} steps ({plan.steps_per_epoch}/epoch), global batch {plan.global_batch_size}"
+        + (f"; resumed from {resumed_from} (step {state.step})" if resumed_from else ""))
 
     def run_eval(step: int) -> dict[str, TaskResult]:
         results = evaluate(
             accelerator.unwrap_model(model), tokenizer, prepared, cfg.eval.micro_batch_size, cfg.eval.max_rows,
             pad_id, accelerator.process_index, accelerator.num_processes,
         )
-        trackers.log(_eval_row(results), step=step)
+        if state.last_eval_step != step:  # a run resumed at its very end has logged this one already
+            trackers.log(_eval_row(results), step=step)
+            state.last_eval_step = step
         return results
 
-    before = run_eval(0) if cfg.eval.baseline else None
+    def save_checkpoint() -> Path:
+        state.metrics_rows = trackers.rows_written
+        path = checkpoint.save(out, accelerator, model, optimizer, scheduler, state, config_yaml, meta)
+        if accelerator.is_main_process:
+            checkpoint.rotate(out, cfg.checkpoint.keep_last, state.best_step)
+        return path
 
-    def on_step_end(step: int) -> None:
-        every = cfg.eval.every_steps
-        if every and step % every == 0 and step < plan.total_steps:
-            run_eval(step)
+    if resumed_from is None and cfg.eval.baseline:
+        state.baseline = {k: r.metrics for k, r in run_eval(0).items()}
 
-    loop.train_loop(model, optimizer, scheduler, accelerator, prepared, plan, cfg.train, cfg.seed, pad_id,
-                    trackers, cfg.logging.every_steps, on_step_end)
-    after = run_eval(plan.total_steps)
+    last_save = {"step": state.step, "time": time.monotonic()}
+    with StopRequests(accelerator.is_main_process) as stop:
 
-    summary = {
-        "final_step": plan.total_steps,
-        "before": None if before is None else {k: r.metrics for k, r in before.items()},
-        "after": {k: r.metrics for k, r in after.items()},
-    }
+        def after_step(state: TrainState) -> None:
+            every = cfg.eval.every_steps
+            if every and state.step % every == 0 and state.step < plan.total_steps:
+                run_eval(state.step)
+            # No checkpoint in the middle of a run of non-finite steps: rotation must never push out the
+            # last one saved before them.
+            healthy = state.consecutive_bad_steps == 0
+            if state.step < plan.total_steps and healthy and _checkpoint_due(cfg, state.step, last_save, accelerator):
+                save_checkpoint()
+                last_save.update(step=state.step, time=time.monotonic())
+            if stop.agreed(accelerator):
+                path = save_checkpoint() if last_save["step"] != state.step else checkpoint.root(out) / f"step-{state.step}"
+                trackers.finish()
+                raise Preempted(stop.received or "a signal", state.step, str(path))
+
+        loop.train_loop(model, optimizer, scheduler, accelerator, prepared, plan, cfg.train, cfg.seed, pad_id,
+                        trackers, cfg.logging.every_steps, state, after_step)
+        after = run_eval(plan.total_steps)
+        save_checkpoint()
+
+    summary = {"final_step": plan.total_steps, "before": state.baseline,
+               "after": {k: r.metrics for k, r in after.items()}}
     if accelerator.is_main_process:
-        adapters.save_final(accelerator.unwrap_model(model), tokenizer, out / "adapter")
-        write_eval_outputs(out, summary, after)
+        try:
+            _save_final(out, accelerator.unwrap_model(model), tokenizer)
+            write_eval_outputs(out, summary, after)
+        except write_errors() as e:
+            raise UserError(f"could not write the final adapter and metrics: {e}", where=str(out),
+                            fix="free disk space or fix permissions, then run the same command again: it resumes "
+                                "from the final checkpoint and only writes these") from None
         say("\n" + before_after(summary["before"], summary["after"]))
         say(f"\nadapter: {out / 'adapter'}\nmetrics: {out / 'eval' / 'metrics.json'}")
     trackers.finish()
     accelerator.wait_for_everyone()
     return TrainResult(summary, accelerator.unwrap_model(model), tokenizer)
+
+
+def _prepare_output_dir(out: Path) -> None:
+    """Create output_dir (or say why it cannot be written) and drop checkpoint writes cut by a kill."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".multitune-write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise UserError(f"cannot write to the output folder: {e.strerror}", where=str(out),
+                        fix="choose a writable output_dir, or fix the folder's permissions or free space") from None
+    for path in checkpoint.remove_partial(out):
+        print(f"removed an unfinished checkpoint write: {path}")
+
+
+def _checkpoint_due(cfg: RunConfig, step: int, last_save: dict[str, float], accelerator: Any) -> bool:
+    every_steps, every_minutes = cfg.checkpoint.every_steps, cfg.checkpoint.every_minutes
+    due = bool(every_steps and step % every_steps == 0)
+    if every_minutes and not due:
+        import torch
+
+        # The main process's clock decides, so every process saves at the same step.
+        late = accelerator.is_main_process and time.monotonic() - last_save["time"] >= every_minutes * 60
+        due = bool(accelerator.reduce(torch.tensor([float(late)], device=accelerator.device), "max").item())
+    return due
+
+
+def _save_final(out: Path, model: Any, tokenizer: Any) -> None:
+    """The adapter (or the whole model) and its tokenizer, replacing any earlier one in one rename."""
+    tmp = out / ".adapter.tmp"
+    adapters.save_final(model, tokenizer, tmp)
+    replace_dir_atomic(tmp, out / "adapter")
 
 
 def write_eval_outputs(out: Path, summary: dict[str, Any], results: dict[str, TaskResult]) -> None:

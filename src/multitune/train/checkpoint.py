@@ -1,0 +1,225 @@
+"""Checkpoints that are complete or absent: written to a temporary folder, renamed into place last.
+
+A checkpoint `output_dir/checkpoints/step-<N>/` holds:
+
+    trainable.safetensors   the trainable weights (adapters, or every weight for full fine-tuning)
+    optimizer.pt            the optimizer state (tensors and numbers only: loads with weights_only=True)
+    scheduler.pt            the learning-rate schedule's state (likewise)
+    rng-<rank>.pt           python, numpy and torch random states of each process
+    state.json              step, tokens seen, best metric, tracker run id, bad-step counters, log sums
+    meta.json               world size and the fingerprint of the tokenised data
+    config.yaml             the resolved config
+    COMPLETE                written last, before the rename
+
+Nothing here unpickles arbitrary objects: weights are safetensors, the rest JSON or tensors loaded with
+`torch.load(weights_only=True)`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from multitune.errors import UserError
+from multitune.io import replace_dir_atomic, write_errors
+from multitune.train.state import TrainState
+
+DIRNAME = "checkpoints"
+MARKER = "COMPLETE"
+STEP_DIR = re.compile(r"^step-(\d+)$")
+
+
+def root(output_dir: str | Path) -> Path:
+    return Path(output_dir) / DIRNAME
+
+
+def save(
+    output_dir: str | Path, accelerator: Any, model: Any, optimizer: Any, scheduler: Any, state: TrainState,
+    config_yaml: str, meta: dict[str, Any],
+) -> Path:
+    """Write the checkpoint of `state.step` on every process and move it into place atomically.
+
+    On a failed write (disk full, no permission) the temporary folder is removed, earlier checkpoints
+    are untouched, and a `UserError` says what happened.
+    """
+    final = root(output_dir) / f"step-{state.step}"
+    tmp = root(output_dir) / f".tmp-step-{state.step}"
+    error = None
+    try:
+        if accelerator.is_main_process:
+            if tmp.exists():  # left by a run killed while writing this very step
+                shutil.rmtree(tmp)
+            tmp.mkdir(parents=True)
+        accelerator.wait_for_everyone()
+        torch.save(_rng_state(), tmp / f"rng-{accelerator.process_index}.pt")
+        if accelerator.is_main_process:
+            _save_main(tmp, accelerator, model, optimizer, scheduler, state, config_yaml, meta)
+    except write_errors() as e:
+        error = e
+    if _any_failed(accelerator, error):
+        if accelerator.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise UserError(
+            f"could not write the checkpoint of step {state.step}: {error or 'another process failed to write'}",
+            where=str(tmp),
+            fix="free disk space or fix the folder's permissions; earlier checkpoints are intact, and the "
+                "run resumes from the latest of them when started again",
+        )
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        replace_dir_atomic(tmp, final)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def _save_main(tmp: Path, accelerator: Any, model: Any, optimizer: Any, scheduler: Any, state: TrainState,
+               config_yaml: str, meta: dict[str, Any]) -> None:
+    from safetensors.torch import save_file
+
+    save_file(trainable_weights(accelerator.unwrap_model(model)), str(tmp / "trainable.safetensors"))
+    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+    (tmp / "state.json").write_text(json.dumps(state.to_dict(), indent=1))
+    (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
+    (tmp / "config.yaml").write_text(config_yaml)
+    _fsync_dir_files(tmp)
+    (tmp / MARKER).write_text("")
+
+
+def trainable_weights(model: Any) -> dict[str, torch.Tensor]:
+    return {n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def _any_failed(accelerator: Any, error: BaseException | None) -> bool:
+    flag = torch.tensor([1.0 if error else 0.0], device=accelerator.device)
+    return bool(accelerator.reduce(flag, "max").item() > 0)
+
+
+def _fsync_dir_files(folder: Path) -> None:
+    for f in folder.iterdir():
+        with f.open("rb") as fh:
+            os.fsync(fh.fileno())
+
+
+def _rng_state() -> dict[str, Any]:
+    version, mt_state, gauss = random.getstate()
+    np_name, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
+    state = {
+        "python": [version, list(mt_state), gauss],
+        "numpy": [np_name, torch.from_numpy(np_keys.astype(np.int64)), np_pos, np_has_gauss, np_gauss],
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    version, mt_state, gauss = state["python"]
+    random.setstate((version, tuple(mt_state), gauss))
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def complete_checkpoints(output_dir: str | Path) -> list[tuple[int, Path]]:
+    """(step, path) of every complete checkpoint, oldest first; incomplete ones are ignored."""
+    found = []
+    folder = root(output_dir)
+    if not folder.is_dir():
+        return []
+    for p in folder.iterdir():
+        m = STEP_DIR.match(p.name)
+        if m and (p / MARKER).is_file():
+            found.append((int(m.group(1)), p))
+    return sorted(found)
+
+
+def read_meta(path: Path) -> tuple[TrainState, dict[str, Any], str]:
+    """(state, meta, config yaml) of a checkpoint; raises ValueError when they cannot be read."""
+    try:
+        state = TrainState.from_dict(json.loads((path / "state.json").read_text()))
+        meta = json.loads((path / "meta.json").read_text())
+        return state, meta, (path / "config.yaml").read_text()
+    except (OSError, ValueError, TypeError) as e:
+        raise ValueError(f"{type(e).__name__}: {e}") from None
+
+
+def load(path: Path, accelerator: Any, model: Any, optimizer: Any, scheduler: Any) -> TrainState:
+    """Restore weights, optimizer, schedule and this process's random state from a checkpoint.
+
+    Raises ValueError when a file is missing, unreadable or does not fit the model.
+    """
+    from safetensors.torch import load_file
+
+    state, _, _ = read_meta(path)
+    try:
+        weights = load_file(str(path / "trainable.safetensors"))
+        opt_state = torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True)
+        sched_state = torch.load(path / "scheduler.pt", map_location="cpu", weights_only=True)
+        rng_file = path / f"rng-{accelerator.process_index}.pt"
+        rng = torch.load(rng_file, weights_only=True) if rng_file.is_file() else None
+    except Exception as e:  # safetensors and torch raise their own types for truncated or corrupt files
+        raise ValueError(f"{type(e).__name__}: {e}") from None
+    params = {n: p for n, p in accelerator.unwrap_model(model).named_parameters() if p.requires_grad}
+    _check_fit(weights, params)
+    # Everything was read and checked above: from here on nothing fails half-way through.
+    with torch.no_grad():
+        for name, p in params.items():
+            p.copy_(weights[name].to(p.device, p.dtype))
+    optimizer.load_state_dict(opt_state)
+    scheduler.load_state_dict(sched_state)
+    if rng is not None:  # a process count change leaves some ranks without one; resume refuses that anyway
+        _set_rng_state(rng)
+    return state
+
+
+def _check_fit(weights: dict[str, torch.Tensor], params: dict[str, torch.Tensor]) -> None:
+    if weights.keys() != params.keys():
+        missing, extra = sorted(params.keys() - weights.keys()), sorted(weights.keys() - params.keys())
+        raise ValueError(f"weights do not fit the model (missing {missing[:3]}, unexpected {extra[:3]})")
+    for name, p in params.items():
+        if weights[name].shape != p.shape:
+            raise ValueError(f"{name} has shape {tuple(weights[name].shape)}, the model {tuple(p.shape)}")
+
+
+def remove_partial(output_dir: str | Path) -> list[Path]:
+    """Delete temporary folders left by writes that were killed; returns what was removed."""
+    folder = root(output_dir)
+    if not folder.is_dir():
+        return []
+    removed = [*folder.glob(".tmp-step-*"), *folder.glob(".old-step-*")]
+    for p in removed:
+        shutil.rmtree(p, ignore_errors=True)
+    return removed
+
+
+def rotate(output_dir: str | Path, keep_last: int | None, best_step: int | None) -> list[Path]:
+    """Delete complete checkpoints beyond the newest `keep_last`, always keeping the best one.
+
+    Returns the deleted folders. The newest checkpoint is always kept, so a run is never left without
+    a complete one.
+    """
+    if keep_last is None:
+        return []
+    done = complete_checkpoints(output_dir)
+    keep = {step for step, _ in done[-keep_last:]} | ({best_step} if best_step is not None else set())
+    deleted = []
+    for step, path in done:
+        if step not in keep:
+            # Remove the marker first: a kill during rmtree leaves an incomplete folder, never a
+            # complete-looking half one.
+            (path / MARKER).unlink(missing_ok=True)
+            shutil.rmtree(path, ignore_errors=True)
+            deleted.append(path)
+    return deleted
