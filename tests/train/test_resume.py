@@ -146,3 +146,19 @@ def test_tokens_in_the_environment_are_written_nowhere(tmp_path):
         for value in secrets.values():
             assert value.encode() not in data, p
     assert not any(v in proc.stdout + proc.stderr for v in secrets.values())
+
+
+def test_a_second_sigint_aborts_at_once_and_leaves_complete_checkpoints(reference, tmp_path):
+    cfg, out = write_config(tmp_path), tmp_path / "run"
+    proc = launch(cfg, out)
+    assert wait_until_step(proc, out, 8)
+    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signal.SIGINT)
+    output, _ = proc.communicate(timeout=300)
+    assert proc.returncode in (130, 75), output  # 75 only if the first one's checkpoint won the race
+    if proc.returncode == 130:
+        assert "aborted" in output and "Traceback" not in output
+    proc = launch(cfg, out)  # whatever the abort interrupted, the run resumes from a complete checkpoint
+    output, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, output
+    assert_same_run(out, reference)
