@@ -62,6 +62,10 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--task", help="which task's format and answers to use (default: the run's only task)")
     pr.add_argument("--max-new-tokens", type=int, default=128, help="for open-ended tasks")
     pr.set_defaults(func=_predict)
+
+    d = sub.add_parser("doctor", help="versions, GPUs, and (under a launcher) a timed all-reduce across processes")
+    d.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the other processes")
+    d.set_defaults(func=_doctor)
     return p
 
 
@@ -71,6 +75,12 @@ def _train(args: argparse.Namespace) -> int:
 
     run(config.load(args.config, args.overrides), force=args.force)
     return 0
+
+
+def _doctor(args: argparse.Namespace) -> int:
+    from multitune.doctor import run
+
+    return run(args.timeout)
 
 
 def _predict(args: argparse.Namespace) -> int:

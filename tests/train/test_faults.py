@@ -83,14 +83,14 @@ def test_resume_never_refuses_to_mix_with_an_earlier_run(tmp_path):
 def nan_on_steps(monkeypatch, bad: set[int]) -> None:
     """Make the training loss NaN on the given (1-based) steps; one forward per step here."""
     calls = {"n": 0}
-    real = loop.per_example_loss
+    real = loop.forward_loss
 
-    def maybe_nan(logits, labels):
+    def maybe_nan(model, batch, answer_logits_only):
         calls["n"] += 1
-        sums, counts = real(logits, labels)
+        sums, counts = real(model, batch, answer_logits_only)
         return (sums * float("nan") if calls["n"] in bad else sums), counts
 
-    monkeypatch.setattr(loop, "per_example_loss", maybe_nan)
+    monkeypatch.setattr(loop, "forward_loss", maybe_nan)
 
 
 def test_a_nan_step_is_skipped_counted_and_logged(tmp_path, monkeypatch):

@@ -59,13 +59,16 @@ class ModelConfig(Section):
     """Run Python code shipped with the model repository. Off unless you trust its author."""
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     """Weights' dtype when loaded: `auto` is float32 on CPU and bfloat16 on a GPU that supports it."""
-    attn_implementation: Literal["sdpa", "eager"] = "sdpa"
+    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
+    """`sdpa` (PyTorch's fused attention), `eager`, or `flash_attention_2` (needs the flash-attn package
+    and a CUDA GPU)."""
     tiny: TinyModelConfig = TinyModelConfig()
 
 
 class AdapterConfig(Section):
-    method: Literal["lora", "full"] = "lora"
-    """`lora` trains low-rank adapters through peft; `full` trains every weight."""
+    method: Literal["lora", "dora", "qlora", "full"] = "lora"
+    """`lora`: low-rank adapters (peft); `dora`: weight-decomposed LoRA; `qlora`: LoRA on a base quantised
+    to 4 bits (bitsandbytes NF4, see `quantization`); `full`: every weight trains."""
     r: int = Field(16, ge=1)
     alpha: float = Field(32.0, gt=0)
     dropout: float = Field(0.05, ge=0, lt=1)
@@ -75,6 +78,20 @@ class AdapterConfig(Section):
     modules_to_save: list[str] = []
     """Modules trained in full and saved with the adapter, e.g. `[embed_tokens, lm_head]` when the
     vocabulary changed or the base has never produced the answers' tokens."""
+    use_rslora: bool = False
+    """Rank-stabilised LoRA: scale by alpha / sqrt(r) instead of alpha / r (helps at large r)."""
+
+
+class QuantizationConfig(Section):
+    """How `adapter.method: qlora` stores the frozen base (bitsandbytes 4-bit)."""
+
+    quant_type: Literal["nf4", "fp4"] = "nf4"
+    double_quant: bool = True
+    """Quantise the quantisation constants too (about 0.4 bit per weight saved)."""
+    compute_dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
+    storage_dtype: Literal["uint8", "bfloat16", "float16", "float32"] = "uint8"
+    """The dtype the packed 4-bit weights are stored in. FSDP needs it equal to the other parameters'
+    dtype so it can shard them together: `bfloat16` with FSDP + QLoRA."""
 
 
 TASK_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
@@ -166,6 +183,15 @@ class TrainConfig(Section):
     max_grad_norm: float | None = Field(1.0, gt=0)
     """Clip the gradient norm to this; null turns clipping off."""
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    """Autocast through accelerate: `bf16` on Ampere or newer GPUs (and CPUs), `fp16` with loss scaling
+    on older GPUs; `no` trains in the weights' dtype."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass (non-reentrant): much less memory, about 30% slower."""
+    compile: bool = False
+    """torch.compile the model (inductor). Pays off on GPUs for long runs; off by default."""
+    answer_logits_only: bool = True
+    """Project hidden states onto the vocabulary only at positions that predict an answer token. Exact,
+    and on prompt-heavy data it removes most of the logits' memory (Llama 3's vocabulary is 128k wide)."""
     max_bad_steps: int = Field(5, ge=1)
     """Stop after this many consecutive steps whose loss or gradient norm is NaN or infinite (each one
     is skipped: no weight update)."""
@@ -215,6 +241,7 @@ class RunConfig(Section):
     seed: int = 0
     model: ModelConfig = ModelConfig()
     adapter: AdapterConfig = AdapterConfig()
+    quantization: QuantizationConfig = QuantizationConfig()
     tasks: list[TaskConfig] = Field(min_length=1)
     data: DataConfig = DataConfig()
     train: TrainConfig = TrainConfig()
@@ -223,11 +250,16 @@ class RunConfig(Section):
     logging: LoggingConfig = LoggingConfig()
 
     @model_validator(mode="after")
-    def _tasks_named_once(self) -> RunConfig:
+    def _consistent(self) -> RunConfig:
+        problems = []
         names = [t.name for t in self.tasks]
         repeated = sorted({n for n in names if names.count(n) > 1})
         if repeated:
-            raise ValueError(f"task names must be unique; repeated: {', '.join(repeated)}")
+            problems.append(f"task names must be unique; repeated: {', '.join(repeated)}")
+        if "quantization" in self.model_fields_set and self.adapter.method != "qlora":
+            problems.append("quantization applies only to adapter.method=qlora; remove it or set the method")
+        if problems:
+            raise ValueError("; ".join(problems))
         return self
 
     def task(self, name: str) -> TaskConfig:

@@ -1,9 +1,11 @@
-"""Trainable parameters: LoRA adapters through peft, or the whole model."""
+"""Trainable parameters: LoRA / DoRA / QLoRA adapters through peft, or the whole model."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from multitune.config.schema import AdapterConfig
 
@@ -16,22 +18,46 @@ def target_modules(cfg: AdapterConfig) -> str | list[str]:
     return cfg.target_modules  # "all-linear" is understood by peft itself, or an explicit list
 
 
-def attach(model: Any, cfg: AdapterConfig) -> Any:
-    """Return the model to train: wrapped with fresh LoRA adapters, or as is with every weight trainable."""
+def attach(model: Any, cfg: AdapterConfig, gradient_checkpointing: bool = False) -> Any:
+    """Return the model to train: wrapped with fresh adapters, or as is with every weight trainable.
+
+    Gradient checkpointing is non-reentrant: the reentrant kind needs inputs that require grad, which a
+    frozen embedding under LoRA does not give, and it breaks with DDP's unused-parameter checks.
+    """
+    checkpointing = {"gradient_checkpointing_kwargs": {"use_reentrant": False}}
     if cfg.method == "full":
         model.requires_grad_(True)
+        if gradient_checkpointing:
+            _checkpoint_activations(model)
         return model
-    from peft import LoraConfig, get_peft_model
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
+    if cfg.method == "qlora":
+        # Norms and the head in float32, gradient checkpointing set up for a 4-bit base.
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing,
+                                                **checkpointing)
+    elif gradient_checkpointing:
+        _checkpoint_activations(model)
     lora = LoraConfig(
         r=cfg.r,
         lora_alpha=cfg.alpha,
         lora_dropout=cfg.dropout,
         target_modules=target_modules(cfg),
         modules_to_save=list(cfg.modules_to_save) or None,
+        use_dora=cfg.method == "dora",
+        use_rslora=cfg.use_rslora,
         task_type="CAUSAL_LM",
     )
     return get_peft_model(model, lora)
+
+
+def _checkpoint_activations(model: Any) -> None:
+    # transformers 5 renamed gradient checkpointing to activation checkpointing; accept both.
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
 
 def count_parameters(model: Any) -> tuple[int, int]:
@@ -41,8 +67,25 @@ def count_parameters(model: Any) -> tuple[int, int]:
     return trainable, total
 
 
-def save_final(model: Any, tokenizer: Any, folder: Path) -> None:
-    """Write the result to `folder`: a peft adapter (adapter_config.json + safetensors) for LoRA, or the
-    whole model for full fine-tuning; the tokenizer goes beside it either way."""
-    model.save_pretrained(folder, safe_serialization=True)
+def full_tensor(p: torch.Tensor) -> torch.Tensor:
+    """A parameter's whole value on the CPU. Under FSDP a parameter is a DTensor holding this process's
+    shard; `full_tensor()` gathers it (a collective: every process must call it)."""
+    if hasattr(p, "full_tensor"):
+        p = p.full_tensor()
+    return p.detach().cpu().contiguous()
+
+
+def gather_for_saving(model: Any, trainable_only: bool) -> dict[str, torch.Tensor]:
+    """The weights to save, whole, keyed by parameter name. Call on every process (FSDP gathers)."""
+    return {n: full_tensor(p) for n, p in model.named_parameters() if p.requires_grad or not trainable_only}
+
+
+def save_final(model: Any, tokenizer: Any, folder: Path, state_dict: dict[str, torch.Tensor]) -> None:
+    """Write the result to `folder`: a peft adapter (adapter_config.json + safetensors) for adapters, or
+    the whole model for full fine-tuning; the tokenizer goes beside it either way.
+
+    `state_dict` comes from `gather_for_saving`, so every tensor has its full shape even when the
+    model is sharded (saving the live parameters there would write each process's 1/N slice).
+    """
+    model.save_pretrained(folder, state_dict=state_dict, safe_serialization=True)
     tokenizer.save_pretrained(folder)

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from multitune.config.schema import ModelConfig
+from multitune.config.schema import ModelConfig, QuantizationConfig, RunConfig
 from multitune.errors import UserError, hub_error
 from multitune.tasks.base import Message
 
@@ -62,16 +63,63 @@ def torch_dtype(cfg: ModelConfig) -> torch.dtype:
     return getattr(torch, cfg.dtype)
 
 
-def load_model(name: str, cfg: ModelConfig) -> Any:
+def check_hardware(cfg: RunConfig) -> None:
+    """Refuse, before anything is loaded, what this machine cannot run: all problems at once."""
+    cuda = torch.cuda.is_available()
+    bf16_ok = not cuda or torch.cuda.is_bf16_supported()  # CPUs run bf16 (slowly on old ones)
+    wants_bf16 = [
+        name for name, on in [
+            ("train.mixed_precision=bf16", cfg.train.mixed_precision == "bf16"),
+            ("model.dtype=bfloat16", cfg.model.dtype == "bfloat16"),
+            ("quantization.compute_dtype=bfloat16",
+             cfg.adapter.method == "qlora" and cfg.quantization.compute_dtype == "bfloat16"),
+        ] if on
+    ]
+    problems = []
+    if wants_bf16 and not bf16_ok:
+        problems.append(f"this GPU has no bfloat16 support (compute capability below 8.0), needed by "
+                        f"{', '.join(wants_bf16)}: use float16 / fp16 instead")
+    if cfg.train.mixed_precision == "fp16" and not cuda:
+        problems.append("train.mixed_precision=fp16 needs a CUDA GPU: use bf16 (which CPUs support) or no")
+    if cfg.model.attn_implementation == "flash_attention_2":
+        if not cuda:
+            problems.append("model.attn_implementation=flash_attention_2 needs a CUDA GPU: use sdpa")
+        elif importlib.util.find_spec("flash_attn") is None:
+            problems.append("model.attn_implementation=flash_attention_2 needs the flash-attn package "
+                            "(pip install flash-attn --no-build-isolation), or use sdpa")
+    if cfg.adapter.method == "qlora" and importlib.util.find_spec("bitsandbytes") is None:
+        problems.append("adapter.method=qlora needs bitsandbytes: pip install 'multitune[qlora]'")
+    if problems:
+        raise UserError("this machine cannot run the config as it is:\n" + "\n".join(f"  - {p}" for p in problems))
+
+
+def quantization_config(q: QuantizationConfig) -> Any:
+    """The bitsandbytes 4-bit config for QLoRA."""
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type=q.quant_type,
+        bnb_4bit_use_double_quant=q.double_quant,
+        bnb_4bit_compute_dtype=getattr(torch, q.compute_dtype),
+        bnb_4bit_quant_storage=getattr(torch, q.storage_dtype),
+    )
+
+
+def load_model(name: str, cfg: ModelConfig, quantization: QuantizationConfig | None = None,
+               device: torch.device | None = None) -> Any:
+    """Load the base model; with `quantization`, in 4 bits on `device` (bitsandbytes quantises while
+    loading, so the weights must land on their final device)."""
     from transformers import AutoModelForCausalLM
 
+    kwargs: dict[str, Any] = {"dtype": torch_dtype(cfg)}
+    if quantization is not None:
+        kwargs.update(quantization_config=quantization_config(quantization), dtype=getattr(torch, quantization.compute_dtype),
+                      device_map={"": device if device is not None else "cpu"})
     try:
         return AutoModelForCausalLM.from_pretrained(
-            name,
-            revision=cfg.revision,
-            trust_remote_code=cfg.trust_remote_code,
-            dtype=torch_dtype(cfg),
-            attn_implementation=cfg.attn_implementation,
+            name, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code,
+            attn_implementation=cfg.attn_implementation, **kwargs,
         )
     except Exception as e:
         raise hub_error(e, "model", name) from None

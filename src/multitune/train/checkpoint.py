@@ -30,6 +30,7 @@ import torch
 
 from multitune.errors import UserError
 from multitune.io import replace_dir_atomic, write_errors
+from multitune.models.adapters import full_tensor, gather_for_saving
 from multitune.train.state import TrainState
 
 DIRNAME = "checkpoints"
@@ -52,18 +53,18 @@ def save(
     """
     final = root(output_dir) / f"step-{state.step}"
     tmp = root(output_dir) / f".tmp-step-{state.step}"
-    error = None
-    try:
-        if accelerator.is_main_process:
-            if tmp.exists():  # left by a run killed while writing this very step
-                shutil.rmtree(tmp)
-            tmp.mkdir(parents=True)
-        accelerator.wait_for_everyone()
-        torch.save(_rng_state(), tmp / f"rng-{accelerator.process_index}.pt")
-        if accelerator.is_main_process:
-            _save_main(tmp, accelerator, model, optimizer, scheduler, state, config_yaml, meta)
-    except write_errors() as e:
-        error = e
+    # Gathered on every process first: under FSDP these are collectives that all processes must join.
+    unwrapped = accelerator.unwrap_model(model)
+    weights = gather_for_saving(unwrapped, trainable_only=True)
+    opt_state = _full_optimizer_state(optimizer)
+    error: BaseException | None = None
+    if accelerator.is_main_process:
+        error = _attempt(lambda: _fresh_dir(tmp))
+    # Every process reaches each collective below whatever failed, so none is left waiting.
+    if not _any_failed(accelerator, error):
+        error = _attempt(lambda: torch.save(_rng_state(), tmp / f"rng-{accelerator.process_index}.pt"))
+        if accelerator.is_main_process and error is None:
+            error = _attempt(lambda: _save_main(tmp, weights, opt_state, scheduler, state, config_yaml, meta))
     if _any_failed(accelerator, error):
         if accelerator.is_main_process:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -80,12 +81,26 @@ def save(
     return final
 
 
-def _save_main(tmp: Path, accelerator: Any, model: Any, optimizer: Any, scheduler: Any, state: TrainState,
-               config_yaml: str, meta: dict[str, Any]) -> None:
+def _attempt(write: Any) -> BaseException | None:
+    try:
+        write()
+    except write_errors() as e:
+        return e
+    return None
+
+
+def _fresh_dir(tmp: Path) -> None:
+    if tmp.exists():  # left by a run killed while writing this very step
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+
+
+def _save_main(tmp: Path, weights: dict[str, torch.Tensor], opt_state: dict[str, Any], scheduler: Any,
+               state: TrainState, config_yaml: str, meta: dict[str, Any]) -> None:
     from safetensors.torch import save_file
 
-    save_file(trainable_weights(accelerator.unwrap_model(model)), str(tmp / "trainable.safetensors"))
-    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    save_file(weights, str(tmp / "trainable.safetensors"))
+    torch.save(opt_state, tmp / "optimizer.pt")
     torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
     (tmp / "state.json").write_text(json.dumps(state.to_dict(), indent=1))
     (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
@@ -94,8 +109,30 @@ def _save_main(tmp: Path, accelerator: Any, model: Any, optimizer: Any, schedule
     (tmp / MARKER).write_text("")
 
 
-def trainable_weights(model: Any) -> dict[str, torch.Tensor]:
-    return {n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad}
+def _full_optimizer_state(optimizer: Any) -> dict[str, Any]:
+    """The optimizer's state with every tensor whole and on the CPU (FSDP shards it like the weights)."""
+    sd = optimizer.state_dict()
+    state = {i: {k: full_tensor(v) if torch.is_tensor(v) else v for k, v in s.items()} for i, s in sd["state"].items()}
+    return {"state": state, "param_groups": sd["param_groups"]}
+
+
+def _shard_like_params(optimizer: Any, sd: dict[str, Any]) -> dict[str, Any]:
+    """Put saved whole optimizer tensors back in the layout of the live parameters: sharded like a
+    DTensor parameter under FSDP, on its device otherwise. State index i is the i-th parameter."""
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    state = {}
+    for i, s in sd["state"].items():
+        p = params[int(i)]
+        state[i] = {k: _like(v, p) if torch.is_tensor(v) and v.shape == p.shape else v for k, v in s.items()}
+    return {"state": state, "param_groups": sd["param_groups"]}
+
+
+def _like(value: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
+    if hasattr(param, "device_mesh"):  # a DTensor: keep only this process's shard
+        from torch.distributed.tensor import distribute_tensor
+
+        return distribute_tensor(value.to(param.device), param.device_mesh, param.placements)
+    return value.to(param.device)
 
 
 def _any_failed(accelerator: Any, error: BaseException | None) -> bool:
@@ -176,8 +213,8 @@ def load(path: Path, accelerator: Any, model: Any, optimizer: Any, scheduler: An
     # Everything was read and checked above: from here on nothing fails half-way through.
     with torch.no_grad():
         for name, p in params.items():
-            p.copy_(weights[name].to(p.device, p.dtype))
-    optimizer.load_state_dict(opt_state)
+            p.copy_(_like(weights[name].to(p.dtype), p))
+    optimizer.load_state_dict(_shard_like_params(optimizer, opt_state))
     scheduler.load_state_dict(sched_state)
     if rng is not None:  # a process count change leaves some ranks without one; resume refuses that anyway
         _set_rng_state(rng)
@@ -189,7 +226,7 @@ def _check_fit(weights: dict[str, torch.Tensor], params: dict[str, torch.Tensor]
         missing, extra = sorted(params.keys() - weights.keys()), sorted(weights.keys() - params.keys())
         raise ValueError(f"weights do not fit the model (missing {missing[:3]}, unexpected {extra[:3]})")
     for name, p in params.items():
-        if weights[name].shape != p.shape:
+        if weights[name].shape != p.shape:  # a DTensor reports its global shape
             raise ValueError(f"{name} has shape {tuple(weights[name].shape)}, the model {tuple(p.shape)}")
 
 

@@ -21,12 +21,29 @@ from multitune.data.mixture import cached_epoch_order, step_micro_batches, steps
 from multitune.data.prepare import Prepared
 from multitune.errors import UserError
 from multitune.tracking import Trackers
-from multitune.train.loss import answer_token_count, per_example_loss, per_task_sums
+from multitune.train.loss import (
+    answer_positions,
+    answer_token_count,
+    per_example_loss,
+    per_example_loss_at,
+    per_task_sums,
+)
 from multitune.train.state import StepResult, TrainState, interval_row, record
 
 
+def forward_loss(model: Any, batch: dict[str, torch.Tensor], answer_logits_only: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-example summed answer-token loss and answer-token count of one micro-batch: (B,), (B,)."""
+    if not answer_logits_only:
+        logits = model(**model_inputs(batch), use_cache=False).logits  # (B, T, V)
+        return per_example_loss(logits, batch["labels"])
+    keep = answer_positions(batch["labels"])  # (B, T)
+    logits = model(**model_inputs(batch), use_cache=False, logits_to_keep=keep).logits  # (N, V)
+    return per_example_loss_at(logits, batch["labels"], keep)
+
+
 def accumulate_gradients(
-    model: Any, accelerator: Any, micro_batches: Sequence[dict[str, torch.Tensor]], n_tasks: int
+    model: Any, accelerator: Any, micro_batches: Sequence[dict[str, torch.Tensor]], n_tasks: int,
+    answer_logits_only: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Backward over this process's micro-batches, leaving in `.grad` the gradient of
     (sum of answer-token losses on all processes) / (answer tokens on all processes).
@@ -45,8 +62,7 @@ def accumulate_gradients(
         last = i == len(micro_batches) - 1
         # Only the last micro-batch synchronises gradients across processes.
         with contextlib.nullcontext() if last else accelerator.no_sync(model):
-            logits = model(**model_inputs(mb), use_cache=False).logits
-            sums, n = per_example_loss(logits, mb["labels"])  # (B,), (B,)
+            sums, n = forward_loss(model, mb, answer_logits_only)  # (B,), (B,)
             accelerator.backward(sums.sum() * scale)
         task_sums += per_task_sums(sums, n, mb["task_ids"], n_tasks)
     return counts, task_sums
@@ -54,7 +70,7 @@ def accumulate_gradients(
 
 def train_step(
     model: Any, optimizer: Any, scheduler: Any, accelerator: Any, micro_batches: Sequence[dict[str, torch.Tensor]],
-    max_grad_norm: float | None, n_tasks: int,
+    max_grad_norm: float | None, n_tasks: int, answer_logits_only: bool = True,
 ) -> StepResult:
     """One optimizer step over this process's micro-batches (already on the device).
 
@@ -62,7 +78,7 @@ def train_step(
     so the learning rate stays a function of the step). Both numbers are reduced over processes before
     the check, so every process takes the same decision.
     """
-    counts, task_sums = accumulate_gradients(model, accelerator, micro_batches, n_tasks)
+    counts, task_sums = accumulate_gradients(model, accelerator, micro_batches, n_tasks, answer_logits_only)
     grad_norm = (
         accelerator.clip_grad_norm_(model.parameters(), max_grad_norm) if max_grad_norm is not None
         else _grad_norm(model)
@@ -152,7 +168,8 @@ def train_loop(
         batches = batches_for_step(prepared, plan, state.step, seed, accelerator.process_index, pad_id,
                                    accelerator.device)
         lr = scheduler.get_last_lr()[0]
-        result = train_step(model, optimizer, scheduler, accelerator, batches, cfg.max_grad_norm, len(names))
+        result = train_step(model, optimizer, scheduler, accelerator, batches, cfg.max_grad_norm, len(names),
+                            cfg.answer_logits_only)
         record(state, result)
         bar.update(1)
         if not result.finite:

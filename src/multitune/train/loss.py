@@ -37,3 +37,27 @@ def per_task_sums(
     out[:, 0].index_add_(0, task_ids, loss_sums.detach().double())
     out[:, 1].index_add_(0, task_ids, counts.double())
     return out
+
+
+def answer_positions(labels: torch.Tensor) -> torch.Tensor:
+    """(B, T) bool: the positions whose next token is an answer token, i.e. where logits are needed."""
+    keep = torch.zeros_like(labels, dtype=torch.bool)
+    keep[:, :-1] = labels[:, 1:] != IGNORE
+    return keep
+
+
+def per_example_loss_at(
+    logits: torch.Tensor, labels: torch.Tensor, keep: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Like `per_example_loss`, from logits computed only at the `keep` positions.
+
+    logits: (N, V) for the N True positions of keep (B, T), in row-major order, as a model returns them
+    for `logits_to_keep=keep` -> (B,) float32 loss sums, (B,) answer-token counts.
+    """
+    targets = labels[:, 1:][keep[:, :-1]]  # (N,): the token each kept position predicts
+    rows = keep.nonzero(as_tuple=True)[0]  # (N,): the example each kept position belongs to
+    token_loss = F.cross_entropy(logits.float(), targets, reduction="none")  # (N,)
+    sums = torch.zeros(labels.size(0), dtype=torch.float32, device=logits.device).index_add_(0, rows, token_loss)
+    counts = torch.zeros(labels.size(0), dtype=torch.long, device=logits.device).index_add_(
+        0, rows, torch.ones_like(rows))
+    return sums, counts

@@ -37,10 +37,15 @@ class TrainResult:
 def run(cfg: RunConfig, force: bool = False) -> TrainResult:
     """Train, evaluate and save one run as the config says, resuming it if `output_dir` holds a
     checkpoint (`checkpoint.resume`). `force` resumes even when the config or data changed."""
+    import torch
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
-    accelerator = Accelerator(mixed_precision=cfg.train.mixed_precision)
+    load.check_hardware(cfg)
+    # cpu=True on a machine without CUDA makes torchrun's processes one gloo group (DDP on CPUs); the
+    # topology otherwise comes from the launcher and its accelerate config, never from this code.
+    accelerator = Accelerator(mixed_precision=cfg.train.mixed_precision, cpu=not torch.cuda.is_available(),
+                              dynamo_plugin=_dynamo(cfg))
     say = accelerator.print  # only the main process prints
     set_seed(cfg.seed)
     out = Path(cfg.output_dir)
@@ -61,9 +66,10 @@ def run(cfg: RunConfig, force: bool = False) -> TrainResult:
 
     # Model and optimiser. Seed again: building the tiny model draws random numbers only when it is not
     # cached yet, and the adapters' initialisation must not depend on that.
-    base = load.load_model(model_name, cfg.model)
+    quantization = cfg.quantization if cfg.adapter.method == "qlora" else None
+    base = load.load_model(model_name, cfg.model, quantization, accelerator.device)
     set_seed(cfg.seed)
-    model = adapters.attach(base, cfg.adapter)
+    model = adapters.attach(base, cfg.adapter, cfg.train.gradient_checkpointing)
     trainable, total = adapters.count_parameters(model)
     say(f"model {cfg.model.name} ({model_name}): {cfg.adapter.method}, {trainable:,} of {total:,} parameters trainable")
     plan = loop.make_plan(cfg.train, prepared, cfg.seed, accelerator.num_processes)
@@ -129,9 +135,11 @@ def run(cfg: RunConfig, force: bool = False) -> TrainResult:
 
     summary = {"final_step": plan.total_steps, "before": state.baseline,
                "after": {k: r.metrics for k, r in after.items()}}
+    final_weights = adapters.gather_for_saving(accelerator.unwrap_model(model),
+                                               trainable_only=cfg.adapter.method != "full")
     if accelerator.is_main_process:
         try:
-            _save_final(out, accelerator.unwrap_model(model), tokenizer)
+            _save_final(out, accelerator.unwrap_model(model), tokenizer, final_weights)
             write_eval_outputs(out, summary, after)
         except write_errors() as e:
             raise UserError(f"could not write the final adapter and metrics: {e}", where=str(out),
@@ -142,6 +150,16 @@ def run(cfg: RunConfig, force: bool = False) -> TrainResult:
     trackers.finish()
     accelerator.wait_for_everyone()
     return TrainResult(summary, accelerator.unwrap_model(model), tokenizer)
+
+
+def _dynamo(cfg: RunConfig) -> Any:
+    if not cfg.train.compile:
+        return None
+    from accelerate.utils import TorchDynamoPlugin
+
+    # dynamic=True: batches are padded to their longest example, so shapes change from step to step;
+    # compiling for symbolic shapes avoids a recompilation for every new length.
+    return TorchDynamoPlugin(backend="inductor", dynamic=True)
 
 
 def _prepare_output_dir(out: Path) -> None:
@@ -170,10 +188,10 @@ def _checkpoint_due(cfg: RunConfig, step: int, last_save: dict[str, float], acce
     return due
 
 
-def _save_final(out: Path, model: Any, tokenizer: Any) -> None:
+def _save_final(out: Path, model: Any, tokenizer: Any, weights: dict[str, Any]) -> None:
     """The adapter (or the whole model) and its tokenizer, replacing any earlier one in one rename."""
     tmp = out / ".adapter.tmp"
-    adapters.save_final(model, tokenizer, tmp)
+    adapters.save_final(model, tokenizer, tmp, weights)
     replace_dir_atomic(tmp, out / "adapter")
 
 

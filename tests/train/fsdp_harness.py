@@ -1,0 +1,66 @@
+"""Run by test_distributed.py under `torchrun --nproc_per_node 2`: FSDP2 (fully_shard) on CPUs over gloo.
+
+accelerate runs FSDP only on GPUs, so this applies torch's fully_shard itself, exactly as accelerate's
+FSDP2 does (one unit per decoder layer plus the root), then exercises multitune's checkpoint and
+final-adapter code on the sharded (DTensor) parameters.
+"""
+
+import sys
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from peft import LoraConfig, get_peft_model
+from safetensors.torch import load_file
+from torch.distributed.fsdp import fully_shard
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from multitune.models.adapters import gather_for_saving, save_final
+from multitune.train import checkpoint
+from multitune.train.state import TrainState
+
+base_dir, out = sys.argv[1], Path(sys.argv[2])
+accelerator = Accelerator(cpu=True)
+assert accelerator.num_processes == 2
+
+
+def sharded_lora():
+    torch.manual_seed(0)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(base_dir), LoraConfig(r=4, target_modules="all-linear"))
+    for layer in model.base_model.model.model.layers:
+        fully_shard(layer)
+    fully_shard(model)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    return model, optimizer, scheduler
+
+
+model, optimizer, scheduler = sharded_lora()
+lora_b = next(p for n, p in model.named_parameters() if "lora_B" in n)
+assert type(lora_b).__name__ == "DTensor" and lora_b.to_local().shape[0] < lora_b.shape[0]  # really sharded
+ids = torch.randint(10, 300, (2, 12), generator=torch.Generator().manual_seed(accelerator.process_index))
+model(input_ids=ids, labels=ids).loss.backward()
+optimizer.step()
+scheduler.step()
+
+state = TrainState(step=1)
+path = checkpoint.save(out, accelerator, model, optimizer, scheduler, state, "seed: 0\n", {"world_size": 2})
+weights = gather_for_saving(model, trainable_only=True)
+if accelerator.is_main_process:
+    save_final(model, AutoTokenizer.from_pretrained(base_dir), out / "adapter", weights)
+
+# A fresh sharded model resumes from the checkpoint: every process gets back its shard of the same values.
+fresh, fresh_opt, fresh_sched = sharded_lora()
+checkpoint.load(path, accelerator, fresh, fresh_opt, fresh_sched)
+for (name, a), (_, b) in zip(model.named_parameters(), fresh.named_parameters(), strict=True):
+    if a.requires_grad:
+        assert torch.equal(a.full_tensor(), b.full_tensor()), name
+saved = load_file(path / "trainable.safetensors")
+for name, p in fresh.named_parameters():
+    if p.requires_grad:
+        assert tuple(saved[name].shape) == tuple(p.shape), name
+state_a, state_b = optimizer.state_dict()["state"], fresh_opt.state_dict()["state"]
+for i in state_a:
+    assert torch.equal(state_a[i]["exp_avg"].full_tensor(), state_b[i]["exp_avg"].full_tensor())
+accelerator.wait_for_everyone()
+print(f"rank {accelerator.process_index}: ok")

@@ -1,0 +1,182 @@
+"""Methods, precision and memory switches on the CPU: QLoRA (bitsandbytes 4-bit runs on CPUs), DoRA,
+rsLoRA, target presets, gradient checkpointing, answer-only logits, hardware checks, shipped configs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from conftest import SMALL_TINY
+from multitune import config
+from multitune.config import validate
+from multitune.data.collate import pad_batch
+from multitune.data.tokenize import IGNORE, Tokenized
+from multitune.errors import UserError
+from multitune.models import load
+from multitune.train.loop import forward_loss
+from multitune.train.recipe import run
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def small(out: Path, **sections) -> dict:
+    raw = {
+        "output_dir": str(out),
+        "model": {"name": "tiny", "tiny": SMALL_TINY},
+        "tasks": [{"name": "claims", "kind": "classification", "source": "demo:claims", "max_rows": 48}],
+        "train": {"max_steps": 3, "micro_batch_size": 4, "learning_rate": 1e-3},
+        "eval": {"baseline": False, "max_rows": 4},
+    }
+    for k, v in sections.items():
+        raw[k] = {**raw.get(k, {}), **v}
+    return raw
+
+
+def adapter_config(out: Path) -> dict:
+    return json.loads((out / "adapter" / "adapter_config.json").read_text())
+
+
+def test_qlora_trains_a_4bit_base_on_the_cpu_and_its_adapter_loads(tmp_path):
+    pytest.importorskip("bitsandbytes")
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    result = run(validate(small(tmp_path / "q", adapter={"method": "qlora"})))
+    base_layer = result.model.base_model.model.model.layers[0].self_attn.q_proj.base_layer
+    assert type(base_layer).__name__ == "Linear4bit" and base_layer.weight.quant_type == "nf4"
+    cfg = adapter_config(tmp_path / "q")
+    assert cfg["r"] == 16 and not cfg.get("use_dora")
+    # The adapter applies to the 16-bit base too (how it is merged and served).
+    base = AutoModelForCausalLM.from_pretrained(cfg["base_model_name_or_path"])
+    loaded = PeftModel.from_pretrained(base, str(tmp_path / "q" / "adapter"))
+    lora_b = dict(loaded.named_parameters())["base_model.model.model.layers.0.self_attn.q_proj.lora_B.default.weight"]
+    assert lora_b.abs().sum() > 0
+    assert torch.isfinite(loaded(input_ids=torch.tensor([[1, 20, 30]])).logits).all()
+
+
+def test_dora_and_rslora_are_saved_in_the_adapter_and_reload_exactly(tmp_path):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    result = run(validate(small(tmp_path / "d", adapter={"method": "dora", "use_rslora": True})))
+    cfg = adapter_config(tmp_path / "d")
+    assert cfg["use_dora"] is True and cfg["use_rslora"] is True
+    loaded = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(cfg["base_model_name_or_path"]),
+                                       str(tmp_path / "d" / "adapter")).eval()
+    ids = torch.tensor([[1, 20, 30, 40]])
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(input_ids=ids).logits, result.model.eval()(input_ids=ids).logits)
+
+
+def test_attention_preset_targets_only_the_attention_projections(tmp_path):
+    result = run(validate(small(tmp_path / "a", adapter={"target_modules": "attention"})))
+    targeted = {n.split(".")[-4] for n, _ in result.model.named_parameters() if "lora_A" in n}
+    assert targeted == {"q_proj", "k_proj", "v_proj", "o_proj"}
+
+
+def test_bf16_mixed_precision_runs_on_the_cpu(tmp_path):
+    # In a fresh process: accelerate fixes the precision of the first Accelerator in a process.
+    import subprocess
+    import sys
+
+    path = tmp_path / "b.yaml"
+    path.write_text(yaml.safe_dump(small(tmp_path / "b", train={"mixed_precision": "bf16"})))
+    r = subprocess.run([sys.executable, "-m", "multitune", "train", str(path)], capture_output=True, text=True,
+                       timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert json.loads((tmp_path / "b" / "eval" / "metrics.json").read_text())["final_step"] == 3
+
+
+def uneven(vocab: int) -> list[Tokenized]:
+    out = []
+    for i, length in enumerate([9, 14, 6, 11]):
+        ids = [(7 * i + 3 * j) % (vocab - 10) + 10 for j in range(length)]
+        out.append(Tokenized(ids, [IGNORE] * (length - 3) + ids[-3:], task_id=0))
+    return out
+
+
+def grads(model, batch, answer_logits_only: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    model.zero_grad(set_to_none=True)
+    sums, counts = forward_loss(model, batch, answer_logits_only)
+    (sums.sum() / counts.sum()).backward()
+    return sums.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def test_answer_only_logits_give_the_same_loss_and_gradients(model, tokenizer):
+    batch = pad_batch(uneven(len(tokenizer)), tokenizer.pad_token_id)
+    full_sums, full = grads(model, batch, answer_logits_only=False)
+    kept_sums, kept = grads(model, batch, answer_logits_only=True)
+    torch.testing.assert_close(kept_sums, full_sums)
+    for name in full:
+        torch.testing.assert_close(kept[name], full[name], rtol=1e-4, atol=1e-6)
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(tiny_dir, tokenizer):
+    from transformers import AutoModelForCausalLM
+
+    from multitune.config.schema import AdapterConfig
+    from multitune.models.adapters import attach
+
+    def lora(checkpointing: bool):
+        torch.manual_seed(0)  # the same adapter initialisation both times
+        base = AutoModelForCausalLM.from_pretrained(tiny_dir)
+        return attach(base, AdapterConfig(dropout=0.0), gradient_checkpointing=checkpointing).train()
+
+    batch = pad_batch(uneven(len(tokenizer)), tokenizer.pad_token_id)
+    _, plain = grads(lora(False), batch, True)
+    checkpointed_model = lora(True)
+    assert any(getattr(m, "gradient_checkpointing", False) for m in checkpointed_model.modules())
+    _, checkpointed = grads(checkpointed_model, batch, True)
+    assert plain.keys() == checkpointed.keys() and plain
+    for name in plain:
+        torch.testing.assert_close(checkpointed[name], plain[name], rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks what a CPU-only machine refuses")
+def test_what_the_hardware_cannot_do_is_refused_before_loading():
+    cfg = validate(small(Path("x"), train={"mixed_precision": "fp16"}, model={"attn_implementation": "flash_attention_2"}))
+    with pytest.raises(UserError) as e:
+        load.check_hardware(cfg)
+    assert "fp16 needs a CUDA GPU" in str(e.value) and "flash_attention_2 needs a CUDA GPU" in str(e.value)
+
+
+def test_quantization_settings_without_qlora_are_an_error():
+    with pytest.raises(UserError, match="quantization applies only to adapter.method=qlora"):
+        validate(small(Path("x"), quantization={"quant_type": "fp4"}))
+
+
+# Every shipped config: run configs load and validate; accelerate topologies parse with accelerate's own
+# loader and use only FSDP keys accelerate knows.
+SHIPPED = sorted(p for p in (REPO / "configs").rglob("*.yaml"))
+FSDP_KEYS = {"fsdp_version", "fsdp_auto_wrap_policy", "fsdp_transformer_layer_cls_to_wrap", "fsdp_reshard_after_forward",
+             "fsdp_state_dict_type", "fsdp_cpu_ram_efficient_loading", "fsdp_offload_params",
+             "fsdp_activation_checkpointing"}
+
+
+def test_the_shipped_configs_are_the_ones_this_test_knows():
+    names = sorted(str(p.relative_to(REPO / "configs")) for p in SHIPPED)
+    accelerate_files = [n for n in names if n.startswith("accelerate/")]
+    assert accelerate_files == ["accelerate/ddp-1xN.yaml", "accelerate/fsdp-1x4.yaml", "accelerate/fsdp-3x4.yaml",
+                                "accelerate/fsdp-qlora-1x4.yaml", "accelerate/single-gpu.yaml"]
+    assert len(names) >= len(accelerate_files) + 1
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: str(p.relative_to(REPO / "configs")))
+def test_every_shipped_config_validates(path):
+    text = path.read_text()
+    assert text.startswith("#") and ("multitune train" in text.splitlines()[0] or "launch" in text)
+    if path.parent.name != "accelerate":
+        config.load(path)
+        return
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    cluster = load_config_from_file(str(path))
+    raw = yaml.safe_load(text)
+    assert cluster.num_processes == raw["num_processes"]
+    if raw["distributed_type"] == "FSDP":
+        assert set(raw["fsdp_config"]) <= FSDP_KEYS and raw["fsdp_config"]["fsdp_version"] == 2
+        assert raw["num_processes"] % raw["num_machines"] == 0
