@@ -256,7 +256,8 @@ class RunConfig(Section):
         repeated = sorted({n for n in names if names.count(n) > 1})
         if repeated:
             problems.append(f"task names must be unique; repeated: {', '.join(repeated)}")
-        if "quantization" in self.model_fields_set and self.adapter.method != "qlora":
+        # A saved config.yaml spells out every default, so only a changed section is an error.
+        if self.quantization != QuantizationConfig() and self.adapter.method != "qlora":
             problems.append("quantization applies only to adapter.method=qlora; remove it or set the method")
         if problems:
             raise ValueError("; ".join(problems))
