@@ -13,7 +13,8 @@ from typing import Any
 
 from multitune import config as config_mod
 from multitune.config.schema import RunConfig
-from multitune.data.prepare import Prepared, load_splits, tokenize_splits, training_conversations
+from multitune.data.prepare import load_splits, tokenize_splits, training_conversations
+from multitune.data.stats import data_summary
 from multitune.eval.runner import TaskResult, evaluate
 from multitune.io import write_json_atomic, write_text_atomic
 from multitune.models import adapters, load
@@ -48,11 +49,12 @@ def run(cfg: RunConfig) -> TrainResult:
     with accelerator.main_process_first():
         model_name = load.resolve(cfg.model, training_conversations(splits), cfg.seed)
     tokenizer = load.load_tokenizer(model_name, cfg.model)
-    prepared = tokenize_splits(tokenizer, splits, cfg)
+    with accelerator.main_process_first():  # the main process fills the tokenised cache, the others read it
+        prepared = tokenize_splits(tokenizer, splits, cfg)
     pad_id = load.pad_id(tokenizer)
     if accelerator.is_main_process:
         write_json_atomic(out / "data_stats.json", prepared.stats)
-    say(_data_summary(prepared))
+    say(data_summary(prepared, cfg.seed))
 
     # Model and optimiser.
     model = adapters.attach(load.load_model(model_name, cfg.model), cfg.adapter)
@@ -63,7 +65,8 @@ def run(cfg: RunConfig) -> TrainResult:
     scheduler = optim.build_scheduler(optimizer, cfg.train, plan.total_steps)
     model, optimizer = accelerator.prepare(model, optimizer)
     trackers = make_trackers(cfg, accelerator.is_main_process)
-    say(f"training: {plan.total_steps} steps ({plan.steps_per_epoch}/epoch), global batch {plan.global_batch_size}")
+    say(f"training: {plan.total_steps} steps ({plan.steps_per_epoch}/epoch), global batch {plan.global_batch_size}"
+        + (" packed rows" if plan.packed else ""))
 
     def run_eval(step: int) -> dict[str, TaskResult]:
         results = evaluate(
@@ -109,16 +112,3 @@ def write_eval_outputs(out: Path, summary: dict[str, Any], results: dict[str, Ta
 
 def _eval_row(results: dict[str, TaskResult]) -> dict[str, float]:
     return {f"eval/{task}/{k}": v for task, r in results.items() for k, v in r.metrics.items() if k != "rows"}
-
-
-def _data_summary(prepared: Prepared) -> str:
-    lines = ["data:"]
-    for name, s in prepared.stats.items():
-        tr, va = s["train"], s["val"]
-        dropped = tr["dropped_too_long"] + va["dropped_too_long"]
-        lines.append(
-            f"  {name:<14} {s['kind']:<16} rows {s['rows']:>6}  train {tr['examples']:>6}  val {va['examples']:>5}"
-            f"  train tokens {tr['tokens']:>8} (answer {tr['answer_tokens']})"
-            + (f"  dropped (too long) {dropped}" if dropped else "")
-        )
-    return "\n".join(lines)
