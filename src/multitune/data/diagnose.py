@@ -8,6 +8,7 @@ row with the wrong number of fields. They run only on the error path, so reading
 
 from __future__ import annotations
 
+import codecs
 import json
 import re
 from pathlib import Path
@@ -18,17 +19,31 @@ COMPRESSED = {".gz", ".bz2", ".xz", ".zst", ".lz4", ".zip"}
 UTF8_FIX = "save the file as UTF-8 (e.g. `iconv -f latin1 -t utf-8 in.csv > out.csv`)"
 
 
-def is_blank(path: Path) -> bool:
-    """True when a file holds nothing but whitespace (read in chunks: stops at the first other byte)."""
+def check_file(path: Path) -> None:
+    """Refuse an empty file, and a text file that is not UTF-8, before `datasets` reads it.
+
+    The UTF-8 check cannot wait for the error path: `datasets` turns invalid bytes in a JSON file into
+    string cells without complaint, and they fail much later, when a row is read. Text files are read
+    once in chunks (about 1 GB/s), binary and compressed ones only checked for size.
+    """
+    empty = UserError("the file is empty", where=str(path), fix="point the source at a file with rows")
     if path.stat().st_size == 0:
-        return True
+        raise empty
     if path.suffix.lower() in COMPRESSED or path.suffix.lower() == ".parquet":
-        return False
+        return
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    blank = True
     with path.open("rb") as f:
-        while chunk := f.read(1 << 16):
-            if chunk.strip():
-                return False
-    return True
+        while chunk := f.read(1 << 20):
+            blank = blank and not chunk.strip()
+            try:
+                decoder.decode(chunk)
+            except UnicodeDecodeError:
+                problem = _not_utf8(path, path.read_bytes())  # the error path: find the line
+                assert problem is not None
+                raise problem from None
+    if blank:
+        raise empty
 
 
 def read_error(path: Path, fmt: str, error: BaseException) -> UserError:

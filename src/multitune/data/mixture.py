@@ -36,7 +36,7 @@ def epoch_counts(
         counts = [_proportional(n, w) for n, w in zip(task_sizes, weights, strict=True)]
     else:
         exponent = 0.0 if strategy == "equal" else 1.0 / temperature
-        shares = [w * n**exponent for n, w in zip(task_sizes, weights, strict=True)]
+        shares = [w * n**exponent if n else 0.0 for n, w in zip(task_sizes, weights, strict=True)]
         total = sum(_proportional(n, w) for n, w in zip(task_sizes, weights, strict=True))
         counts = [round(total * s / sum(shares)) for s in shares]
     counts = [max(c, 1) if n else 0 for c, n in zip(counts, task_sizes, strict=True)]

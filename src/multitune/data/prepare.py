@@ -6,7 +6,6 @@ rows (data/sources) -> examples (tasks) -> seeded split or the task's own valida
 
 from __future__ import annotations
 
-import dataclasses
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -86,29 +85,32 @@ def _load_task(task_cfg: Any, cfg: RunConfig) -> TaskSplit:
         train, val = train_val_split(rendered.examples, cfg.data.val_fraction, cfg.seed)
         return TaskSplit(task_cfg, len(rows), train, val, len(rendered.empty_rows))
     val_rows = load_rows(task_cfg, task_cfg.val_split)
-    val_rendered = tasks.render(task_cfg, val_rows, empty=empty)
-    train, val = rendered.examples, val_rendered.examples
+    labels = None
     if task_cfg.kind == "classification":
-        val = _with_training_labels(train, val, task_cfg)
+        labels = _training_labels(rendered.examples, val_rows, task_cfg)
+    val_rendered = tasks.render(task_cfg, val_rows, labels=labels, empty=empty)
+    train, val = rendered.examples, val_rendered.examples
     dropped = len(rendered.empty_rows) + len(val_rendered.empty_rows)
     return TaskSplit(task_cfg, len(rows), train, val, dropped, val_rows=len(val_rows))
 
 
-def _with_training_labels(train: list[Example], val: list[Example], task_cfg: Any) -> list[Example]:
-    """Refuse validation labels that training never saw; give validation rows the training label set as
-    candidates (scoring must choose among what the model was trained to answer)."""
+def _training_labels(train: list[Example], val_rows: Any, task_cfg: Any) -> list[str]:
+    """The label set validation is scored against: the training one. Refuses validation labels that
+    training never saw (the model cannot have learnt them), listing them all at once."""
+    from multitune.tasks.classification import gold_labels
+
     seen = {ex.label for ex in train}
-    unseen = Counter(ex.label for ex in val if ex.label not in seen)
+    gold = gold_labels(task_cfg, val_rows)
+    unseen = Counter(g for g in gold if g is not None and g not in seen)
     if unseen:
-        rows = [ex.row for ex in val if ex.label in unseen]
+        rows = [i for i, g in enumerate(gold) if g in unseen]
         raise UserError(
             f"{len(unseen)} label(s) in the validation split {task_cfg.val_split!r} never occur in training: "
             f"{shown(f'{label!r} ({n} rows)' for label, n in unseen.most_common())}; validation rows {shown(rows)}",
             where=f"task {task_cfg.name}",
             fix="add training rows with those labels, or remove those rows from the validation split",
         )
-    candidates = train[0].candidates if train else None
-    return [dataclasses.replace(ex, candidates=candidates) for ex in val]
+    return list(train[0].candidates or ()) if train else sorted(seen)
 
 
 def training_conversations(splits: Sequence[TaskSplit]) -> list[tuple]:

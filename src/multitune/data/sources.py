@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from multitune.data.diagnose import COMPRESSED, is_blank, read_error, root_cause
+from multitune.data.diagnose import COMPRESSED, check_file, read_error, root_cause
 from multitune.errors import UserError, hub_error
 
 LOCAL_FORMATS = {".csv": "csv", ".tsv": "csv", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
@@ -99,8 +99,7 @@ def _file(path: Path, split: str) -> Any:
     if fmt is None:
         raise UserError(f"unsupported file type {''.join(path.suffixes) or '(no extension)'}", where=str(path),
                         fix=f"use one of {', '.join(LOCAL_FORMATS)} (optionally compressed, e.g. .jsonl.gz)")
-    if is_blank(path):
-        raise UserError("the file is empty", where=str(path), fix="point the source at a file with rows")
+    check_file(path)
     name = _split_name(split)
     kwargs = {"delimiter": "\t"} if _is_tsv(path) else {}
     try:
@@ -131,9 +130,8 @@ def _folder(path: Path, split: str, task: str) -> Any:
         raise UserError(f"the folder mixes file types ({', '.join(kinds)}): which one holds the rows is ambiguous",
                         where=str(path), fix=f"point tasks.{task}.source at one of the files")
     fmt, tsv = formats[0]
-    blank = [p for p in files if is_blank(p)]
-    if blank:
-        raise UserError("the file is empty", where=str(blank[0]), fix="remove it or add rows")
+    for p in files:
+        check_file(p)
     try:
         return datasets.load_dataset(fmt, data_dir=str(path), split=split, **({"delimiter": "\t"} if tsv else {}))
     except ValueError as e:

@@ -21,6 +21,9 @@ def data_summary(prepared: Prepared, seed: int) -> str:
         notes = _notes(s)
         if notes:
             lines.append(f"  {'':<16} {'; '.join(notes)}")
+    cached = [name for name, s in prepared.stats.items() if s["tokenize_cache"] == "hit"]
+    if cached:
+        lines.append(f"  tokens read from the cache for: {', '.join(cached)}")
     if prepared.pack_len is not None:
         lines.append(packing_summary(prepared, seed))
     return "\n".join(lines)

@@ -38,7 +38,8 @@ FIELDS = ("text", "labels")
 
 def label_names(cfg: ClassificationTask, rows: Any) -> list[str]:
     """The task's labels in order: from the config, a ClassLabel feature, or the sorted distinct values
-    (numerically when they are all integers)."""
+    (case-insensitively, as the Hub orders ClassLabel names, so banking77's CSV and parquet layouts give
+    the same list; numerically when they are all integers)."""
     if cfg.labels is not None:
         return list(cfg.labels)
     names = _class_names(cfg, rows)
@@ -47,7 +48,7 @@ def label_names(cfg: ClassificationTask, rows: Any) -> list[str]:
     values = {v for v in column(rows, cfg.label_column) if v is not None and str(v).strip() != ""}
     if values and all(isinstance(v, int) and not isinstance(v, bool) for v in values):
         return [str(v) for v in sorted(values)]
-    return sorted(str(v) for v in values)
+    return sorted({str(v) for v in values}, key=lambda s: (s.casefold(), s))
 
 
 def default_template(n_labels: int) -> str:
@@ -70,9 +71,8 @@ def render(
     check_template(template, FIELDS, cfg.name)
     listed = _listed_labels(cfg, labels)
     system = system_prompt(cfg, DEFAULT_SYSTEM)
-    names = _class_names(cfg, rows) if labelled else None
     texts = column(rows, cfg.text_column)
-    gold = [_label(raw, names) for raw in column(rows, cfg.label_column)] if labelled else [None] * len(texts)
+    gold = gold_labels(cfg, rows) if labelled else [None] * len(texts)
     if labelled:
         _refuse_unknown_labels(gold, labels, cfg)
     candidates = tuple(labels)
@@ -88,6 +88,12 @@ def render(
 
     return render_rows(len(texts), make, cfg.name, empty,
                        unlabelled_fix="label every row, or remove unlabelled rows from the source")
+
+
+def gold_labels(cfg: ClassificationTask, rows: Any) -> list[str | None]:
+    """Each row's label name (None when the cell is empty), ids read through the ClassLabel names."""
+    names = _class_names(cfg, rows)
+    return [_label(raw, names) for raw in column(rows, cfg.label_column)]
 
 
 def _class_names(cfg: ClassificationTask, rows: Any) -> list[str] | None:
