@@ -11,7 +11,12 @@ from multitune.errors import EXIT_ABORTED, EXIT_PREEMPTED, EXIT_USER_ERROR, User
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    # argparse cannot collect positionals that come after options (`preview cfg.yaml --task x a=b`).
+    if extra and hasattr(args, "overrides") and all("=" in x and not x.startswith("-") for x in extra):
+        args.overrides += extra
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     _quiet_libraries()
     from multitune.train.signals import Preempted
 
@@ -66,6 +71,18 @@ def _parser() -> argparse.ArgumentParser:
     d = sub.add_parser("doctor", help="versions, GPUs, and (under a launcher) a timed all-reduce across processes")
     d.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the other processes")
     d.set_defaults(func=_doctor)
+
+    d = sub.add_parser("data", help="inspect the data a run would train on")
+    dsub = d.add_subparsers(dest="data_command", required=True, metavar="ACTION")
+    pv = dsub.add_parser("preview", help="print rendered examples with the trained tokens marked, and the "
+                                         "per-task statistics")
+    pv.add_argument("config", help="path of the run's YAML config")
+    pv.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="override config keys, as for train")
+    pv.add_argument("--task", help="preview this task only (default: every task)")
+    pv.add_argument("-n", type=int, default=3, help="examples per task (default: 3)")
+    pv.add_argument("--color", choices=["auto", "always", "never"], default="auto",
+                    help="mark trained tokens in colour (auto: when printing to a terminal)")
+    pv.set_defaults(func=_data_preview)
     return p
 
 
@@ -88,6 +105,15 @@ def _predict(args: argparse.Namespace) -> int:
 
     n = predict_file(args.run_dir, args.input, args.output, task=args.task, max_new_tokens=args.max_new_tokens)
     print(f"wrote {n} predictions to {args.output}")
+    return 0
+
+
+def _data_preview(args: argparse.Namespace) -> int:
+    from multitune import config
+    from multitune.data.preview import preview
+
+    color = args.color == "always" or (args.color == "auto" and sys.stdout.isatty())
+    print(preview(config.load(args.config, args.overrides), task=args.task, n=args.n, color=color))
     return 0
 
 

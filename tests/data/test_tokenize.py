@@ -1,4 +1,6 @@
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from multitune.data.tokenize import (
     IGNORE,
@@ -86,3 +88,47 @@ def test_a_template_that_is_not_incremental_is_refused(tokenizer):
 
     with pytest.raises(UserError, match="prefixes"):
         segments(Rewrites(), chat(None, "a", "b"))
+
+
+# --- properties (hypothesis) ----------------------------------------------------------------------
+
+# Letters, digits, punctuation, spaces, newlines and some non-ASCII: what real rows hold.
+TEXT = st.text(st.sampled_from(list("abcxyz ABC019.,:;!?'\"-()\n\t") + ["é", "ß", "中", "😀"]), min_size=1,
+               max_size=40).filter(lambda s: s.strip())
+PROPERTY = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+@PROPERTY
+@given(system=st.none() | TEXT, user=TEXT, answer=TEXT)
+def test_masking_trains_exactly_the_answer_whatever_the_text(tokenizer, system, user, answer):
+    messages = chat(system, user, answer)
+    tok = encode_segments(tokenizer, segments(tokenizer, messages), task_id=0)
+    assert len(tok.labels) == len(tok.input_ids)
+    assert all(lab in (IGNORE, i) for i, lab in zip(tok.input_ids, tok.labels, strict=True))
+    trained = [i for i, lab in enumerate(tok.labels) if lab != IGNORE]
+    assert trained == list(range(trained[0], len(tok.labels)))  # one run, at the end
+    assert decode_trained(tokenizer, tok) == answer.strip() + "<|eot_id|>"  # the template trims contents
+    assert tokenizer.decode(tok.input_ids) == tokenizer.apply_chat_template(list(messages), tokenize=False)
+    assert prompt_ids(tokenizer, messages[:-1]) + answer_ids(tokenizer, messages[:-1], answer) == tok.input_ids
+
+
+example_tokens = st.builds(
+    lambda prompt, answer: Tokenized(prompt + answer, [IGNORE] * len(prompt) + answer, 0),
+    st.lists(st.integers(1, 50), min_size=1, max_size=40), st.lists(st.integers(51, 99), min_size=1, max_size=10),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(tok=example_tokens, max_seq_len=st.integers(2, 60), policy=st.sampled_from(["truncate", "drop"]))
+def test_length_policies_never_cut_the_answer(tok, max_seq_len, policy):
+    fitted = fit_length(tok, max_seq_len, policy, where="t")
+    answer = [x for x in tok.labels if x != IGNORE]
+    if len(tok.input_ids) <= max_seq_len:
+        assert fitted is tok
+    elif policy == "drop" or len(answer) + 1 > max_seq_len:
+        assert fitted is None
+    else:
+        assert fitted is not None and len(fitted.input_ids) == max_seq_len
+        assert fitted.input_ids[0] == tok.input_ids[0]  # begin-of-text stays
+        assert fitted.input_ids[-len(answer):] == answer and [x for x in fitted.labels if x != IGNORE] == answer
+        assert fitted.input_ids[1:] == tok.input_ids[len(tok.input_ids) - max_seq_len + 1:]  # newest prompt kept

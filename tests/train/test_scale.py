@@ -18,6 +18,7 @@ from multitune.data.tokenize import IGNORE, Tokenized
 from multitune.errors import UserError
 from multitune.models import load
 from multitune.train.loop import forward_loss
+from multitune.train.loss import answer_token_count
 from multitune.train.recipe import run
 
 REPO = Path(__file__).resolve().parents[2]
@@ -101,9 +102,9 @@ def uneven(vocab: int) -> list[Tokenized]:
 
 def grads(model, batch, answer_logits_only: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     model.zero_grad(set_to_none=True)
-    sums, counts = forward_loss(model, batch, answer_logits_only)
-    (sums.sum() / counts.sum()).backward()
-    return sums.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    token_loss = forward_loss(model, batch, answer_logits_only)  # (B, T-1)
+    (token_loss.sum() / answer_token_count(batch["labels"])).backward()
+    return token_loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
 def test_answer_only_logits_give_the_same_loss_and_gradients(model, tokenizer):

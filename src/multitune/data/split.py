@@ -15,8 +15,8 @@ def train_val_split(
     """Hold out `val_fraction` of each label's rows (all rows when unlabelled) for validation.
 
     Each label group is shuffled by a generator seeded with (seed, task, label), so adding a task or a
-    label elsewhere never moves these rows. A label with a single row stays in training. Both sides
-    keep the source's row order.
+    label elsewhere never moves these rows. Every label keeps at least one training row (a label with
+    a single row stays in training). Both sides keep the source's row order.
 
     >>> from multitune.tasks.base import Example
     >>> rows = [Example("t", i, (), label="ab"[i % 2]) for i in range(10)]
@@ -32,7 +32,7 @@ def train_val_split(
         task = group[0].task
         order = [ex.row for ex in group]
         random.Random(f"{seed}:{task}:{label}").shuffle(order)
-        n_val = round(len(group) * val_fraction) if len(group) > 1 else 0
+        n_val = min(round(len(group) * val_fraction), len(group) - 1)
         held_out.update(order[:n_val])
     train = [ex for ex in examples if ex.row not in held_out]
     val = [ex for ex in examples if ex.row in held_out]

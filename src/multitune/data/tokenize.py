@@ -115,27 +115,49 @@ class TokenizeStats:
     examples: int = 0
     truncated: int = 0
     dropped_too_long: int = 0
+    """Over `max_seq_len` under `truncation: drop`, or with a final answer that alone does not fit."""
+    dropped_no_answer: int = 0
+    """Examples with no trained token at all (nothing to learn from them)."""
     tokens: int = 0
     answer_tokens: int = 0
+
+    def count(self, status: str, fitted: Tokenized | None) -> None:
+        if fitted is None:
+            if status == "too_long":
+                self.dropped_too_long += 1
+            else:
+                self.dropped_no_answer += 1
+            return
+        self.truncated += status == "truncated"
+        self.examples += 1
+        self.tokens += len(fitted.input_ids)
+        self.answer_tokens += fitted.n_answer_tokens
+
+
+def tokenize_one(tokenizer: Any, ex: Example, task_id: int, max_seq_len: int, policy: str) -> tuple[str, Tokenized | None]:
+    """One example -> (status, tokens): status is `kept`, `truncated`, `too_long` or `no_answer`, tokens
+    None when the example is dropped."""
+    tok = encode_segments(tokenizer, segments(tokenizer, ex.messages), task_id)
+    if tok.n_answer_tokens == 0:
+        return "no_answer", None
+    fitted = fit_length(tok, max_seq_len, policy, where=f"task {ex.task}, row {ex.row}")
+    if fitted is None:
+        return "too_long", None
+    return ("kept" if fitted is tok else "truncated"), fitted
 
 
 def tokenize_examples(
     tokenizer: Any, examples: Sequence[Example], task_id: int, max_seq_len: int, policy: str
 ) -> tuple[list[Tokenized], TokenizeStats]:
-    """Tokenise a task's examples with answer-only labels and the length policy applied."""
+    """Tokenise a task's examples with answer-only labels and the length policy applied; dropped examples
+    are counted in the stats, not returned."""
     out: list[Tokenized] = []
     stats = TokenizeStats()
     for ex in examples:
-        tok = encode_segments(tokenizer, segments(tokenizer, ex.messages), task_id)
-        fitted = fit_length(tok, max_seq_len, policy, where=f"task {ex.task}, row {ex.row}")
-        if fitted is None:
-            stats.dropped_too_long += 1
-            continue
-        stats.truncated += fitted is not tok
-        stats.examples += 1
-        stats.tokens += len(fitted.input_ids)
-        stats.answer_tokens += fitted.n_answer_tokens
-        out.append(fitted)
+        status, fitted = tokenize_one(tokenizer, ex, task_id, max_seq_len, policy)
+        stats.count(status, fitted)
+        if fitted is not None:
+            out.append(fitted)
     return out, stats
 
 

@@ -1,15 +1,18 @@
-"""What every task kind produces: `Example`s, chat conversations with a known answer."""
+"""What every task kind produces, `Example`s (chat conversations with a known answer), and the row-level
+checks the kinds share: columns present, cells that must hold text, empty rows, unlabelled rows."""
 
 from __future__ import annotations
 
 import string
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
-from typing import Any, Protocol
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
 
 from multitune.errors import UserError
 
 Message = dict[str, str]
+EmptyPolicy = Literal["drop", "error"]
+SHOWN_ROWS = 10  # how many offending rows a message lists before "..."
 
 
 @dataclass(frozen=True)
@@ -36,10 +39,82 @@ class Example:
         return self.messages[-1]["content"]
 
 
-class TaskKind(Protocol):
-    """A task kind turns a task's rows into examples. One module per kind implements it."""
+@dataclass
+class Rendered:
+    """A task's rows as examples, with the rows that were left out and why."""
 
-    def examples(self, cfg: Any, rows: Any) -> list[Example]: ...
+    examples: list[Example]
+    empty_rows: list[int] = field(default_factory=list)
+    """Rows dropped because a text (or answer) was missing or blank (`data.empty_text: drop`)."""
+
+
+class TaskKind(Protocol):
+    """A task kind turns a task's rows into examples. One module per kind implements it.
+
+    `labelled=False` renders rows without answers, for prediction: the answer column is not read and
+    blank inputs are kept (one prediction per input row). `labels` is a classification task's trained
+    label set. `empty` says what to do with a row whose text is missing or blank.
+    """
+
+    def render(self, cfg: Any, rows: Any, *, labelled: bool = True, labels: list[str] | None = None,
+               empty: EmptyPolicy = "error") -> Rendered: ...
+
+
+class EmptyText(UserError):
+    """A cell that must hold text is missing or blank; `render_rows` drops the row or re-raises."""
+
+    def __init__(self, column: str, row: int, task: str, what: str = "is empty"):
+        self.column, self.row = column, row
+        super().__init__(f"column {column!r} {what}", where=f"task {task}, row {row}",
+                         fix="fill the row, or set data.empty_text=drop to leave such rows out (they are counted)")
+
+
+class MissingAnswer(UserError):
+    """A row that should be labelled has no answer; `render_rows` reports all such rows at once."""
+
+    def __init__(self, column: str, row: int, task: str):
+        self.column, self.row, self.task = column, row, task
+        super().__init__(f"column {column!r} is empty", where=f"task {task}, row {row}")
+
+
+def render_rows(
+    n_rows: int, make: Callable[[int], Example | None], task: str, empty: EmptyPolicy, unlabelled_fix: str,
+) -> Rendered:
+    """Call `make(i)` for every row; apply the empty-text policy; refuse unlabelled rows, all listed at once.
+
+    `make` returns the row's example, or raises `EmptyText` / `MissingAnswer` / another `UserError`.
+    """
+    out: list[Example] = []
+    dropped: list[int] = []
+    unlabelled: list[MissingAnswer] = []
+    for i in range(n_rows):
+        try:
+            ex = make(i)
+        except EmptyText:
+            if empty == "error":
+                raise
+            dropped.append(i)
+            continue
+        except MissingAnswer as e:
+            unlabelled.append(e)
+            continue
+        if ex is not None:
+            out.append(ex)
+    if unlabelled:
+        rows = [e.row for e in unlabelled]
+        raise UserError(
+            f"{len(rows)} of {n_rows} rows have no answer (column {unlabelled[0].column!r} is empty): rows "
+            f"{shown(rows)}. Unlabelled rows cannot be trained on or evaluated",
+            where=f"task {task}", fix=unlabelled_fix,
+        )
+    return Rendered(out, dropped)
+
+
+def shown(items: Iterable[Any]) -> str:
+    """The first few items, comma-separated, with '...' when there are more."""
+    items = list(items)
+    head = ", ".join(map(str, items[:SHOWN_ROWS]))
+    return head + (", ..." if len(items) > SHOWN_ROWS else "")
 
 
 def require_columns(rows: Any, wanted: Mapping[str, str], task: str) -> None:
@@ -51,8 +126,9 @@ def require_columns(rows: Any, wanted: Mapping[str, str], task: str) -> None:
     missing = [(key, col) for key, col in wanted.items() if col not in have]
     if missing:
         lines = [f"column {col!r} (from `{key}`) is not in the data" for key, col in missing]
+        # repr() shows what a plain print hides: a byte-order mark or a space in a CSV header.
         raise UserError(
-            "; ".join(lines) + f". Columns present: {', '.join(have) or '(none)'}",
+            "; ".join(lines) + f". Columns present: {', '.join(map(repr, have)) or '(none)'}",
             where=f"task {task}",
             fix=" and ".join(f"set tasks.{task}.{key}=<one of the columns present>" for key, _ in missing),
         )
@@ -80,13 +156,34 @@ def check_template(template: str, allowed: Iterable[str], task: str) -> None:
         )
 
 
-def text_cell(value: Any, column: str, row: int, task: str) -> str:
-    """A cell that must hold text: refuse numbers, lists and missing values with the row number."""
+def text_cell(value: Any, column: str, row: int, task: str, *, required: bool = True) -> str:
+    """A cell that must hold text. Numbers, lists and mappings are refused with the row number; a missing
+    or blank cell raises `EmptyText` when `required`, else reads as "".
+
+    >>> text_cell("hi", "text", 0, "t")
+    'hi'
+    >>> text_cell(None, "input", 0, "t", required=False)
+    ''
+    """
+    if value is None or (isinstance(value, str) and not value.strip()):
+        if required:
+            raise EmptyText(column, row, task)
+        return "" if value is None else value
     if isinstance(value, str):
         return value
-    what = "empty" if value is None else f"a {type(value).__name__} ({value!r:.40})"
     raise UserError(
-        f"column {column!r} should hold text but is {what}",
+        f"column {column!r} should hold text but holds a {type(value).__name__} ({value!r:.40})",
         where=f"task {task}, row {row}",
         fix="clean the row, or point the task's column setting at the column that holds the text",
     )
+
+
+def system_prompt(cfg: Any, default: str | None) -> str | None:
+    """The task's system prompt: the config's when set ("" sends none), else the kind's default."""
+    return default if cfg.system_prompt is None else (cfg.system_prompt or None)
+
+
+def column(rows: Any, name: str) -> list[Any]:
+    """A column's cells as a list (one read of the Arrow column; iterating a `datasets` column row by row
+    is about 15x slower)."""
+    return rows[name][:]

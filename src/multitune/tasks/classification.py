@@ -1,16 +1,31 @@
 """Classification: a text and one label from a fixed set (TextClaimsDataset, banking77).
 
 The label set comes from `labels` in the config, else from the names of a `ClassLabel` column, else from
-the sorted distinct values. Scoring picks the label whose tokens the model finds most likely.
+the sorted distinct values. A label cell may hold the name or, with a `ClassLabel` column, its id.
+Scoring picks the label whose tokens the model finds most likely.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
 
 from multitune.config.schema import ClassificationTask
 from multitune.errors import UserError
-from multitune.tasks.base import Example, chat, check_template, require_columns, text_cell
+from multitune.tasks.base import (
+    EmptyPolicy,
+    Example,
+    MissingAnswer,
+    Rendered,
+    chat,
+    check_template,
+    column,
+    render_rows,
+    require_columns,
+    shown,
+    system_prompt,
+    text_cell,
+)
 
 DEFAULT_SYSTEM = "Classify the user's text. Reply with the label only."
 # Listing the labels helps an instruct model zero-shot but costs tokens on every example; past this many
@@ -22,63 +37,105 @@ FIELDS = ("text", "labels")
 
 
 def label_names(cfg: ClassificationTask, rows: Any) -> list[str]:
-    """The task's labels in order: from the config, a ClassLabel feature, or the sorted distinct values."""
+    """The task's labels in order: from the config, a ClassLabel feature, or the sorted distinct values
+    (case-insensitively, as the Hub orders ClassLabel names, so banking77's CSV and parquet layouts give
+    the same list; numerically when they are all integers)."""
     if cfg.labels is not None:
         return list(cfg.labels)
-    feature = rows.features.get(cfg.label_column)
-    names = getattr(feature, "names", None)
+    names = _class_names(cfg, rows)
     if names:
-        return list(names)
-    values = {v for v in rows[cfg.label_column] if v is not None and v != ""}
-    return sorted(str(v) for v in values)
+        return names
+    values = {v for v in column(rows, cfg.label_column) if v is not None and str(v).strip() != ""}
+    if values and all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+        return [str(v) for v in sorted(values)]
+    return sorted({str(v) for v in values}, key=lambda s: (s.casefold(), s))
 
 
 def default_template(n_labels: int) -> str:
     return TEMPLATE_WITH_LABELS if n_labels <= LIST_LABELS_UP_TO else TEMPLATE_WITHOUT_LABELS
 
 
-def examples(
-    cfg: ClassificationTask, rows: Any, *, labelled: bool = True, labels: list[str] | None = None
-) -> list[Example]:
+def render(
+    cfg: ClassificationTask, rows: Any, *, labelled: bool = True, labels: list[str] | None = None,
+    empty: EmptyPolicy = "error",
+) -> Rendered:
     """Render rows as examples. `labelled=False` (prediction) reads no label column and needs `labels`,
     the label set the model was trained with."""
     wanted = {"text_column": cfg.text_column} | ({"label_column": cfg.label_column} if labelled else {})
     require_columns(rows, wanted, cfg.name)
     labels = labels if labels is not None else label_names(cfg, rows)
     if len(labels) < 2:
-        raise UserError(f"a classification task needs at least 2 labels, found {labels}", where=f"task {cfg.name}")
+        raise UserError(f"a classification task needs at least 2 labels, found {labels}", where=f"task {cfg.name}",
+                        fix=f"check tasks.{cfg.name}.label_column, or list the labels in tasks.{cfg.name}.labels")
     template = cfg.prompt_template or default_template(len(labels))
     check_template(template, FIELDS, cfg.name)
-    system = DEFAULT_SYSTEM if cfg.system_prompt is None else cfg.system_prompt
-    names = getattr(rows.features.get(cfg.label_column), "names", None)
+    listed = _listed_labels(cfg, labels)
+    system = system_prompt(cfg, DEFAULT_SYSTEM)
+    texts = column(rows, cfg.text_column)
+    gold = gold_labels(cfg, rows) if labelled else [None] * len(texts)
+    if labelled:
+        _refuse_unknown_labels(gold, labels, cfg)
     candidates = tuple(labels)
-    known = set(labels)
-    raw_labels = rows[cfg.label_column] if labelled else [None] * len(rows)
-    out = []
-    for i, (text, raw_label) in enumerate(zip(rows[cfg.text_column], raw_labels, strict=True)):
-        text = text_cell(text, cfg.text_column, i, cfg.name)
-        user = template.format(text=text, labels=", ".join(labels))
+
+    def make(i: int) -> Example:
+        text = text_cell(texts[i], cfg.text_column, i, cfg.name, required=labelled)
+        user = template.format(text=text, labels=listed)
         if not labelled:
-            out.append(Example(cfg.name, i, chat(system, user, ""), candidates=candidates))
-            continue
-        label = _label(raw_label, names, i, cfg)
-        if label not in known:
-            raise UserError(
-                f"label {label!r} is not in the task's label set ({len(labels)} labels)",
-                where=f"task {cfg.name}, row {i}",
-                fix=f"add it to tasks.{cfg.name}.labels, or fix the row",
-            )
-        out.append(Example(cfg.name, i, chat(system, user, label), label=label, candidates=candidates))
-    return out
+            return Example(cfg.name, i, chat(system, user, ""), candidates=candidates)
+        if gold[i] is None:
+            raise MissingAnswer(cfg.label_column, i, cfg.name)
+        return Example(cfg.name, i, chat(system, user, gold[i]), label=gold[i], candidates=candidates)
+
+    return render_rows(len(texts), make, cfg.name, empty,
+                       unlabelled_fix="label every row, or remove unlabelled rows from the source")
 
 
-def _label(raw: Any, names: list[str] | None, row: int, cfg: ClassificationTask) -> str:
-    if names is not None and isinstance(raw, int) and not isinstance(raw, bool):
-        if not 0 <= raw < len(names):
-            raise UserError(f"label id {raw} is outside the {len(names)} class names",
-                            where=f"task {cfg.name}, row {row}")
+def gold_labels(cfg: ClassificationTask, rows: Any) -> list[str | None]:
+    """Each row's label name (None when the cell is empty), ids read through the ClassLabel names."""
+    names = _class_names(cfg, rows)
+    return [_label(raw, names) for raw in column(rows, cfg.label_column)]
+
+
+def _class_names(cfg: ClassificationTask, rows: Any) -> list[str] | None:
+    feature = rows.features.get(cfg.label_column)
+    names = getattr(feature, "names", None)
+    return list(names) if names else None
+
+
+def _label(raw: Any, names: list[str] | None) -> str | None:
+    """A label cell as the label's name; None when empty. Ids map through the ClassLabel names; an id
+    outside them stays as its number and is reported as an unknown label."""
+    if raw is None or str(raw).strip() == "":
+        return None
+    if names is not None and isinstance(raw, int) and not isinstance(raw, bool) and 0 <= raw < len(names):
         return names[raw]
-    if raw is None or raw == "":
-        raise UserError(f"column {cfg.label_column!r} is empty", where=f"task {cfg.name}, row {row}",
-                        fix="label every row, or drop unlabelled rows from the source")
     return str(raw)
+
+
+def _refuse_unknown_labels(gold: list[str | None], labels: list[str], cfg: ClassificationTask) -> None:
+    known = set(labels)
+    unknown = Counter(g for g in gold if g is not None and g not in known)
+    if not unknown:
+        return
+    rows = [i for i, g in enumerate(gold) if g in unknown]
+    listed = shown(f"{label!r} ({n} rows)" for label, n in unknown.most_common())
+    raise UserError(
+        f"{len(unknown)} label(s) in column {cfg.label_column!r} are not in the task's label set of "
+        f"{len(labels)}: {listed}; first rows: {shown(rows)}",
+        where=f"task {cfg.name}",
+        fix=f"add them to tasks.{cfg.name}.labels, or fix the rows" if cfg.labels is not None else
+            "fix the rows (a label id must be one of the ClassLabel ids)",
+    )
+
+
+def _listed_labels(cfg: ClassificationTask, labels: list[str]) -> str:
+    """What `{labels}` renders as: the names, or one `- name: description` line each."""
+    descriptions = cfg.label_descriptions
+    if not descriptions:
+        return ", ".join(labels)
+    unknown = sorted(set(descriptions) - set(labels))
+    if unknown:
+        raise UserError(f"label_descriptions names labels that are not in the label set: {', '.join(unknown)}",
+                        where=f"task {cfg.name}", fix=f"use only: {shown(labels)}")
+    lines = [f"- {name}: {descriptions[name]}" if name in descriptions else f"- {name}" for name in labels]
+    return "\n" + "\n".join(lines)

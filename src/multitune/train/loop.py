@@ -17,28 +17,29 @@ import torch
 
 from multitune.config.schema import TrainConfig
 from multitune.data.collate import model_inputs, pad_batch, real_tokens
-from multitune.data.mixture import cached_epoch_order, step_micro_batches, steps_per_epoch
+from multitune.data.mixture import cached_mixture_order, step_micro_batches, steps_per_epoch
+from multitune.data.packing import RowLengths, epoch_rows, pack_batch, planned_rows_per_epoch
 from multitune.data.prepare import Prepared
 from multitune.errors import UserError
 from multitune.tracking import Trackers
 from multitune.train.loss import (
     answer_positions,
     answer_token_count,
-    per_example_loss,
-    per_example_loss_at,
     per_task_sums,
+    token_losses,
+    token_losses_at,
 )
 from multitune.train.state import StepResult, TrainState, interval_row, record
 
 
-def forward_loss(model: Any, batch: dict[str, torch.Tensor], answer_logits_only: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-example summed answer-token loss and answer-token count of one micro-batch: (B,), (B,)."""
+def forward_loss(model: Any, batch: dict[str, torch.Tensor], answer_logits_only: bool) -> torch.Tensor:
+    """Next-token loss per position of one micro-batch, 0 off the answers: (B, T-1)."""
     if not answer_logits_only:
         logits = model(**model_inputs(batch), use_cache=False).logits  # (B, T, V)
-        return per_example_loss(logits, batch["labels"])
+        return token_losses(logits, batch["labels"])
     keep = answer_positions(batch["labels"])  # (B, T)
     logits = model(**model_inputs(batch), use_cache=False, logits_to_keep=keep).logits  # (N, V)
-    return per_example_loss_at(logits, batch["labels"], keep)
+    return token_losses_at(logits, batch["labels"], keep)
 
 
 def accumulate_gradients(
@@ -62,9 +63,9 @@ def accumulate_gradients(
         last = i == len(micro_batches) - 1
         # Only the last micro-batch synchronises gradients across processes.
         with contextlib.nullcontext() if last else accelerator.no_sync(model):
-            sums, n = forward_loss(model, mb, answer_logits_only)  # (B,), (B,)
-            accelerator.backward(sums.sum() * scale)
-        task_sums += per_task_sums(sums, n, mb["task_ids"], n_tasks)
+            token_loss = forward_loss(model, mb, answer_logits_only)  # (B, T-1)
+            accelerator.backward(token_loss.sum() * scale)
+        task_sums += per_task_sums(token_loss, mb["labels"], mb["task_ids"], n_tasks)
     return counts, task_sums
 
 
@@ -102,7 +103,8 @@ def _grad_norm(model: Any) -> torch.Tensor:
 
 @dataclass
 class Plan:
-    """The batch geometry of a run, derived once from the config and the data."""
+    """The batch geometry of a run, derived once from the config and the data. With packing, the units
+    of `epoch_size` and `micro_batch_size` are packed rows of up to `data.max_seq_len` tokens."""
 
     micro_batch_size: int
     grad_accum_steps: int
@@ -110,6 +112,7 @@ class Plan:
     epoch_size: int
     steps_per_epoch: int
     total_steps: int
+    packed: bool = False
 
     @property
     def global_batch_size(self) -> int:
@@ -117,28 +120,42 @@ class Plan:
 
 
 def make_plan(cfg: TrainConfig, prepared: Prepared, seed: int, world_size: int) -> Plan:
-    epoch_size = len(cached_epoch_order(tuple(prepared.task_sizes), tuple(prepared.weights), seed, 0))
     global_batch = cfg.micro_batch_size * cfg.grad_accum_steps * world_size
+    sizes, counts = tuple(prepared.task_sizes), tuple(prepared.epoch_counts)
+    if prepared.pack_len is None:
+        epoch_size = len(cached_mixture_order(sizes, counts, seed, 0))
+    else:  # the same number of packed rows in every epoch (data/packing.py)
+        epoch_size = planned_rows_per_epoch(sizes, counts, prepared.lengths, prepared.pack_len, seed, cfg.epochs,
+                                            cfg.max_steps, global_batch)
     per_epoch = steps_per_epoch(epoch_size, global_batch)
     if per_epoch == 0:
+        unit = "packed rows" if prepared.pack_len else "training examples"
         raise UserError(
             f"the global batch ({global_batch} = micro_batch_size x grad_accum_steps x {world_size} processes) "
-            f"is larger than an epoch of training examples ({epoch_size})",
+            f"is larger than an epoch of {unit} ({epoch_size})",
             fix="lower train.micro_batch_size or train.grad_accum_steps, or add data",
         )
     total = cfg.max_steps if cfg.max_steps is not None else per_epoch * cfg.epochs
-    return Plan(cfg.micro_batch_size, cfg.grad_accum_steps, world_size, epoch_size, per_epoch, total)
+    return Plan(cfg.micro_batch_size, cfg.grad_accum_steps, world_size, epoch_size, per_epoch, total,
+                packed=prepared.pack_len is not None)
 
 
 def batches_for_step(
     prepared: Prepared, plan: Plan, step: int, seed: int, rank: int, pad_id: int, device: Any
 ) -> list[dict[str, torch.Tensor]]:
-    """The padded micro-batches process `rank` runs at optimizer step `step` (a pure function of it)."""
+    """The micro-batches process `rank` runs at optimizer step `step` (a pure function of it): padded
+    examples, or packed rows when `data.packing` is on."""
     epoch, step_in_epoch = divmod(step, plan.steps_per_epoch)
-    order = cached_epoch_order(tuple(prepared.task_sizes), tuple(prepared.weights), seed, epoch)
-    groups = step_micro_batches(order, step_in_epoch, rank, plan.world_size, plan.micro_batch_size,
-                                plan.grad_accum_steps, prepared.lengths)
-    batches = [pad_batch([prepared.train[i] for i in g], pad_id) for g in groups]
+    sizes, counts = tuple(prepared.task_sizes), tuple(prepared.epoch_counts)
+    geometry = (step_in_epoch, rank, plan.world_size, plan.micro_batch_size, plan.grad_accum_steps)
+    if prepared.pack_len is None:
+        order = cached_mixture_order(sizes, counts, seed, epoch)
+        groups = step_micro_batches(order, *geometry, prepared.lengths)
+        batches = [pad_batch([prepared.train[i] for i in g], pad_id) for g in groups]
+    else:
+        rows = epoch_rows(sizes, counts, prepared.lengths, prepared.pack_len, seed, epoch)
+        groups = step_micro_batches(range(len(rows)), *geometry, RowLengths(rows, prepared.lengths))
+        batches = [pack_batch([[prepared.train[i] for i in rows[r]] for r in g], pad_id) for g in groups]
     return [{k: v.to(device) for k, v in b.items()} for b in batches]
 
 

@@ -14,28 +14,42 @@ def answer_token_count(labels: torch.Tensor) -> torch.Tensor:
     return (labels[:, 1:] != IGNORE).sum()
 
 
-def per_example_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Summed next-token cross-entropy and answer-token count per example.
-
-    logits: (B, T, V), labels: (B, T) with IGNORE where no loss -> (B,) float32 sums, (B,) int counts.
-    Computed in float32 whatever the logits' dtype, so bf16 runs sum losses without rounding drift.
-    """
+def token_losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Next-token cross-entropy per position: logits (B, T, V), labels (B, T) -> (B, T-1) float32, 0 where
+    the target is IGNORE. Position t scores token t+1. Computed in float32 whatever the logits' dtype, so
+    bf16 runs sum losses without rounding drift."""
     shift_logits = logits[:, :-1, :].float()  # (B, T-1, V): position t predicts token t+1
     shift_labels = labels[:, 1:]  # (B, T-1)
-    token_loss = F.cross_entropy(
+    return F.cross_entropy(
         shift_logits.reshape(-1, shift_logits.size(-1)), shift_labels.reshape(-1),
         ignore_index=IGNORE, reduction="none",
-    ).view(shift_labels.shape)  # (B, T-1), 0 where ignored
-    return token_loss.sum(dim=1), (shift_labels != IGNORE).sum(dim=1)
+    ).view(shift_labels.shape)
+
+
+def per_example_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed next-token cross-entropy and answer-token count per row.
+
+    logits: (B, T, V), labels: (B, T) with IGNORE where no loss -> (B,) float32 sums, (B,) int counts.
+    """
+    return token_losses(logits, labels).sum(dim=1), (labels[:, 1:] != IGNORE).sum(dim=1)
 
 
 def per_task_sums(
-    loss_sums: torch.Tensor, counts: torch.Tensor, task_ids: torch.Tensor, n_tasks: int
+    token_loss: torch.Tensor, labels: torch.Tensor, task_ids: torch.Tensor, n_tasks: int
 ) -> torch.Tensor:
-    """(n_tasks, 2) tensor of [summed loss, answer tokens] per task, for per-task loss curves."""
-    out = torch.zeros((n_tasks, 2), dtype=torch.float64, device=loss_sums.device)
-    out[:, 0].index_add_(0, task_ids, loss_sums.detach().double())
-    out[:, 1].index_add_(0, task_ids, counts.double())
+    """(n_tasks, 2) tensor of [summed loss, answer tokens] per task, for per-task loss curves.
+
+    token_loss: (B, T-1) from `token_losses`; labels: (B, T); task_ids: (B,) one task per row (padded
+    batches) or (B, T) one per token (packed rows, which hold several tasks). A loss at position t is
+    the loss of token t+1, so it counts for token t+1's task.
+    """
+    if task_ids.dim() == 1:
+        task_ids = task_ids[:, None].expand_as(labels)
+    trained = labels[:, 1:] != IGNORE  # (B, T-1)
+    tasks = task_ids[:, 1:][trained]
+    out = torch.zeros((n_tasks, 2), dtype=torch.float64, device=token_loss.device)
+    out[:, 0].index_add_(0, tasks, token_loss.detach()[trained].double())
+    out[:, 1].index_add_(0, tasks, torch.ones_like(tasks, dtype=torch.float64))
     return out
 
 
@@ -46,18 +60,12 @@ def answer_positions(labels: torch.Tensor) -> torch.Tensor:
     return keep
 
 
-def per_example_loss_at(
-    logits: torch.Tensor, labels: torch.Tensor, keep: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Like `per_example_loss`, from logits computed only at the `keep` positions.
+def token_losses_at(logits: torch.Tensor, labels: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """`token_losses` from logits computed only at the `keep` positions.
 
     logits: (N, V) for the N True positions of keep (B, T), in row-major order, as a model returns them
-    for `logits_to_keep=keep` -> (B,) float32 loss sums, (B,) answer-token counts.
+    for `logits_to_keep=keep` -> (B, T-1) float32, 0 at every other position.
     """
-    targets = labels[:, 1:][keep[:, :-1]]  # (N,): the token each kept position predicts
-    rows = keep.nonzero(as_tuple=True)[0]  # (N,): the example each kept position belongs to
-    token_loss = F.cross_entropy(logits.float(), targets, reduction="none")  # (N,)
-    sums = torch.zeros(labels.size(0), dtype=torch.float32, device=logits.device).index_add_(0, rows, token_loss)
-    counts = torch.zeros(labels.size(0), dtype=torch.long, device=logits.device).index_add_(
-        0, rows, torch.ones_like(rows))
-    return sums, counts
+    kept = keep[:, :-1]  # (B, T-1): a kept position t predicts token t+1
+    token_loss = F.cross_entropy(logits.float(), labels[:, 1:][kept], reduction="none")  # (N,)
+    return torch.zeros(kept.shape, dtype=torch.float32, device=logits.device).masked_scatter(kept, token_loss)

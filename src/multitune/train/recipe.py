@@ -15,7 +15,8 @@ from typing import Any
 
 from multitune import config as config_mod
 from multitune.config.schema import RunConfig
-from multitune.data.prepare import Prepared, load_splits, tokenize_splits, training_conversations
+from multitune.data.prepare import load_splits, tokenize_splits, training_conversations
+from multitune.data.stats import data_summary
 from multitune.errors import UserError
 from multitune.eval.runner import TaskResult, evaluate
 from multitune.io import replace_dir_atomic, write_errors, write_json_atomic, write_text_atomic
@@ -60,9 +61,10 @@ def run(cfg: RunConfig, force: bool = False) -> TrainResult:
     with accelerator.main_process_first():
         model_name = load.resolve(cfg.model, training_conversations(splits), cfg.seed)
     tokenizer = load.load_tokenizer(model_name, cfg.model)
-    prepared = tokenize_splits(tokenizer, splits, cfg)
+    with accelerator.main_process_first():  # the main process fills the tokenised cache, the others read it
+        prepared = tokenize_splits(tokenizer, splits, cfg)
     pad_id = load.pad_id(tokenizer)
-    say(_data_summary(prepared))
+    say(data_summary(prepared, cfg.seed))
 
     # Model and optimiser. Seed again: building the tiny model draws random numbers only when it is not
     # cached yet, and the adapters' initialisation must not depend on that.
@@ -88,6 +90,7 @@ def run(cfg: RunConfig, force: bool = False) -> TrainResult:
                              run_id=state.tracker_run_id)
     state.tracker_run_id = trackers.run_id
     say(f"training: {plan.total_steps} steps ({plan.steps_per_epoch}/epoch), global batch {plan.global_batch_size}"
+        + (" packed rows" if plan.packed else "")
         + (f"; resumed from {resumed_from} (step {state.step})" if resumed_from else ""))
 
     def run_eval(step: int) -> dict[str, TaskResult]:
@@ -205,16 +208,3 @@ def write_eval_outputs(out: Path, summary: dict[str, Any], results: dict[str, Ta
 
 def _eval_row(results: dict[str, TaskResult]) -> dict[str, float]:
     return {f"eval/{task}/{k}": v for task, r in results.items() for k, v in r.metrics.items() if k != "rows"}
-
-
-def _data_summary(prepared: Prepared) -> str:
-    lines = ["data:"]
-    for name, s in prepared.stats.items():
-        tr, va = s["train"], s["val"]
-        dropped = tr["dropped_too_long"] + va["dropped_too_long"]
-        lines.append(
-            f"  {name:<14} {s['kind']:<16} rows {s['rows']:>6}  train {tr['examples']:>6}  val {va['examples']:>5}"
-            f"  train tokens {tr['tokens']:>8} (answer {tr['answer_tokens']})"
-            + (f"  dropped (too long) {dropped}" if dropped else "")
-        )
-    return "\n".join(lines)

@@ -1,0 +1,46 @@
+"""Summarisation: a source text and its reference summary (DialogSum: `dialogue` / `summary`).
+
+The summary is the trained answer; evaluation generates and compares with the reference.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from multitune.config.schema import SummarizationTask
+from multitune.tasks.base import (
+    EmptyPolicy,
+    Example,
+    Rendered,
+    chat,
+    check_template,
+    column,
+    render_rows,
+    require_columns,
+    system_prompt,
+    text_cell,
+)
+
+DEFAULT_SYSTEM = "Summarize the text the user gives in a few sentences. Reply with the summary only."
+DEFAULT_TEMPLATE = "{source}"
+FIELDS = ("source",)
+
+
+def render(
+    cfg: SummarizationTask, rows: Any, *, labelled: bool = True, labels: None = None, empty: EmptyPolicy = "error",
+) -> Rendered:
+    """Render rows as examples; `labelled=False` (prediction) reads no target column."""
+    wanted = {"source_column": cfg.source_column} | ({"target_column": cfg.target_column} if labelled else {})
+    require_columns(rows, wanted, cfg.name)
+    template = cfg.prompt_template or DEFAULT_TEMPLATE
+    check_template(template, FIELDS, cfg.name)
+    system = system_prompt(cfg, DEFAULT_SYSTEM)
+    sources = column(rows, cfg.source_column)
+    targets = column(rows, cfg.target_column) if labelled else [None] * len(sources)
+
+    def make(i: int) -> Example:
+        source = text_cell(sources[i], cfg.source_column, i, cfg.name, required=labelled)
+        target = text_cell(targets[i], cfg.target_column, i, cfg.name) if labelled else ""
+        return Example(cfg.name, i, chat(system, template.format(source=source), target))
+
+    return render_rows(len(sources), make, cfg.name, empty, unlabelled_fix="")
