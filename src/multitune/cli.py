@@ -51,6 +51,18 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--task", help="which task's format and answers to use (default: the run's only task)")
     pr.add_argument("--max-new-tokens", type=int, default=128, help="for open-ended tasks")
     pr.set_defaults(func=_predict)
+
+    e = sub.add_parser("eval", help="evaluate a run's model (or its base, or a merged model) on any task config")
+    e.add_argument("run_dir", help="a run's output_dir, or a merged model's folder (with --config)")
+    e.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                   help="override keys of the run's config, e.g. eval.max_rows=500 tasks.banking77.source=test.csv")
+    e.add_argument("--config", help="take tasks and eval settings from this YAML instead of RUN_DIR/config.yaml")
+    e.add_argument("--model", choices=["trained", "base"], default="trained",
+                   help="trained: the run's adapter or weights (default); base: the base model alone")
+    e.add_argument("--rows", choices=["val", "all"], default="val",
+                   help="val: each task's seeded validation split (default); all: every row of its source")
+    e.add_argument("--output-dir", help="where to write metrics.json and predictions (default RUN_DIR/eval)")
+    e.set_defaults(func=_eval)
     return p
 
 
@@ -67,6 +79,17 @@ def _predict(args: argparse.Namespace) -> int:
 
     n = predict_file(args.run_dir, args.input, args.output, task=args.task, max_new_tokens=args.max_new_tokens)
     print(f"wrote {n} predictions to {args.output}")
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from multitune.eval.command import run_eval
+    from multitune.report.table import before_after
+
+    done = run_eval(args.run_dir, args.overrides, config_path=args.config, which=args.model, rows=args.rows,
+                    output_dir=args.output_dir)
+    print(before_after(done.summary.before, done.summary.after))
+    print(f"\nmetrics: {done.eval_dir / 'metrics.json'}\npredictions: {done.eval_dir}/<task>/predictions.jsonl")
     return 0
 
 

@@ -33,7 +33,8 @@ def examples(cfg: MultipleChoiceTask, rows: Any, *, labelled: bool = True, label
         rendered = "\n".join(f"{letter}. {text}" for letter, text in zip(letters, texts, strict=True))
         user = template.format(question=question, choices=rendered)
         if not labelled:
-            out.append(Example(cfg.name, i, chat(system, user, ""), candidates=tuple(letters)))
+            out.append(Example(cfg.name, i, chat(system, user, ""), candidates=tuple(letters),
+                               choice_texts=tuple(texts)))
             continue
         if answer is None or str(answer).strip() == "":
             raise UserError(
@@ -46,7 +47,8 @@ def examples(cfg: MultipleChoiceTask, rows: Any, *, labelled: bool = True, label
         if answer not in letters:
             raise UserError(f"answer {answer!r} is not one of the choices {letters}",
                             where=f"task {cfg.name}, row {i}")
-        out.append(Example(cfg.name, i, chat(system, user, answer), label=answer, candidates=tuple(letters)))
+        out.append(Example(cfg.name, i, chat(system, user, answer), label=answer, candidates=tuple(letters),
+                           choice_texts=tuple(texts)))
     return out
 
 

@@ -6,7 +6,6 @@ N steps) -> final evaluation -> adapter, metrics, predictions, before/after tabl
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,9 +13,12 @@ from typing import Any
 from multitune import config as config_mod
 from multitune.config.schema import RunConfig
 from multitune.data.prepare import Prepared, load_splits, tokenize_splits, training_conversations
-from multitune.eval.runner import TaskResult, evaluate
-from multitune.io import write_json_atomic, write_text_atomic
+from multitune.eval.best import primary_metrics, update_best
+from multitune.eval.runner import TaskResult, build_eval_sets, evaluate
+from multitune.io import write_json_atomic
 from multitune.models import adapters, load
+from multitune.report.build import write_report
+from multitune.report.results import Summary, write_results
 from multitune.report.table import before_after
 from multitune.tracking import make_trackers
 from multitune.train import loop, optim
@@ -65,46 +67,54 @@ def run(cfg: RunConfig) -> TrainResult:
     trackers = make_trackers(cfg, accelerator.is_main_process)
     say(f"training: {plan.total_steps} steps ({plan.steps_per_epoch}/epoch), global batch {plan.global_batch_size}")
 
-    def run_eval(step: int) -> dict[str, TaskResult]:
+    # Evaluation (issue 4): validation rows tokenised once; generation metrics where eval.generate says;
+    # the best evaluation by eval.best_metric is tracked (the baseline is not a candidate).
+    eval_sets = build_eval_sets(tokenizer, splits, cfg.data.max_seq_len, cfg.data.truncation)
+    primary = primary_metrics([(t.name, t.kind) for t in cfg.tasks])
+    best: dict[str, Any] | None = None
+
+    def run_eval(step: int, generate: bool, baseline: bool = False) -> dict[str, TaskResult]:
+        nonlocal best
         results = evaluate(
-            accelerator.unwrap_model(model), tokenizer, prepared, cfg.eval.micro_batch_size, cfg.eval.max_rows,
-            pad_id, accelerator.process_index, accelerator.num_processes,
+            accelerator.unwrap_model(model), tokenizer, eval_sets, cfg.eval, pad_id, generate=generate,
+            rank=accelerator.process_index, world_size=accelerator.num_processes,
         )
-        trackers.log(_eval_row(results), step=step)
+        row = _eval_row(results)
+        if cfg.eval.best_metric and not baseline:
+            metrics = {k: r.metrics for k, r in results.items()}
+            best = update_best(best, cfg.eval.best_metric, metrics, primary, step)
+            row["eval/best_metric"] = float(best["value"])
+        trackers.log(row, step=step)
         return results
 
-    before = run_eval(0) if cfg.eval.baseline else None
+    at_ends = cfg.eval.generate != "never"
+    before = run_eval(0, generate=at_ends, baseline=True) if cfg.eval.baseline else None
 
     def on_step_end(step: int) -> None:
         every = cfg.eval.every_steps
         if every and step % every == 0 and step < plan.total_steps:
-            run_eval(step)
+            run_eval(step, generate=cfg.eval.generate == "always")
 
     loop.train_loop(model, optimizer, scheduler, accelerator, prepared, plan, cfg.train, cfg.seed, pad_id,
                     trackers, cfg.logging.every_steps, on_step_end)
-    after = run_eval(plan.total_steps)
+    after = run_eval(plan.total_steps, generate=at_ends)
 
-    summary = {
-        "final_step": plan.total_steps,
-        "before": None if before is None else {k: r.metrics for k, r in before.items()},
-        "after": {k: r.metrics for k, r in after.items()},
-    }
+    summary = Summary(
+        after={k: r.metrics for k, r in after.items()},
+        before=None if before is None else {k: r.metrics for k, r in before.items()},
+        primary=primary, best=best, final_step=plan.total_steps,
+    )
     if accelerator.is_main_process:
         adapters.save_final(accelerator.unwrap_model(model), tokenizer, out / "adapter")
-        write_eval_outputs(out, summary, after)
-        say("\n" + before_after(summary["before"], summary["after"]))
-        say(f"\nadapter: {out / 'adapter'}\nmetrics: {out / 'eval' / 'metrics.json'}")
+        write_results(out / "eval", summary, after)
+        for task, result in after.items():
+            trackers.log_predictions(task, result.predictions, step=plan.total_steps)
+        write_report(out)
+        say("\n" + before_after(summary.before, summary.after))
+        say(f"\nadapter: {out / 'adapter'}\nmetrics: {out / 'eval' / 'metrics.json'}\nreport:  {out / 'report.html'}")
     trackers.finish()
     accelerator.wait_for_everyone()
-    return TrainResult(summary, accelerator.unwrap_model(model), tokenizer)
-
-
-def write_eval_outputs(out: Path, summary: dict[str, Any], results: dict[str, TaskResult]) -> None:
-    write_json_atomic(out / "eval" / "metrics.json", summary)
-    for task, result in results.items():
-        if result.predictions:
-            lines = "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in result.predictions)
-            write_text_atomic(out / "eval" / task / "predictions.jsonl", lines)
+    return TrainResult(summary.to_json(), accelerator.unwrap_model(model), tokenizer)
 
 
 def _eval_row(results: dict[str, TaskResult]) -> dict[str, float]:
