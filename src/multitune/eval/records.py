@@ -26,8 +26,12 @@ from multitune.eval.scoring import (
     score_batch,
     shared_prefix_len,
 )
+from multitune.eval.search import search_batch
 from multitune.train.loss import per_example_loss
 
+# Candidate trees up to this many nodes are scored in one pass; larger ones (77 banking labels: ~200
+# nodes) by the exact best-first search, whose cost follows the winner's length instead.
+SEARCH_FROM_NODES = 16
 # Room a generated closed answer gets beyond the longest candidate ("The answer is B." is 5 tokens in
 # Llama 3); a model that ends its turn after the label stops there anyway.
 CLOSED_GENERATION_SLACK = 8
@@ -43,10 +47,12 @@ def closed_records(
     """
     prefix_len = shared_prefix_len(all_prompts)
     prefix = prefix_cache(model, all_prompts[0][:prefix_len]) if items and prefix_len else []
-    scores = score_items(model, items, [it.trie for it in items], cfg.micro_batch_size, prefix, prefix_len)
+    scores = score_items(model, items, [it.trie for it in items], cfg.micro_batch_size, prefix, prefix_len,
+                         every_candidate=cfg.length_normalized)
     records = [_closed_record(it, s, cfg.length_normalized) for it, s in zip(items, scores, strict=True)]
     if cfg.choice_texts and eval_set.kind == "multiple_choice" and items:
-        texts = score_items(model, items, choice_text_tries(tokenizer, items), cfg.micro_batch_size, prefix, prefix_len)
+        texts = score_items(model, items, choice_text_tries(tokenizer, items), cfg.micro_batch_size, prefix, prefix_len,
+                            every_candidate=True)
         for rec, it, s in zip(records, items, texts, strict=True):
             rec |= {"choice_scores": [float(x) for x in s.logprobs], "gold_index": it.gold_index,
                     "choice_chars": [len(t) for t in it.example.choice_texts or ()]}
@@ -57,18 +63,26 @@ def closed_records(
 
 def score_items(
     model: Any, items: Sequence[EvalItem], tries: Sequence[CandidateTrie | None], micro_batch_size: int,
-    prefix: Sequence[tuple[torch.Tensor, torch.Tensor]], prefix_len: int,
+    prefix: Sequence[tuple[torch.Tensor, torch.Tensor]], prefix_len: int, *, every_candidate: bool,
 ) -> list[Scores]:
-    """Every item's candidate scores, batched by prompt length (scores do not depend on the batching)."""
+    """Every item's candidate scores, batched by prompt length (scores do not depend on the batching).
+
+    `every_candidate`: every candidate's exact log-likelihood (one tree pass); otherwise the winner's and
+    the gold answer's are exact and a candidate proven to lose may be -inf (`eval/search.py`).
+    """
     if not items:
         return []
     assert all(t is not None for t in tries)
-    per_pass = prompts_per_pass(max(len(t) for t in tries), model.config.vocab_size, micro_batch_size)
+    largest = max(len(t) for t in tries)  # type: ignore[arg-type]
+    search = not every_candidate and largest > SEARCH_FROM_NODES
+    per_pass = micro_batch_size if search else prompts_per_pass(largest, model.config.vocab_size, micro_batch_size)
     order = sorted(range(len(items)), key=lambda i: len(items[i].prompt))
     out: list[Scores | None] = [None] * len(items)
     for start in range(0, len(order), per_pass):
         chunk = order[start : start + per_pass]
-        got = score_batch(model, [items[i].prompt for i in chunk], [tries[i] for i in chunk], prefix, prefix_len)
+        prompts, chunk_tries = [items[i].prompt for i in chunk], [tries[i] for i in chunk]
+        got = (search_batch(model, prompts, chunk_tries, [items[i].gold_index for i in chunk], prefix, prefix_len)
+               if search else score_batch(model, prompts, chunk_tries, prefix, prefix_len))
         for i, s in zip(chunk, got, strict=True):
             out[i] = s
     return out  # type: ignore[return-value]

@@ -86,7 +86,7 @@ def score_examples(model: Any, tokenizer: Any, examples: Sequence[Example], micr
             tries[ex.candidates] = CandidateTrie.build([answer_ids(tokenizer, ex.prompt, c) for c in ex.candidates])
         gold = ex.candidates.index(ex.label) if ex.label in ex.candidates else None
         items.append(EvalItem(i, ex, None, prompt_ids(tokenizer, ex.prompt), tries[ex.candidates], gold))  # type: ignore[arg-type]
-    scores = score_items(model, items, [it.trie for it in items], micro_batch_size, [], 0)
+    scores = score_items(model, items, [it.trie for it in items], micro_batch_size, [], 0, every_candidate=False)
     out = []
     for it, s in zip(items, scores, strict=True):
         best = int(s.logprobs.argmax())

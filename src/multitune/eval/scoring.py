@@ -50,6 +50,33 @@ class CandidateTrie:
     paths: list[list[int]]
 
     @cached_property
+    def roots(self) -> list[int]:
+        """Nodes of depth 1: candidates' first tokens that more tokens follow."""
+        return [i for i, p in enumerate(self.parents) if p < 0]
+
+    @cached_property
+    def children(self) -> list[list[int]]:
+        out: list[list[int]] = [[] for _ in self.tokens]
+        for i, p in enumerate(self.parents):
+            if p >= 0:
+                out[p].append(i)
+        return out
+
+    @cached_property
+    def root_ends(self) -> list[int]:
+        """Candidates of one token: complete as soon as the prompt has run."""
+        return [c for c, path in enumerate(self.paths) if not path]
+
+    @cached_property
+    def ends(self) -> list[list[int]]:
+        """Per node, the candidates whose last token follows it."""
+        out: list[list[int]] = [[] for _ in self.tokens]
+        for c, path in enumerate(self.paths):
+            if path:
+                out[path[-1]].append(c)
+        return out
+
+    @cached_property
     def gather_index(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(row, token, candidate) for every candidate token: row 0 is the prompt's last position, row
         1 + i node i. Summing logp[row, token] by candidate gives the candidates' log-likelihoods."""
@@ -148,22 +175,30 @@ def score_batch(
         raise ValueError("each prompt needs at least one token after the shared prefix")
     ids, positions, mask, width = _layout(suffixes, tries, prefix_len)
     n_nodes = ids.shape[1] - width
-    dtype = model.get_input_embeddings().weight.dtype
-    additive = torch.zeros(mask.shape, dtype=dtype).masked_fill_(~mask, torch.finfo(dtype).min)
-    cache = None
-    if prefix:
-        from transformers import DynamicCache
-
-        # expand() is a view: the prefix is stored once however many prompts share it.
-        cache = DynamicCache(ddp_cache_data=[(k.expand(len(prompts), -1, -1, -1), v.expand(len(prompts), -1, -1, -1))
-                                             for k, v in prefix])
     keep = torch.arange(width - 1, width + n_nodes, device=device)  # last prompt token, then the nodes
     logits = model(
-        input_ids=ids.to(device), position_ids=positions.to(device), attention_mask=additive.to(device),
-        past_key_values=cache, use_cache=cache is not None, logits_to_keep=keep,
+        input_ids=ids.to(device), position_ids=positions.to(device),
+        attention_mask=additive_mask(mask, model.get_input_embeddings().weight.dtype).to(device),
+        past_key_values=expanded_cache(prefix, len(prompts)), use_cache=bool(prefix), logits_to_keep=keep,
     ).logits  # (B, 1 + nodes, V)
     logp = torch.log_softmax(logits.float(), dim=-1).cpu()
     return [_candidate_scores(logp[b], trie) for b, trie in enumerate(tries)]
+
+
+def additive_mask(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """A boolean attention mask (True: attend) as the additive float mask both `sdpa` and `eager` take."""
+    return torch.zeros(mask.shape, dtype=dtype).masked_fill_(~mask, torch.finfo(dtype).min)
+
+
+def expanded_cache(prefix: Sequence[tuple[torch.Tensor, torch.Tensor]], batch: int) -> Any:
+    """A fresh cache holding the shared prefix for `batch` prompts (None without a prefix). expand() is a
+    view: the prefix is stored once however many prompts share it, and later tokens are concatenated
+    into new tensors, so the prefix itself is never modified."""
+    if not prefix:
+        return None
+    from transformers import DynamicCache
+
+    return DynamicCache(ddp_cache_data=[(k.expand(batch, -1, -1, -1), v.expand(batch, -1, -1, -1)) for k, v in prefix])
 
 
 def _layout(
