@@ -11,7 +11,12 @@ from multitune.errors import EXIT_USER_ERROR, UserError
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
-    args = parser.parse_args(argv)
+    # Overrides may follow options (`eval RUN --rows all k=v`), which argparse alone leaves unparsed.
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        if not hasattr(args, "overrides") or any(x.startswith("-") or "=" not in x for x in extra):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.overrides = [*args.overrides, *extra]
     _quiet_libraries()
     try:
         return int(args.func(args) or 0)

@@ -93,7 +93,7 @@ def test_text_metrics_equal_the_libraries_and_are_perfect_on_identical_text():
     got = text_metrics(refs, preds)
     scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], use_stemmer=True)
     for name in ("rouge1", "rouge2", "rougeL"):
-        assert got[name] == pytest.approx(sum(scorer.score(r, p)[name].fmeasure for r, p in zip(refs, preds)) / 2)
+        assert got[name] == pytest.approx(sum(scorer.score(r, p)[name].fmeasure for r, p in zip(refs, preds, strict=True)) / 2)
     assert got["bleu"] == pytest.approx(sacrebleu.corpus_bleu(preds, [refs]).score)
     assert got["chrf"] == pytest.approx(sacrebleu.corpus_chrf(preds, [refs]).score)
     assert got["rouge1"] == pytest.approx((5 / 6 + 3 / 5) / 2)  # stemming makes jumped == jumps

@@ -106,8 +106,8 @@ def confusion_matrix(matrix: Sequence[Sequence[int]], labels: Sequence[str], tit
     totals = counts.sum(axis=1, keepdims=True)
     share = np.divide(counts, totals, out=np.zeros_like(counts), where=totals > 0)
     n = len(labels)
-    side = max(4.5, 0.17 * n + 3)
-    font = 8 if n <= 30 else 6
+    side = max(4.5, 0.2 * n + 3)
+    font = 8 if n <= 30 else 7
     fig, ax = plt.subplots(figsize=(side, side))
     im = ax.imshow(share, cmap="Blues", vmin=0, vmax=1, interpolation="nearest")
     ax.set_xticks(range(n), labels=list(labels), rotation=90, fontsize=font)
