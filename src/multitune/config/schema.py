@@ -180,7 +180,8 @@ class EvalConfig(Section):
     micro_batch_size: int = Field(16, ge=1)
     """Prompts per forward pass when computing losses, scoring candidates and generating."""
     max_rows: int | None = Field(None, ge=1)
-    """Evaluate at most this many validation rows per task (the first ones of the seeded split)."""
+    """Evaluate at most this many validation rows per task, spread evenly over the seeded split (sources
+    are often sorted by label, so the first rows would hold a few classes only)."""
     best_metric: str | None = None
     """What picks the best checkpoint: `<task>/<metric>` (e.g. `banking77/macro_f1`), `mean` (the mean of
     the tasks' primary metrics: accuracy for classification and multiple choice, rougeL for generation
@@ -196,7 +197,7 @@ class EvalConfig(Section):
     tasks, ROUGE/BLEU/chrF for generation tasks): `ends` = the baseline and the final evaluation,
     `always` = every evaluation, `never`."""
     generate_max_rows: int | None = Field(100, ge=1)
-    """Generate for at most this many rows per task (the first ones); null for all."""
+    """Generate for at most this many of the evaluated rows per task, spread evenly; null for all."""
     max_new_tokens: int = Field(128, ge=1)
     """Longest greedy answer of a generation task. Closed tasks stop 8 tokens past their longest label."""
 

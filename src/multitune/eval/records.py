@@ -3,7 +3,7 @@
 A record is one line of `eval/<task>/predictions.jsonl` (`report/results.py` documents the fields).
 Closed tasks: one scoring pass per batch gives every candidate's log-likelihood, hence the prediction,
 its score and, from the gold answer's log-likelihood, the validation loss. Open tasks: a loss pass on
-the references. Both: greedy generation when asked, on the first `eval.generate_max_rows` rows.
+the references. Both: greedy generation when asked, on `eval.generate_max_rows` rows spread over the set.
 """
 
 from __future__ import annotations
@@ -39,9 +39,10 @@ CLOSED_GENERATION_SLACK = 8
 
 def closed_records(
     model: Any, tokenizer: Any, eval_set: EvalSet, items: Sequence[EvalItem], all_prompts: Sequence[Sequence[int]],
-    cfg: EvalConfig, pad_id: int, generate: bool,
+    cfg: EvalConfig, pad_id: int, generate: set[int],
 ) -> list[dict[str, Any]]:
-    """Score (and maybe generate) `items`, this process's rows of a classification or multiple-choice task.
+    """Score `items`, this process's rows of a classification or multiple-choice task, and generate for
+    those whose index is in `generate`.
 
     `all_prompts` are the prompts of every process's rows: the prefix they share is computed once.
     """
@@ -57,7 +58,7 @@ def closed_records(
             rec |= {"choice_scores": [float(x) for x in s.logprobs], "gold_index": it.gold_index,
                     "choice_chars": [len(t) for t in it.example.choice_texts or ()]}
     if generate:
-        _add_closed_generations(model, tokenizer, eval_set, items, records, cfg, pad_id)
+        _add_closed_generations(model, tokenizer, eval_set, items, records, cfg, pad_id, generate)
     return records
 
 
@@ -104,9 +105,9 @@ def _closed_record(item: EvalItem, s: Scores, length_normalized: bool) -> dict[s
 
 def _add_closed_generations(
     model: Any, tokenizer: Any, eval_set: EvalSet, items: Sequence[EvalItem], records: list[dict[str, Any]],
-    cfg: EvalConfig, pad_id: int,
+    cfg: EvalConfig, pad_id: int, generate: set[int],
 ) -> None:
-    chosen = [k for k, it in enumerate(items) if _generates(it, cfg)]
+    chosen = [k for k, it in enumerate(items) if it.index in generate]
     if not chosen:
         return
     longest = max(len(c) for k in chosen for c in items[k].trie.candidates)  # type: ignore[union-attr]
@@ -121,9 +122,10 @@ def _add_closed_generations(
 
 
 def open_records(
-    model: Any, tokenizer: Any, items: Sequence[EvalItem], cfg: EvalConfig, pad_id: int, generate: bool,
+    model: Any, tokenizer: Any, items: Sequence[EvalItem], cfg: EvalConfig, pad_id: int, generate: set[int],
 ) -> list[dict[str, Any]]:
-    """Reference loss (and maybe a greedy answer with its ROUGE) for `items` of a generation task."""
+    """Reference loss for `items` of a generation task, and a greedy answer with its ROUGE for those whose
+    index is in `generate`."""
     losses = reference_losses(model, [it.tokenized for it in items], cfg.micro_batch_size, pad_id)
     records = []
     for it, (loss_sum, n) in zip(items, losses, strict=True):
@@ -132,7 +134,7 @@ def open_records(
             "prediction": None, "score": None, "correct": None,
             "loss": loss_sum / max(n, 1), "loss_sum": loss_sum, "answer_tokens": n,
         })
-    chosen = [k for k, it in enumerate(items) if generate and _generates(it, cfg)]
+    chosen = [k for k, it in enumerate(items) if it.index in generate]
     if chosen:
         answers = greedy(model, tokenizer, [items[k].prompt for k in chosen], cfg.max_new_tokens,
                          cfg.micro_batch_size, pad_id)
@@ -157,7 +159,3 @@ def reference_losses(model: Any, examples: Sequence[Any], micro_batch_size: int,
         for i, s, n in zip(chunk, sums.tolist(), counts.tolist(), strict=True):
             out[i] = (s, int(n))
     return out
-
-
-def _generates(item: EvalItem, cfg: EvalConfig) -> bool:
-    return cfg.generate_max_rows is None or item.index < cfg.generate_max_rows

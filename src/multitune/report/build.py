@@ -65,9 +65,10 @@ def worst_errors(records: Sequence[Mapping[str, Any]], n: int = WORST_ROWS) -> t
         return "", []
     if "gold_score" in records[0]:
         wrong = sorted((r for r in records if not r["correct"]), key=lambda r: -r["score"])[:n]
+        generated = any("generated" in r for r in records)
         return ("Worst errors: wrong answers the model was surest of", [
             {"row": r["row"], "input": r["input"], "gold": r["gold"], "prediction": r["prediction"],
-             "log-likelihood": r["score"], **({"generated": r["generated"]} if "generated" in r else {})}
+             "log-likelihood": r["score"], **({"generated": r.get("generated")} if generated else {})}
             for r in wrong])
     generated = [r for r in records if r.get("prediction") is not None]
     if generated:

@@ -98,7 +98,7 @@ def _task(t: TaskSection) -> str:
         cols = list(t.worst[0])
         out.append(f"<h3>{_e(t.worst_title)}</h3><table><tr>" + "".join(f"<th>{_e(c)}</th>" for c in cols) + "</tr>")
         for row in t.worst:
-            out.append("<tr>" + "".join(_cell(row[c]) for c in cols) + "</tr>")
+            out.append("<tr>" + "".join(_cell(row.get(c)) for c in cols) + "</tr>")
         out.append("</table>")
     return "".join(out)
 
