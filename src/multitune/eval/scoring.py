@@ -63,6 +63,16 @@ class CandidateTrie:
         return out
 
     @cached_property
+    def subtree(self) -> list[list[int]]:
+        """Per node, itself and all its descendants, shallowest first (any prefix of the list holds each
+        node's parent, or the node is the subtree's root)."""
+        out: list[list[int]] = [[i] for i in range(len(self.tokens))]
+        for i in reversed(range(len(self.tokens))):  # children have larger indices than their parents
+            if self.parents[i] >= 0:
+                out[self.parents[i]].extend(out[i])
+        return [sorted(s, key=lambda i: (self.depths[i], i)) for s in out]
+
+    @cached_property
     def root_ends(self) -> list[int]:
         """Candidates of one token: complete as soon as the prompt has run."""
         return [c for c, path in enumerate(self.paths) if not path]
