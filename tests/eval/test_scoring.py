@@ -54,7 +54,7 @@ def test_trie_holds_each_shared_prefix_once():
     assert trie.paths == [[0, 1], [0, 1, 2], [0, 3], [4]]
     assert trie.roots == [0, 4] and trie.children == [[1, 3], [2], [], [], []]
     assert trie.ends == [[], [0], [1], [2], [3]]
-    assert trie.subtree == [[0, 1, 2, 3], [1, 2], [2], [3], [4]]
+    assert trie.subtree == [[0, 1, 3, 2], [1, 2], [2], [3], [4]]  # shallowest first
     assert trie.ancestry[2].tolist() == [True, True, True, False, False]
 
 

@@ -29,7 +29,6 @@ import torch
 
 from multitune.eval.scoring import CandidateTrie, Scores, additive_mask, expanded_cache
 
-
 SUBTREE_CAP = 4  # nodes of the likeliest subtree fed at once: fewer rounds against more padding
 
 
