@@ -11,12 +11,12 @@ from multitune.errors import EXIT_ABORTED, EXIT_PREEMPTED, EXIT_USER_ERROR, User
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
+    # Overrides may follow options (`eval RUN --rows all k=v`), which argparse alone leaves unparsed.
     args, extra = parser.parse_known_args(argv)
-    # argparse cannot collect positionals that come after options (`preview cfg.yaml --task x a=b`).
-    if extra and hasattr(args, "overrides") and all("=" in x and not x.startswith("-") for x in extra):
-        args.overrides += extra
-    elif extra:
-        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if extra:
+        if not hasattr(args, "overrides") or any(x.startswith("-") or "=" not in x for x in extra):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.overrides = [*args.overrides, *extra]
     _quiet_libraries()
     from multitune.train.signals import Preempted
 
@@ -83,6 +83,18 @@ def _parser() -> argparse.ArgumentParser:
     pv.add_argument("--color", choices=["auto", "always", "never"], default="auto",
                     help="mark trained tokens in colour (auto: when printing to a terminal)")
     pv.set_defaults(func=_data_preview)
+
+    e = sub.add_parser("eval", help="evaluate a run's model (or its base, or a merged model) on any task config")
+    e.add_argument("run_dir", help="a run's output_dir, or a merged model's folder (with --config)")
+    e.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                   help="override keys of the run's config, e.g. eval.max_rows=500 tasks.banking77.source=test.csv")
+    e.add_argument("--config", help="take tasks and eval settings from this YAML instead of RUN_DIR/config.yaml")
+    e.add_argument("--model", choices=["trained", "base"], default="trained",
+                   help="trained: the run's adapter or weights (default); base: the base model alone")
+    e.add_argument("--rows", choices=["val", "all"], default="val",
+                   help="val: each task's seeded validation split (default); all: every row of its source")
+    e.add_argument("--output-dir", help="where to write metrics.json and predictions (default RUN_DIR/eval)")
+    e.set_defaults(func=_eval)
     return p
 
 
@@ -114,6 +126,15 @@ def _data_preview(args: argparse.Namespace) -> int:
 
     color = args.color == "always" or (args.color == "auto" and sys.stdout.isatty())
     print(preview(config.load(args.config, args.overrides), task=args.task, n=args.n, color=color))
+
+def _eval(args: argparse.Namespace) -> int:
+    from multitune.eval.command import run_eval
+    from multitune.report.table import before_after
+
+    done = run_eval(args.run_dir, args.overrides, config_path=args.config, which=args.model, rows=args.rows,
+                    output_dir=args.output_dir)
+    print(before_after(done.summary.before, done.summary.after))
+    print(f"\nmetrics: {done.eval_dir / 'metrics.json'}\npredictions: {done.eval_dir}/<task>/predictions.jsonl")
     return 0
 
 

@@ -15,7 +15,12 @@ from multitune.io import append_jsonl, write_text_atomic
 
 class Tracker(Protocol):
     def log(self, row: dict[str, Any], step: int) -> None: ...
+    def log_predictions(self, task: str, records: list[dict[str, Any]], step: int) -> None: ...
     def finish(self) -> None: ...
+
+# Prediction tables show these columns (when present) and at most this many rows per task.
+TABLE_COLUMNS = ("row", "input", "gold", "prediction", "score", "correct", "generated", "generated_correct")
+TABLE_MAX_ROWS = 1000
 
 
 class JsonlTracker:
@@ -40,6 +45,9 @@ class JsonlTracker:
                             fix="free disk space or fix the folder's permissions; the run resumes from its "
                                 "last checkpoint when started again") from None
         self.rows_written += 1
+
+    def log_predictions(self, task: str, records: list[dict[str, Any]], step: int) -> None:
+        pass  # predictions are written to eval/<task>/predictions.jsonl already
 
     def finish(self) -> None:
         pass
@@ -66,6 +74,14 @@ class WandbTracker:
     def log(self, row: dict[str, Any], step: int) -> None:
         self.run.log(row, step=step)
 
+    def log_predictions(self, task: str, records: list[dict[str, Any]], step: int) -> None:
+        """A `predictions/<task>` table: one row per evaluated example (the first TABLE_MAX_ROWS)."""
+        if not records:
+            return
+        columns = [c for c in TABLE_COLUMNS if c in records[0]]
+        data = [[_cell(r.get(c)) for c in columns] for r in records[:TABLE_MAX_ROWS]]
+        self.run.log({f"predictions/{task}": self._wandb.Table(columns=columns, data=data)}, step=step)
+
     def finish(self) -> None:
         self.run.finish()
 
@@ -89,6 +105,10 @@ class Trackers:
         for t in self.trackers:
             t.log(row, step)
 
+    def log_predictions(self, task: str, records: list[dict[str, Any]], step: int) -> None:
+        for t in self.trackers:
+            t.log_predictions(task, records, step)
+
     def finish(self) -> None:
         for t in self.trackers:
             t.finish()
@@ -103,6 +123,11 @@ def make_trackers(cfg: RunConfig, is_main: bool, keep_rows: int | None = None, r
     if cfg.logging.wandb is not None:
         trackers.append(WandbTracker(cfg, cfg.model_dump(mode="json"), run_id))
     return Trackers(trackers)
+
+
+def _cell(v: Any) -> Any:
+    # wandb tables want one type per column: text stays text, numbers stay numbers, None stays None.
+    return v if v is None or isinstance(v, bool | int | float | str) else str(v)
 
 
 def _finite_or_none(v: Any) -> Any:

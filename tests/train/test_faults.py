@@ -171,3 +171,23 @@ def test_a_resumed_run_continues_the_same_wandb_run(tmp_path, monkeypatch):
     run(validate(raw))  # resumes at its end: same wandb run
     second = json.loads((out / "checkpoints" / "step-2" / "state.json").read_text())["tracker_run_id"]
     assert first and first == second
+
+
+def test_the_best_evaluation_is_checkpointed_and_survives_rotation(tmp_path, monkeypatch):
+    from multitune.train import recipe
+
+    def best_at_step_3(best, name, metrics, primary, step):  # a metric that peaks at step 3
+        value = -abs(step - 3)
+        if best is None or value > best["value"]:
+            return {"metric": name, "higher_is_better": True, "step": step, "value": value}
+        return best
+
+    monkeypatch.setattr(recipe, "update_best", best_at_step_3)
+    out = tmp_path / "run"
+    run(validate(config(out, eval={"every_steps": 1, "best_metric": "claims/loss"},
+                        checkpoint={"every_steps": 5, "keep_last": 1})))
+    assert steps_of(out) == [3, 6]  # 3 saved as the best, 5 rotated out by the final 6
+    metrics = json.loads((out / "eval" / "metrics.json").read_text())
+    assert metrics["best"] == {"metric": "claims/loss", "higher_is_better": True, "step": 3, "value": 0}
+    state = json.loads((out / "checkpoints" / "step-6" / "state.json").read_text())
+    assert state["best"]["step"] == 3

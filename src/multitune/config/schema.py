@@ -279,13 +279,37 @@ class TrainConfig(Section):
 
 
 class EvalConfig(Section):
+    """Per-task evaluation on the validation split: before training (the baseline), every `every_steps`,
+    and at the end. Closed-answer tasks are scored (every candidate's exact log-likelihood); generation
+    metrics (greedy answers) cost more and run when `generate` says."""
+
     every_steps: int | None = Field(None, ge=1)
     """Evaluate every this many optimizer steps, as well as before training and at the end."""
     baseline: bool = True
     """Evaluate the untrained model first so the gain is visible."""
     micro_batch_size: int = Field(16, ge=1)
+    """Prompts per forward pass when computing losses, scoring candidates and generating."""
     max_rows: int | None = Field(None, ge=1)
-    """Evaluate at most this many validation rows per task (the first ones of the seeded split)."""
+    """Evaluate at most this many validation rows per task, spread evenly over the seeded split (sources
+    are often sorted by label, so the first rows would hold a few classes only)."""
+    best_metric: str | None = None
+    """What picks the best checkpoint: `<task>/<metric>` (e.g. `banking77/macro_f1`), `mean` (the mean of
+    the tasks' primary metrics: accuracy for classification and multiple choice, rougeL for generation
+    tasks) or `loss` (the mean validation loss, lower is better). Only metrics computed at every
+    evaluation qualify. null: none is tracked."""
+    length_normalized: bool = False
+    """Pick the candidate with the highest log-likelihood per token instead of the highest total."""
+    choice_texts: bool = False
+    """Multiple choice: also score each choice's text as the answer, giving `choice_acc` and
+    `choice_acc_norm` (lm-evaluation-harness's acc and acc_norm)."""
+    generate: Literal["never", "ends", "always"] = "ends"
+    """When to add generation metrics (greedy answers: parsed accuracy and invalid-answer rate for closed
+    tasks, ROUGE/BLEU/chrF for generation tasks): `ends` = the baseline and the final evaluation,
+    `always` = every evaluation, `never`."""
+    generate_max_rows: int | None = Field(100, ge=1)
+    """Generate for at most this many of the evaluated rows per task, spread evenly; null for all."""
+    max_new_tokens: int = Field(128, ge=1)
+    """Longest greedy answer of a generation task. Closed tasks stop 8 tokens past their longest label."""
 
 
 class CheckpointConfig(Section):
@@ -342,6 +366,20 @@ class RunConfig(Section):
             problems.append("quantization applies only to adapter.method=qlora; remove it or set the method")
         if problems:
             raise ValueError("; ".join(problems))
+        return self
+
+    @model_validator(mode="after")
+    def _best_metric_exists(self) -> RunConfig:
+        if self.eval.best_metric is None:
+            return self
+        from multitune.eval.best import best_metric_problems
+
+        problems = best_metric_problems(
+            self.eval.best_metric, [(t.name, t.kind) for t in self.tasks],
+            generate_always=self.eval.generate == "always", choice_texts=self.eval.choice_texts,
+        )
+        if problems:
+            raise ValueError("eval.best_metric: " + "; ".join(problems))
         return self
 
     def task(self, name: str) -> TaskConfig:

@@ -1,96 +1,110 @@
-"""Per-task evaluation: validation loss for every task, accuracy by scoring for closed-answer tasks.
+"""Per-task evaluation: every task's validation loss and the metrics its kind deserves.
 
-Rows are sharded across processes (row i goes to process i % world_size) and the per-row records are
-gathered, so no row is counted twice or lost whatever the number of processes.
+Rows are sharded across processes (item i goes to process i % world_size); each process evaluates its
+shard into per-row records, the records are gathered, and every process computes the same metrics from
+all of them. Each row is counted exactly once whatever the number of processes (the gather checks it),
+and nothing larger than a record is kept per row.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-import torch
-
-from multitune.data.collate import pad_batch
-from multitune.data.prepare import Prepared
-from multitune.data.tokenize import Tokenized, answer_ids, prompt_ids
-from multitune.eval.scoring import candidate_logprobs
+from multitune.config.schema import EvalConfig
+from multitune.data.prepare import TaskSplit
+from multitune.data.tokenize import prompt_ids
+from multitune.eval.items import EvalItem, EvalSet, build_eval_set
+from multitune.eval.metrics import task_metrics
+from multitune.eval.records import closed_records, open_records, score_items
+from multitune.eval.scoring import CandidateTrie
 from multitune.tasks.base import Example
-from multitune.train.loss import per_example_loss
 
 
 @dataclass
 class TaskResult:
-    metrics: dict[str, float]
-    predictions: list[dict[str, Any]]
+    metrics: dict[str, float]  # flat: what metrics.json, the trackers and the tables show
+    predictions: list[dict[str, Any]]  # one record per evaluated row, in evaluation-set order
+    details: dict[str, Any] = field(default_factory=dict)  # per-class scores and confusion (classification)
+
+
+def build_eval_sets(tokenizer: Any, splits: Sequence[TaskSplit], max_seq_len: int, truncation: str) -> list[EvalSet]:
+    """Each task's validation split, tokenised once for all the run's evaluations."""
+    return [
+        build_eval_set(tokenizer, s.cfg.name, s.cfg.kind, s.val, task_id, max_seq_len, truncation, s.labels)
+        for task_id, s in enumerate(splits)
+    ]
 
 
 def evaluate(
-    model: Any, tokenizer: Any, prepared: Prepared, micro_batch_size: int, max_rows: int | None,
-    pad_id: int, rank: int = 0, world_size: int = 1,
+    model: Any, tokenizer: Any, eval_sets: Sequence[EvalSet], cfg: EvalConfig, pad_id: int, *,
+    generate: bool, rank: int = 0, world_size: int = 1,
 ) -> dict[str, TaskResult]:
-    """Evaluate every task on its validation split. Returns task name -> metrics and per-row predictions."""
+    """Evaluate every task on `cfg.max_rows` of its rows. `generate` adds the generation-based metrics (on
+    `cfg.generate_max_rows` of those). Returns task name -> result, the same on every process."""
     was_training = model.training
     model.eval()
     results = {}
-    for split in prepared.splits:
-        name = split.cfg.name
-        val_tok = prepared.val[name][:max_rows]
-        val_ex = split.val[:max_rows]
-        loss_sum, tokens = _gather_sums(_loss_sums(model, val_tok[rank::world_size], micro_batch_size, pad_id),
-                                        world_size)
-        metrics = {"loss": loss_sum / max(tokens, 1), "rows": float(len(val_ex))}
-        predictions: list[dict[str, Any]] = []
-        if val_ex and val_ex[0].candidates is not None:
-            mine = score_examples(model, tokenizer, val_ex[rank::world_size])
-            predictions = sorted(_gather_list(mine, world_size), key=lambda r: r["row"])
-            metrics["accuracy"] = sum(r["correct"] for r in predictions) / len(predictions)
-        results[name] = TaskResult(metrics, predictions)
+    for es in eval_sets:
+        items = spread(es.items, cfg.max_rows)
+        mine = items[rank::world_size]
+        chosen = {it.index for it in spread(items, cfg.generate_max_rows)} if generate else set()
+        if es.closed:
+            prompts = [it.prompt for it in items]
+            records = closed_records(model, tokenizer, es, mine, prompts, cfg, pad_id, chosen)
+        else:
+            records = open_records(model, tokenizer, mine, cfg, pad_id, chosen)
+        records = gather_records(records, world_size, [it.index for it in items])
+        metrics, details = task_metrics(es.kind, records, es.labels)
+        results[es.name] = TaskResult(metrics, records, details)
     model.train(was_training)
     return results
 
 
-@torch.no_grad()
-def _loss_sums(model: Any, examples: Sequence[Tokenized], micro_batch_size: int, pad_id: int) -> tuple[float, int]:
-    device = next(model.parameters()).device
-    total, count = 0.0, 0
-    ordered = sorted(examples, key=lambda ex: len(ex.input_ids))  # less padding; sums do not depend on order
-    for i in range(0, len(ordered), micro_batch_size):
-        batch = pad_batch(ordered[i : i + micro_batch_size], pad_id)
-        logits = model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device),
-                       use_cache=False).logits
-        sums, counts = per_example_loss(logits, batch["labels"].to(device))
-        total += sums.sum().item()
-        count += int(counts.sum().item())
-    return total, count
+def spread(items: Sequence[EvalItem], k: int | None) -> list[EvalItem]:
+    """At most `k` items spread evenly over `items` (all of them for None). Sources are often sorted by
+    label (banking77 is), so the first k rows would hold a few classes only.
+
+    >>> [it for it in spread(list(range(10)), 4)]
+    [0, 2, 5, 7]
+    """
+    n = len(items)
+    return list(items) if k is None or k >= n else [items[i * n // k] for i in range(k)]
 
 
-def score_examples(model: Any, tokenizer: Any, examples: Sequence[Example]) -> list[dict[str, Any]]:
-    """Pick each example's most likely candidate. One record per example: row, gold (None when
-    unlabelled), prediction, correct, score (the prediction's log-likelihood)."""
-    cache: dict[str, list[int]] = {}  # candidate -> token ids; the answer encoding does not depend on the prompt
-    records = []
-    for ex in examples:
-        assert ex.candidates is not None
-        cand_ids = [cache.setdefault(c, answer_ids(tokenizer, ex.prompt, c)) for c in ex.candidates]
-        scores = candidate_logprobs(model, prompt_ids(tokenizer, ex.prompt), cand_ids)
-        best = int(torch.argmax(scores))
-        records.append({
-            "row": ex.row, "gold": ex.label, "prediction": ex.candidates[best],
-            "correct": ex.label is not None and ex.candidates[best] == ex.label, "score": float(scores[best]),
-        })
+def gather_records(records: list[dict[str, Any]], world_size: int, expected: Sequence[int]) -> list[dict[str, Any]]:
+    """All processes' records in evaluation-set order; fails loudly if a row is missing or repeated."""
+    if world_size > 1:
+        from accelerate.utils import gather_object
+
+        records = list(gather_object(records))
+    records = sorted(records, key=lambda r: r["index"])
+    if [r["index"] for r in records] != list(expected):
+        raise RuntimeError(f"evaluation gathered rows {[r['index'] for r in records][:20]}..., "
+                           f"expected {list(expected)[:20]}...")
     return records
 
 
-def _gather_list(items: list[Any], world_size: int) -> list[Any]:
-    if world_size == 1:
-        return items
-    from accelerate.utils import gather_object
+def score_examples(model: Any, tokenizer: Any, examples: Sequence[Example], micro_batch_size: int = 16) -> list[dict[str, Any]]:
+    """Pick each example's most likely candidate (unlabelled rows too). One record per example: row, gold
+    (None when unlabelled), prediction, correct, score (the prediction's log-likelihood)."""
+    tries: dict[tuple[str, ...], CandidateTrie] = {}
+    items = []
+    for i, ex in enumerate(examples):
+        assert ex.candidates is not None
+        if ex.candidates not in tries:
+            from multitune.data.tokenize import answer_ids
 
-    return list(gather_object(items))
-
-
-def _gather_sums(sums: tuple[float, int], world_size: int) -> tuple[float, int]:
-    parts = _gather_list([sums], world_size)
-    return sum(p[0] for p in parts), sum(p[1] for p in parts)
+            tries[ex.candidates] = CandidateTrie.build([answer_ids(tokenizer, ex.prompt, c) for c in ex.candidates])
+        gold = ex.candidates.index(ex.label) if ex.label in ex.candidates else None
+        items.append(EvalItem(i, ex, None, prompt_ids(tokenizer, ex.prompt), tries[ex.candidates], gold))  # type: ignore[arg-type]
+    scores = score_items(model, items, [it.trie for it in items], micro_batch_size, [], 0, every_candidate=False)
+    out = []
+    for it, s in zip(items, scores, strict=True):
+        best = int(s.logprobs.argmax())
+        prediction = it.example.candidates[best]  # type: ignore[index]
+        out.append({"row": it.example.row, "gold": it.example.label, "prediction": prediction,
+                    "correct": it.example.label is not None and prediction == it.example.label,
+                    "score": float(s.logprobs[best])})
+    return out

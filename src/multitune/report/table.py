@@ -1,26 +1,41 @@
-"""The before/after table printed at the end of a run."""
+"""The before/after table printed at the end of a run and by `multitune eval`."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 
+from multitune.eval.best import COUNTS
 
-def before_after(before: Mapping[str, Mapping[str, float]] | None, after: Mapping[str, Mapping[str, float]]) -> str:
+Metrics = Mapping[str, Mapping[str, float | None]]
+
+
+def rows(before: Metrics | None, after: Metrics) -> list[tuple[str, str, float | None, float | None]]:
+    """(task, metric, before, after) for every metric of every task, counts left out; before is None
+    where the baseline was not evaluated or lacks the metric."""
+    out = []
+    for task, metrics in after.items():
+        for metric, value in metrics.items():
+            if metric in COUNTS:
+                continue
+            old = before.get(task, {}).get(metric) if before else None
+            out.append((task, metric, old, value))
+    return out
+
+
+def before_after(before: Metrics | None, after: Metrics) -> str:
     """A fixed-width table: one line per task and metric, untrained beside tuned.
 
-    >>> print(before_after({"t": {"accuracy": 0.5}}, {"t": {"accuracy": 0.75}}))
+    >>> print(before_after({"t": {"accuracy": 0.5}}, {"t": {"accuracy": 0.75, "rows": 4.0}}))
     task  metric    before  after   change
     t     accuracy  0.5000  0.7500  +0.2500
     """
     lines = [("task", "metric", "before", "after", "change")]
-    for task, metrics in after.items():
-        for metric, value in metrics.items():
-            if metric == "rows":
-                continue
-            old = before.get(task, {}).get(metric) if before else None
-            lines.append((
-                task, metric, "-" if old is None else f"{old:.4f}", f"{value:.4f}",
-                "-" if old is None else f"{value - old:+.4f}",
-            ))
+    for task, metric, old, new in rows(before, after):
+        change = "-" if old is None or new is None else f"{new - old:+.4f}"
+        lines.append((task, metric, _cell(old), _cell(new), change))
     widths = [max(len(row[i]) for row in lines) for i in range(5)]
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in lines)
+
+
+def _cell(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"

@@ -21,7 +21,8 @@ class Example:
 
     `messages` ends with the assistant's answer. `candidates` is the closed set of answers scoring picks
     from (a classification task's labels, a multiple-choice row's letters), with `label` the gold one;
-    both are None for open-ended tasks.
+    both are None for open-ended tasks. `choice_texts` holds a multiple-choice row's choice texts, in
+    the order of `candidates` (evaluation can score them as answers, as lm-evaluation-harness does).
     """
 
     task: str
@@ -29,6 +30,7 @@ class Example:
     messages: tuple[Message, ...]
     label: str | None = None
     candidates: tuple[str, ...] | None = None
+    choice_texts: tuple[str, ...] | None = None
 
     @property
     def prompt(self) -> tuple[Message, ...]:

@@ -50,7 +50,7 @@ def render(
         rendered = "\n".join(f"{letter}. {text}" for letter, text in zip(letters, texts, strict=True))
         user = template.format(question=question, choices=rendered)
         if not labelled:
-            return Example(cfg.name, i, chat(system, user, ""), candidates=tuple(letters))
+            return Example(cfg.name, i, chat(system, user, ""), candidates=tuple(letters), choice_texts=tuple(texts))
         answer = answers[i]
         if answer is None or str(answer).strip() == "":
             raise MissingAnswer(cfg.answer_column, i, cfg.name)
@@ -58,7 +58,8 @@ def render(
         if answer not in letters:
             raise UserError(f"answer {answer!r} is not one of the choices {letters}",
                             where=f"task {cfg.name}, row {i}", fix="fix the row's answer or its choices")
-        return Example(cfg.name, i, chat(system, user, answer), label=answer, candidates=tuple(letters))
+        return Example(cfg.name, i, chat(system, user, answer), label=answer, candidates=tuple(letters),
+                       choice_texts=tuple(texts))
 
     return render_rows(
         len(questions), make, cfg.name, empty,

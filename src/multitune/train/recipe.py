@@ -7,7 +7,6 @@ predictions, before/after table.
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,11 +17,14 @@ from multitune.config.schema import RunConfig
 from multitune.data.prepare import load_splits, tokenize_splits, training_conversations
 from multitune.data.stats import data_summary
 from multitune.errors import UserError
-from multitune.eval.runner import TaskResult, evaluate
+from multitune.eval.best import primary_metrics, update_best
+from multitune.eval.runner import TaskResult, build_eval_sets, evaluate
 from multitune.io import replace_dir_atomic, write_errors, write_json_atomic, write_text_atomic
 from multitune.models import adapters, load
+from multitune.report.build import write_report
+from multitune.report.results import Summary, write_results
 from multitune.report.table import before_after
-from multitune.tracking import make_trackers
+from multitune.tracking import Trackers, make_trackers
 from multitune.train import checkpoint, loop, optim, resume
 from multitune.train.signals import Preempted, StopRequests
 from multitune.train.state import TrainState
@@ -63,7 +65,6 @@ def run(cfg: RunConfig, force: bool = False) -> TrainResult:
     tokenizer = load.load_tokenizer(model_name, cfg.model)
     with accelerator.main_process_first():  # the main process fills the tokenised cache, the others read it
         prepared = tokenize_splits(tokenizer, splits, cfg)
-    pad_id = load.pad_id(tokenizer)
     say(data_summary(prepared, cfg.seed))
 
     # Model and optimiser. Seed again: building the tiny model draws random numbers only when it is not
@@ -93,66 +94,99 @@ def run(cfg: RunConfig, force: bool = False) -> TrainResult:
         + (" packed rows" if plan.packed else "")
         + (f"; resumed from {resumed_from} (step {state.step})" if resumed_from else ""))
 
-    def run_eval(step: int) -> dict[str, TaskResult]:
-        results = evaluate(
-            accelerator.unwrap_model(model), tokenizer, prepared, cfg.eval.micro_batch_size, cfg.eval.max_rows,
-            pad_id, accelerator.process_index, accelerator.num_processes,
-        )
-        if state.last_eval_step != step:  # a run resumed at its very end has logged this one already
-            trackers.log(_eval_row(results), step=step)
-            state.last_eval_step = step
-        return results
-
-    def save_checkpoint() -> Path:
-        state.metrics_rows = trackers.rows_written
-        path = checkpoint.save(out, accelerator, model, optimizer, scheduler, state, config_yaml, meta)
-        if accelerator.is_main_process:
-            checkpoint.rotate(out, cfg.checkpoint.keep_last, state.best_step)
-        return path
-
+    hooks = _Hooks(cfg, accelerator, model, optimizer, scheduler, tokenizer, state, trackers, config_yaml, meta,
+                   build_eval_sets(tokenizer, splits, cfg.data.max_seq_len, cfg.data.truncation), plan.total_steps)
     if resumed_from is None and cfg.eval.baseline:
-        state.baseline = {k: r.metrics for k, r in run_eval(0).items()}
-
-    last_save = {"step": state.step, "time": time.monotonic()}
+        state.baseline = {k: r.metrics for k, r in hooks.evaluate(0, baseline=True).items()}
     with StopRequests(accelerator.is_main_process) as stop:
+        hooks.stop = stop
+        loop.train_loop(model, optimizer, scheduler, accelerator, prepared, plan, cfg.train, cfg.seed,
+                        load.pad_id(tokenizer), trackers, cfg.logging.every_steps, state, hooks.after_step)
+        after = hooks.evaluate(plan.total_steps, final=True)
+        hooks.save_checkpoint()
 
-        def after_step(state: TrainState) -> None:
-            every = cfg.eval.every_steps
-            if every and state.step % every == 0 and state.step < plan.total_steps:
-                run_eval(state.step)
-            # No checkpoint in the middle of a run of non-finite steps: rotation must never push out the
-            # last one saved before them.
-            healthy = state.consecutive_bad_steps == 0
-            if state.step < plan.total_steps and healthy and _checkpoint_due(cfg, state.step, last_save, accelerator):
-                save_checkpoint()
-                last_save.update(step=state.step, time=time.monotonic())
-            if stop.agreed(accelerator):
-                path = save_checkpoint() if last_save["step"] != state.step else checkpoint.root(out) / f"step-{state.step}"
-                trackers.finish()
-                raise Preempted(stop.received or "a signal", state.step, str(path))
-
-        loop.train_loop(model, optimizer, scheduler, accelerator, prepared, plan, cfg.train, cfg.seed, pad_id,
-                        trackers, cfg.logging.every_steps, state, after_step)
-        after = run_eval(plan.total_steps)
-        save_checkpoint()
-
-    summary = {"final_step": plan.total_steps, "before": state.baseline,
-               "after": {k: r.metrics for k, r in after.items()}}
+    summary = Summary(after={k: r.metrics for k, r in after.items()}, before=state.baseline,
+                      primary=hooks.primary, best=state.best, final_step=plan.total_steps)
     final_weights = adapters.gather_for_saving(accelerator.unwrap_model(model),
                                                trainable_only=cfg.adapter.method != "full")
     if accelerator.is_main_process:
-        try:
-            _save_final(out, accelerator.unwrap_model(model), tokenizer, final_weights)
-            write_eval_outputs(out, summary, after)
-        except write_errors() as e:
-            raise UserError(f"could not write the final adapter and metrics: {e}", where=str(out),
-                            fix="free disk space or fix permissions, then run the same command again: it resumes "
-                                "from the final checkpoint and only writes these") from None
-        say("\n" + before_after(summary["before"], summary["after"]))
-        say(f"\nadapter: {out / 'adapter'}\nmetrics: {out / 'eval' / 'metrics.json'}")
+        _write_outputs(out, accelerator.unwrap_model(model), tokenizer, final_weights, summary, after, trackers)
+        say("\n" + before_after(summary.before, summary.after))
+        say(f"\nadapter: {out / 'adapter'}\nmetrics: {out / 'eval' / 'metrics.json'}\nreport:  {out / 'report.html'}")
     trackers.finish()
     accelerator.wait_for_everyone()
-    return TrainResult(summary, accelerator.unwrap_model(model), tokenizer)
+    return TrainResult(summary.to_json(), accelerator.unwrap_model(model), tokenizer)
+
+
+class _Hooks:
+    """What runs between optimizer steps: evaluation (tracking the best by `eval.best_metric`),
+    checkpoints and their rotation, and the stop on a signal."""
+
+    def __init__(self, cfg: RunConfig, accelerator: Any, model: Any, optimizer: Any, scheduler: Any, tokenizer: Any,
+                 state: TrainState, trackers: Trackers, config_yaml: str, meta: dict[str, Any], eval_sets: list,
+                 total_steps: int) -> None:
+        self.cfg, self.accelerator, self.model, self.optimizer, self.scheduler = cfg, accelerator, model, optimizer, scheduler
+        self.tokenizer, self.state, self.trackers, self.config_yaml, self.meta = tokenizer, state, trackers, config_yaml, meta
+        self.eval_sets = eval_sets  # validation rows tokenised once for all the run's evaluations
+        self.total_steps = total_steps
+        self.primary = primary_metrics([(t.name, t.kind) for t in cfg.tasks])
+        self.out = Path(cfg.output_dir)
+        self.last_save = {"step": state.step, "time": time.monotonic()}
+        self.stop: StopRequests | None = None
+
+    def evaluate(self, step: int, *, baseline: bool = False, final: bool = False) -> dict[str, TaskResult]:
+        """Evaluate every task; generation metrics where `eval.generate` says. The baseline is never a
+        candidate for the best; a new best in the middle of a run is checkpointed so rotation keeps it."""
+        cfg, state = self.cfg.eval, self.state
+        generate = cfg.generate == "always" or (cfg.generate == "ends" and (baseline or final))
+        results = evaluate(self.accelerator.unwrap_model(self.model), self.tokenizer, self.eval_sets, cfg,
+                           load.pad_id(self.tokenizer), generate=generate, rank=self.accelerator.process_index,
+                           world_size=self.accelerator.num_processes)
+        if state.last_eval_step == step:  # a run resumed at its very end has logged this one already
+            return results
+        row = _eval_row(results)
+        if cfg.best_metric and not baseline:
+            previous = state.best
+            state.best = update_best(previous, cfg.best_metric, {k: r.metrics for k, r in results.items()},
+                                     self.primary, step)
+            row["eval/best_metric"] = float(state.best["value"])
+            if state.best["step"] == step and not final and self._checkpointing():
+                self.save_checkpoint()
+        self.trackers.log(row, step=step)
+        state.last_eval_step = step
+        return results
+
+    def save_checkpoint(self) -> Path:
+        state, accelerator = self.state, self.accelerator
+        if self.last_save.get("path") and self.last_save["step"] == state.step:
+            return self.last_save["path"]
+        state.metrics_rows = self.trackers.rows_written
+        path = checkpoint.save(self.out, accelerator, self.model, self.optimizer, self.scheduler, state,
+                               self.config_yaml, self.meta)
+        if accelerator.is_main_process:
+            best_step = state.best["step"] if state.best else None
+            checkpoint.rotate(self.out, self.cfg.checkpoint.keep_last, best_step)
+        self.last_save.update(step=state.step, time=time.monotonic(), path=path)
+        return path
+
+    def after_step(self, state: TrainState) -> None:
+        every = self.cfg.eval.every_steps
+        total = self.total_steps
+        if every and state.step % every == 0 and state.step < total:
+            self.evaluate(state.step)
+        # No checkpoint in the middle of a run of non-finite steps: rotation must never push out the
+        # last one saved before them.
+        healthy = state.consecutive_bad_steps == 0
+        if state.step < total and healthy and _checkpoint_due(self.cfg, state.step, self.last_save, self.accelerator):
+            self.save_checkpoint()
+        if self.stop is not None and self.stop.agreed(self.accelerator):
+            path = self.save_checkpoint() if self.last_save["step"] != state.step else \
+                checkpoint.root(self.out) / f"step-{state.step}"
+            self.trackers.finish()
+            raise Preempted(self.stop.received or "a signal", state.step, str(path))
+
+    def _checkpointing(self) -> bool:
+        return bool(self.cfg.checkpoint.every_steps or self.cfg.checkpoint.every_minutes)
 
 
 def _dynamo(cfg: RunConfig) -> Any:
@@ -191,19 +225,22 @@ def _checkpoint_due(cfg: RunConfig, step: int, last_save: dict[str, float], acce
     return due
 
 
-def _save_final(out: Path, model: Any, tokenizer: Any, weights: dict[str, Any]) -> None:
-    """The adapter (or the whole model) and its tokenizer, replacing any earlier one in one rename."""
-    tmp = out / ".adapter.tmp"
-    adapters.save_final(model, tokenizer, tmp, weights)
-    replace_dir_atomic(tmp, out / "adapter")
-
-
-def write_eval_outputs(out: Path, summary: dict[str, Any], results: dict[str, TaskResult]) -> None:
-    write_json_atomic(out / "eval" / "metrics.json", summary)
-    for task, result in results.items():
-        if result.predictions:
-            lines = "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in result.predictions)
-            write_text_atomic(out / "eval" / task / "predictions.jsonl", lines)
+def _write_outputs(out: Path, model: Any, tokenizer: Any, weights: dict[str, Any], summary: Summary,
+                   after: dict[str, TaskResult], trackers: Trackers) -> None:
+    """The adapter (or the whole model) and tokenizer, replacing any earlier one in one rename; the
+    evaluation files and the HTML report; the prediction tables to the trackers."""
+    try:
+        tmp = out / ".adapter.tmp"
+        adapters.save_final(model, tokenizer, tmp, weights)
+        replace_dir_atomic(tmp, out / "adapter")
+        write_results(out / "eval", summary, after)
+        write_report(out)
+    except write_errors() as e:
+        raise UserError(f"could not write the final adapter and metrics: {e}", where=str(out),
+                        fix="free disk space or fix permissions, then run the same command again: it resumes "
+                            "from the final checkpoint and only writes these") from None
+    for task, result in after.items():
+        trackers.log_predictions(task, result.predictions, step=summary.final_step)
 
 
 def _eval_row(results: dict[str, TaskResult]) -> dict[str, float]:

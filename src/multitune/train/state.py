@@ -24,8 +24,9 @@ class TrainState:
     bad_steps: int = 0
     """Steps skipped because the loss or the gradient norm was not finite."""
     consecutive_bad_steps: int = 0
-    best_metric: float | None = None
-    best_step: int | None = None
+    best: dict[str, Any] | None = None
+    """The best evaluation so far by `eval.best_metric` (`eval.best.update_best`); its step's checkpoint
+    is kept by rotation."""
     baseline: dict[str, dict[str, float]] | None = None
     """Metrics of the untrained model, kept to show before/after when a resumed run ends."""
     tracker_run_id: str | None = None

@@ -1,0 +1,202 @@
+"""Evaluation benchmark: scoring versus generating-and-parsing, and evaluation memory against set size.
+
+    python bench/bench_eval.py                      # both datasets, 1,000 rows, memory at 500 and 5,000 rows
+    python bench/bench_eval.py --rows 200 --memory-rows 100 1000 --train-steps 100   # a quicker look
+
+For banking77 and commonsense_qa (from ../shared/data), a tiny model is fine-tuned (full, a few hundred
+steps, so it answers in the task's format) or taken from a finished run (`--banking77-run`), then on the
+first `--rows` validation rows:
+- scoring: every candidate's log-likelihood (exact search for banking77's 77 labels, one tree pass for
+  the 5 letters), the prediction and the validation loss; also the full tree of all 77 labels;
+- generation: greedy answers in batches (stopping at the end of turn, at most the longest label + 8
+  tokens), parsed into a label or a letter.
+Examples per second and accuracy of each. Memory: peak resident memory of evaluating 500 and 5,000
+rows of banking77 (scoring and loss), each in a fresh process, measured from the kernel's high-water
+mark reset just before evaluation.
+
+Writes a JSON file (`--out`) and prints a markdown table. Timings on a shared machine are noisy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO.parent / "shared" / "data"
+TASKS = {
+    "banking77": {"name": "banking77", "kind": "classification", "source": str(DATA / "banking77" / "train.parquet"),
+                  "system_prompt": ""},
+    "commonsense_qa": {"name": "commonsense_qa", "kind": "multiple_choice",
+                       "source": str(DATA / "commonsense_qa" / "train.jsonl")},
+}
+
+
+def run_config(task: str, out: Path, steps: int) -> dict:
+    return {
+        "output_dir": str(out), "seed": 0, "model": {"name": "tiny"}, "adapter": {"method": "full"},
+        "tasks": [TASKS[task]], "data": {"max_seq_len": 192},
+        "train": {"max_steps": steps, "learning_rate": 2e-3, "micro_batch_size": 32},
+        "eval": {"baseline": False, "generate": "never", "max_rows": 16}, "logging": {"every_steps": 50},
+    }
+
+
+def trained_run(task: str, steps: int, work: Path, given: str | None) -> Path:
+    """A finished run of `task`: the one given, or a short full fine-tuning of the tiny model."""
+    if given:
+        return Path(given)
+    from multitune.config import validate
+    from multitune.train.recipe import run
+
+    out = work / f"{task}-{steps}"
+    if not (out / "adapter").is_dir():
+        run(validate(run_config(task, out, steps)))
+    return out
+
+
+def load(run_dir: Path):
+    from multitune.config import load as load_config
+    from multitune.data.prepare import load_splits
+    from multitune.eval.runner import build_eval_sets
+    from multitune.models import load as models
+
+    cfg = load_config(run_dir / "config.yaml")
+    tokenizer = models.load_tokenizer(str(run_dir / "adapter"), cfg.model)
+    model = models.load_model(str(run_dir / "adapter"), cfg.model).eval()
+    sets = build_eval_sets(tokenizer, load_splits(cfg), cfg.data.max_seq_len, cfg.data.truncation)
+    return cfg, model, tokenizer, sets
+
+
+def speed(run_dir: Path, rows: int) -> dict:
+    """Scoring (search and full tree) and generation+parsing on the first `rows` validation rows."""
+    import torch
+
+    from multitune.eval.generate import greedy
+    from multitune.eval.metrics import parse_choice, parse_label
+    from multitune.eval.records import CLOSED_GENERATION_SLACK, score_items
+    from multitune.eval.runner import evaluate, spread
+    from multitune.eval.scoring import prefix_cache, shared_prefix_len
+    from multitune.models import load as models
+
+    cfg, model, tokenizer, sets = load(run_dir)
+    es = sets[0]
+    items = spread(es.items, rows)  # the rows evaluate() takes with eval.max_rows = rows
+    assert len(items) == rows, f"only {len(items)} validation rows"
+    eval_cfg = cfg.eval.model_copy(update={"max_rows": rows, "micro_batch_size": 16})
+    out: dict = {"task": es.name, "rows": rows, "threads": torch.get_num_threads()}
+
+    start = time.perf_counter()
+    scored = evaluate(model, tokenizer, [es], eval_cfg, models.pad_id(tokenizer), generate=False)[es.name]
+    out["scoring_s"] = time.perf_counter() - start
+    out["scoring_accuracy"] = scored.metrics["accuracy"]
+
+    start = time.perf_counter()
+    n = shared_prefix_len([it.prompt for it in items])
+    score_items(model, items, [it.trie for it in items], 16, prefix_cache(model, items[0].prompt[:n]), n,
+                every_candidate=True)
+    out["full_tree_s"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    longest = max(len(c) for c in items[0].trie.candidates)
+    answers = greedy(model, tokenizer, [it.prompt for it in items], longest + CLOSED_GENERATION_SLACK, 16,
+                     models.pad_id(tokenizer))
+    parse = parse_label if es.kind == "classification" else parse_choice
+    parsed = [parse(a, it.example.candidates) for a, it in zip(answers, items, strict=True)]
+    out["generation_s"] = time.perf_counter() - start
+    out["generation_accuracy"] = sum(p == it.example.label for p, it in zip(parsed, items, strict=True)) / rows
+    out["generation_invalid_rate"] = sum(p is None for p in parsed) / rows
+    for key in ("scoring", "full_tree", "generation"):
+        out[f"{key}_examples_per_s"] = rows / out[f"{key}_s"]
+    out["generation_over_scoring"] = out["generation_s"] / out["scoring_s"]
+    return out
+
+
+def memory_child(run_dir: str, rows: int) -> dict:
+    """In a fresh process: peak resident memory while evaluating the first `rows` rows of banking77."""
+    from multitune import tasks
+    from multitune.config import load as load_config
+    from multitune.data.sources import load_rows
+    from multitune.eval.items import build_eval_set
+    from multitune.eval.runner import evaluate
+    from multitune.models import load as models
+
+    cfg = load_config(Path(run_dir) / "config.yaml")
+    task = cfg.tasks[0]
+    tokenizer = models.load_tokenizer(str(Path(run_dir) / "adapter"), cfg.model)
+    model = models.load_model(str(Path(run_dir) / "adapter"), cfg.model).eval()
+    examples = tasks.examples(task, load_rows(task))[:rows]  # every row of the source, not only the 20%
+    es = build_eval_set(tokenizer, task.name, task.kind, examples, 0, cfg.data.max_seq_len, cfg.data.truncation,
+                        list(examples[0].candidates or ()))
+    eval_cfg = cfg.eval.model_copy(update={"max_rows": None, "micro_batch_size": 16})
+    before = _rss_kib()
+    Path("/proc/self/clear_refs").write_text("5")  # reset the kernel's peak-RSS mark (VmHWM) to now
+    start = time.perf_counter()
+    result = evaluate(model, tokenizer, [es], eval_cfg, models.pad_id(tokenizer), generate=False)[task.name]
+    return {"rows": rows, "seconds": time.perf_counter() - start, "rss_before_mib": before / 1024,
+            "peak_mib": _status("VmHWM") / 1024, "evaluated": result.metrics["rows"]}
+
+
+def _status(key: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    raise KeyError(key)
+
+
+def _rss_kib() -> int:
+    return _status("VmRSS")
+
+
+def memory(run_dir: Path, rows: int) -> dict:
+    code = f"import sys, json; sys.path.insert(0, {str(REPO / 'bench')!r}); import bench_eval as b; " \
+           f"print(json.dumps(b.memory_child({str(run_dir)!r}, {rows})))"
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--rows", type=int, default=1000)
+    p.add_argument("--memory-rows", type=int, nargs="*", default=[500, 5000])
+    p.add_argument("--train-steps", type=int, default=300, help="fine-tuning steps of the tiny model per dataset")
+    p.add_argument("--banking77-run", help="a finished banking77 run to evaluate instead of training one")
+    p.add_argument("--work", default=str(REPO / "runs" / "bench-eval"), help="where the short runs go")
+    p.add_argument("--out", default=str(REPO / "runs" / "bench-eval" / "results.json"))
+    args = p.parse_args()
+    work = Path(args.work)
+    results: dict = {"speed": [], "memory": []}
+    for task in ("banking77", "commonsense_qa"):
+        run_dir = trained_run(task, args.train_steps, work, args.banking77_run if task == "banking77" else None)
+        results["speed"].append({**speed(run_dir, args.rows), "run": str(run_dir)})
+        print(json.dumps(results["speed"][-1]), flush=True)
+        if task == "banking77":
+            for rows in args.memory_rows:
+                results["memory"].append(memory(run_dir, rows))
+                print(json.dumps(results["memory"][-1]), flush=True)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(results, indent=2))
+    print(table(results))
+
+
+def table(results: dict) -> str:
+    lines = ["| task | rows | scoring ex/s | scoring acc | full tree ex/s | generation ex/s | generation acc | "
+             "invalid | generation / scoring time |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in results["speed"]:
+        lines.append(f"| {r['task']} | {r['rows']} | {r['scoring_examples_per_s']:.1f} | {r['scoring_accuracy']:.3f} | "
+                     f"{r['full_tree_examples_per_s']:.1f} | {r['generation_examples_per_s']:.1f} | "
+                     f"{r['generation_accuracy']:.3f} | {r['generation_invalid_rate']:.3f} | "
+                     f"{r['generation_over_scoring']:.2f}x |")
+    lines += ["", "| rows evaluated | seconds | RSS before (MiB) | peak RSS during evaluation (MiB) |", "|---|---|---|---|"]
+    for m in results["memory"]:
+        lines.append(f"| {m['rows']} | {m['seconds']:.1f} | {m['rss_before_mib']:.0f} | {m['peak_mib']:.0f} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()

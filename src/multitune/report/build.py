@@ -1,0 +1,108 @@
+"""Plots and `report.html` from a run's output folder: a pure function of the files a run writes
+(`config.yaml`, `data_stats.json`, `metrics.jsonl`, `eval/`), so it can be rebuilt at any time."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from multitune.io import read_jsonl, write_text_atomic
+from multitune.report import plots
+from multitune.report.html import ReportInputs, TaskSection, render
+from multitune.report.results import load_details, load_predictions, load_summary
+
+WORST_ROWS = 10
+
+
+def write_report(run_dir: str | Path, eval_dir: str = "eval") -> Path:
+    """Write `plots/*.png` and `report.html` into `run_dir`; returns the report's path."""
+    run_dir = Path(run_dir)
+    rows = read_jsonl(run_dir / "metrics.jsonl") if (run_dir / "metrics.jsonl").is_file() else []
+    summary = load_summary(run_dir, eval_dir) if (run_dir / eval_dir / "metrics.json").is_file() else None
+    curves = []
+    for name, caption, png in (("loss", "Loss", plots.loss_curves(rows)),
+                               ("metrics", "Validation metrics", plots.metric_curves(rows))):
+        if png is not None:
+            _write_bytes(run_dir / "plots" / f"{name}.png", png)
+            curves.append((caption, png))
+    kinds = _kinds(run_dir)
+    sections = []
+    for task in summary.after if summary else []:
+        section = task_section(task, kinds.get(task, ""), load_details(run_dir, task, eval_dir),
+                               load_predictions(run_dir, task, eval_dir))
+        if section.confusion_png:
+            _write_bytes(run_dir / "plots" / f"confusion_{task}.png", section.confusion_png)
+        sections.append(section)
+    inputs = ReportInputs(
+        title=f"multitune report: {run_dir.resolve().name}",
+        config_yaml=_read(run_dir / "config.yaml"),
+        data_stats=json.loads(_read(run_dir / "data_stats.json") or "{}"),
+        summary=summary, curves=curves, tasks=sections,
+    )
+    write_text_atomic(run_dir / "report.html", render(inputs))
+    return run_dir / "report.html"
+
+
+def task_section(task: str, kind: str, details: Mapping[str, Any], records: Sequence[Mapping[str, Any]]) -> TaskSection:
+    section = TaskSection(task, kind, most_confused=list(details.get("most_confused", [])))
+    if details.get("confusion"):
+        section.confusion_png = plots.confusion_matrix(details["confusion"], details["labels"], f"{task}: confusion")
+    section.worst_title, section.worst = worst_errors(records)
+    return section
+
+
+def worst_errors(records: Sequence[Mapping[str, Any]], n: int = WORST_ROWS) -> tuple[str, list[dict[str, Any]]]:
+    """The rows most worth reading, with a title saying how they were chosen.
+
+    Closed tasks: wrong answers the model was surest of (highest log-likelihood). Generation tasks: the
+    lowest ROUGE-L among generated answers, else the highest reference loss.
+    """
+    if not records:
+        return "", []
+    if "gold_score" in records[0]:
+        wrong = sorted((r for r in records if not r["correct"]), key=lambda r: -r["score"])[:n]
+        generated = any("generated" in r for r in records)
+        return ("Worst errors: wrong answers the model was surest of", [
+            {"row": r["row"], "input": r["input"], "gold": r["gold"], "prediction": r["prediction"],
+             "log-likelihood": r["score"], **({"generated": r.get("generated")} if generated else {})}
+            for r in wrong])
+    generated = [r for r in records if r.get("prediction") is not None]
+    if generated:
+        worst = sorted(generated, key=lambda r: r["score"])[:n]
+        return ("Worst errors: generated answers with the lowest ROUGE-L", [
+            {"row": r["row"], "input": r["input"], "reference": r["gold"], "generated": r["prediction"],
+             "ROUGE-L": r["score"]} for r in worst])
+    worst = sorted(records, key=lambda r: -(r.get("loss") or 0.0))[:n]
+    return ("Hardest references: highest loss per token", [
+        {"row": r["row"], "input": r["input"], "reference": r["gold"], "loss": r["loss"]} for r in worst])
+
+
+def _kinds(run_dir: Path) -> dict[str, str]:
+    try:
+        stats = json.loads((run_dir / "data_stats.json").read_text(encoding="utf-8"))
+        return {task: s["kind"] for task, s in stats.items()}
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+
+
+def _read(path: Path) -> str:
+    return path.read_text(encoding="utf-8") if path.is_file() else ""
+
+
+def _write_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
