@@ -96,6 +96,10 @@ def run(cfg: RunConfig) -> TrainResult:
         say(f"\nadapter: {out / 'adapter'}\nmetrics: {out / 'eval' / 'metrics.json'}")
     trackers.finish()
     accelerator.wait_for_everyone()
+    if accelerator.is_main_process:  # shipping: the model card, and the push when hub.push_at_end asks
+        from multitune.export.hub import after_training
+
+        after_training(cfg)
     return TrainResult(summary, accelerator.unwrap_model(model), tokenizer)
 
 
