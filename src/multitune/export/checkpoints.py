@@ -79,6 +79,8 @@ class CheckpointPusher:
     def _snapshot(self, checkpoint_dir: Path, step: int) -> tuple[Path, bool]:
         """Hard links of every file of the checkpoint in a folder of our own; the checkpoint itself when
         linking is impossible (another filesystem), accepting that it may change under the upload."""
+        if not checkpoint_dir.is_dir():
+            raise FileNotFoundError(f"no checkpoint folder at {checkpoint_dir}")
         target = self.staging_dir / f"step-{step}.{next(self._snapshots)}"
         try:
             for path in checkpoint_dir.rglob("*"):
@@ -110,6 +112,9 @@ class CheckpointPusher:
     def _upload(self, job: tuple[Path, int, bool]) -> None:
         folder, step, is_snapshot = job
         try:
+            # An empty folder would replace the last good checkpoint on the Hub with nothing.
+            if not any(p.is_file() for p in folder.rglob("*")):
+                raise FileNotFoundError(f"{folder} is gone or holds no files")
             client = self._get_client()
             if not self._repo_ready:
                 client.create_repo(self.repo_id, private=self.private, exist_ok=True, repo_type="model")
