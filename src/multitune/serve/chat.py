@@ -3,7 +3,8 @@
 The conversation keeps its history (each answer is conditioned on every earlier turn). Commands:
 `/reset` forgets the history, `/system TEXT` sets the system prompt (and resets), `/set NAME VALUE`
 changes a generation setting (temperature, top_p, max_new_tokens, seed), `/help`, `/exit` (or Ctrl-D).
-Ctrl-C stops an answer being generated and drops that turn.
+Ctrl-C stops an answer being generated and drops that turn. A line ending in `\\` continues on the next
+line, for prompts of several lines (the tasks' templates have them).
 """
 
 from __future__ import annotations
@@ -15,8 +16,9 @@ from multitune.errors import UserError
 from multitune.serve.engine import ChatModel, GenerationSettings
 from multitune.tasks.base import Message
 
-HELP = ("/reset forgets the conversation, /system TEXT sets the system prompt, /set NAME VALUE changes "
-        "temperature, top_p, max_new_tokens or seed, /exit quits (or Ctrl-D); Ctrl-C stops an answer.")
+HELP = ("End a line with \\ to go on to the next one. /reset forgets the conversation, /system TEXT sets the "
+        "system prompt, /set NAME VALUE changes temperature, top_p, max_new_tokens or seed, /exit quits (or "
+        "Ctrl-D); Ctrl-C stops an answer.")
 SETTABLE = {"temperature": float, "top_p": float, "max_new_tokens": int, "seed": int}
 VALID = {"temperature": lambda v: v >= 0, "top_p": lambda v: 0 < v <= 1, "max_new_tokens": lambda v: v >= 1,
          "seed": lambda v: True}
@@ -43,17 +45,29 @@ class TerminalChat:
         self._say(f"chatting with {self.model.name}. {HELP}\n")
         while True:
             self._say("\nyou> ")
-            line = self.stdin.readline()
-            if not line:  # end of input
+            line = self._read_message()
+            if line is None:  # end of input
                 self._say("\n")
                 return
-            line = line.strip()
             if line == "/exit":
                 return
             if line.startswith("/"):
                 self._command(line)
             elif line:
                 self._turn(line)
+
+    def _read_message(self) -> str | None:
+        """One message: a line, joined with the next ones while it ends in a backslash. None at the end."""
+        parts: list[str] = []
+        while True:
+            line = self.stdin.readline()
+            if not line:
+                return "\n".join(parts).strip() if parts else None
+            line = line.rstrip("\r\n")
+            if not line.endswith("\\"):
+                return "\n".join([*parts, line]).strip()
+            parts.append(line[:-1])
+            self._say("...> ")
 
     def _turn(self, text: str) -> None:
         self.history.append({"role": "user", "content": text})
