@@ -66,9 +66,10 @@ def _shipping_commands(sub: argparse._SubParsersAction) -> None:
 
     pu = sub.add_parser("push", help="upload a run's adapter (or merged model) to the Hugging Face Hub with a model card")
     pu.add_argument("run_dir", help="a run's output_dir")
-    pu.add_argument("--repo-id", required=True, help="OWNER/NAME of the model repository (created if missing)")
-    pu.add_argument("--merged", action="store_true", help="merge first and upload the full model")
-    pu.add_argument("--private", action="store_true", help="create the repository private")
+    pu.add_argument("--repo-id", help="OWNER/NAME of the model repository, created if missing "
+                    "(default: hub.repo_id of the run's config)")
+    pu.add_argument("--merged", action="store_true", default=None, help="merge first and upload the full model")
+    pu.add_argument("--private", action="store_true", default=None, help="create the repository private")
     pu.set_defaults(func=_push)
 
     c = sub.add_parser("chat", help="chat with a trained run in the terminal")
@@ -122,7 +123,7 @@ def _merge(args: argparse.Namespace) -> int:
 def _push(args: argparse.Namespace) -> int:
     from multitune.export.hub import push_run
 
-    r = push_run(args.run_dir, args.repo_id, merged=args.merged, private=True if args.private else None)
+    r = push_run(args.run_dir, args.repo_id, merged=args.merged, private=args.private)
     if r.merge is not None:
         print(f"merged: largest logit difference vs base + adapter {r.merge.max_abs_diff:.3g} "
               f"(tolerance {r.merge.tolerance:.3g})")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import pytest
@@ -26,11 +27,28 @@ def fake_hub(monkeypatch):
     return client
 
 
+@pytest.fixture
+def run_copy(run_dir, tmp_path):
+    """A copy of the finished run that a test may change (pushes record themselves in the run folder)."""
+    shutil.copytree(run_dir, tmp_path / "run")
+    return tmp_path / "run"
+
+
+def _with_hub(run, **hub_section):
+    raw = yaml.safe_load((run / "config.yaml").read_text())
+    raw["output_dir"] = str(run)
+    raw["hub"] = hub_section or None
+    cfg = config.validate(raw)
+    config.save(cfg, run / "config.yaml")
+    return cfg
+
+
 def _every_file_under(*folders):
     return [p for folder in folders for p in folder.rglob("*") if p.is_file()]
 
 
-def test_push_uploads_the_adapter_with_its_card_and_never_the_token(run_dir, fake_hub, capsys):
+def test_push_uploads_the_adapter_with_its_card_and_never_the_token(run_copy, fake_hub, capsys):
+    run_dir = run_copy
     assert main(["push", str(run_dir), "--repo-id", "alice/tiny-demo", "--private"]) == 0
 
     assert [name for name, _ in fake_hub.calls] == ["create_repo", "upload_folder"]
@@ -57,10 +75,12 @@ def test_push_uploads_the_adapter_with_its_card_and_never_the_token(run_dir, fak
     for name, content in files.items():  # what went up
         assert TOKEN.encode() not in content, name
     assert not list(run_dir.glob(".push-*"))  # the staging folder is gone
+    record = json.loads((run_dir / "hub_push.json").read_text())
+    assert record["repo_id"] == "alice/tiny-demo" and record["merged"] is False and "README.md" in record["files"]
 
 
-def test_push_merged_uploads_a_plain_model(run_dir, fake_hub, capsys):
-    assert main(["push", str(run_dir), "--repo-id", "alice/tiny-merged", "--merged"]) == 0
+def test_push_merged_uploads_a_plain_model(run_copy, fake_hub, capsys):
+    assert main(["push", str(run_copy), "--repo-id", "alice/tiny-merged", "--merged"]) == 0
     assert fake_hub.calls[0][1]["private"] is None  # a new repository gets its owner's default visibility
     (files,) = fake_hub.uploads
     assert {"model.safetensors", "config.json", "generation_config.json", "tokenizer.json", "README.md"} <= set(files)
@@ -70,9 +90,8 @@ def test_push_merged_uploads_a_plain_model(run_dir, fake_hub, capsys):
     assert all(TOKEN.encode() not in content for content in files.values())
 
 
-def test_push_refuses_to_upload_a_secret_and_does_not_show_it(run_dir, tmp_path, fake_hub, monkeypatch):
-    run = tmp_path / "run"
-    shutil.copytree(run_dir, run)
+def test_push_refuses_to_upload_a_secret_and_does_not_show_it(run_copy, fake_hub):
+    run = run_copy
     raw = yaml.safe_load((run / "config.yaml").read_text())
     raw["tasks"][0]["system_prompt"] = f"my key is {TOKEN}"
     config.save(config.validate(raw), run / "config.yaml")
@@ -80,7 +99,7 @@ def test_push_refuses_to_upload_a_secret_and_does_not_show_it(run_dir, tmp_path,
     with pytest.raises(UserError) as e:
         push_run(run, "alice/x", client=fake_hub)
     assert "training_config.yaml would upload the value of HF_TOKEN" in str(e.value)
-    assert TOKEN not in str(e.value) and fake_hub.calls == []
+    assert TOKEN not in str(e.value) and fake_hub.calls == [] and not (run / "hub_push.json").exists()
 
 
 def test_secret_scan_knows_the_login_cache_token_and_ignores_short_values(tmp_path):
@@ -108,21 +127,26 @@ def test_hub_failures_say_what_to_do():
     assert "could not reach" in push_error(ConnectionError("down"), "alice/x").what
 
 
-def test_a_bad_repo_id_is_refused(run_dir, fake_hub):
-    r = main(["push", str(run_dir), "--repo-id", "no-owner"])
-    assert r == 2 and fake_hub.calls == []
+def test_a_bad_or_missing_repo_id_is_refused(run_dir, fake_hub, capsys):
+    assert main(["push", str(run_dir), "--repo-id", "no-owner"]) == 2
+    assert main(["push", str(run_dir)]) == 2  # and the run's config has no hub section
+    assert "set hub.repo_id" in capsys.readouterr().err and fake_hub.calls == []
 
 
-def test_training_writes_the_card_and_pushes_at_the_end_when_asked(run_dir, tmp_path):
+def test_push_takes_what_is_not_given_from_the_runs_hub_section(run_copy, fake_hub):
+    _with_hub(run_copy, repo_id="alice/from-config", private=False, push_at_end=False)
+    assert main(["push", str(run_copy)]) == 0
+    assert fake_hub.calls[0][1] == {"repo_id": "alice/from-config", "private": False, "exist_ok": True,
+                                    "repo_type": "model"}
+    assert "adapter_config.json" in fake_hub.uploads[0]
+
+
+def test_training_writes_the_card_and_pushes_at_the_end_when_asked(run_dir, run_copy):
     card = (run_dir / "README.md").read_text()  # written by `multitune train` itself
     assert "# NAME" in card and 'PeftModel.from_pretrained(base, "OWNER/NAME")' in card
 
-    run = tmp_path / "run"
-    shutil.copytree(run_dir, run)
-    raw = yaml.safe_load((run / "config.yaml").read_text())
-    raw["output_dir"] = str(run)
-    raw["hub"] = {"repo_id": "alice/auto"}
-    cfg = config.validate(raw)
+    run = run_copy
+    cfg = _with_hub(run, repo_id="alice/auto")
     client = FakeHub()
     result = after_training(cfg, client=client)
     assert result is not None and result.url == "https://huggingface.co/alice/auto"
@@ -133,16 +157,14 @@ def test_training_writes_the_card_and_pushes_at_the_end_when_asked(run_dir, tmp_
     assert after_training(cfg.model_copy(update={"hub": None}), client=silent) is None and silent.calls == []
 
 
-def test_a_failed_push_at_the_end_says_the_run_is_safe(run_dir, tmp_path):
-    run = tmp_path / "run"
-    shutil.copytree(run_dir, run)
-    raw = yaml.safe_load((run / "config.yaml").read_text())
-    raw["output_dir"] = str(run)
-    raw["hub"] = {"repo_id": "alice/auto"}
+def test_a_failed_push_at_the_end_says_the_run_is_safe(run_copy):
+    run = run_copy
+    cfg = _with_hub(run, repo_id="alice/auto")
     with pytest.raises(UserError) as e:
-        after_training(config.validate(raw), client=FakeHub(fail_uploads=1))
+        after_training(cfg, client=FakeHub(fail_uploads=1))
     assert "training finished and is saved in" in e.value.what
     assert f"multitune push {run} --repo-id alice/auto" in e.value.fix
+    assert not (run / "hub_push.json").exists()  # so the container entrypoint retries it
 
 
 def test_hub_section_is_validated():

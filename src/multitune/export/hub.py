@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from typing import Any, Protocol
 from multitune.config.schema import REPO_ID, RunConfig
 from multitune.errors import UserError
 from multitune.export.merge import MergeResult, merge_run
+from multitune.io import write_json_atomic
 from multitune.models.trained import read_run_config
 from multitune.report.card import model_card, write_model_card
 
@@ -28,6 +30,7 @@ from multitune.report.card import model_card, write_model_card
 SECRET_ENV = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "WANDB_API_KEY", "MULTITUNE_API_KEY")
 SCAN_LIMIT_BYTES = 64 << 20  # weight shards beyond this hold numbers, not text; scanning them costs minutes
 # Run files that go beside the model: what was trained (config), on what (data stats), how well (metrics).
+PUSH_RECORD = "hub_push.json"  # written after a successful push; the container entrypoint looks for it
 RUN_FILES = {"config.yaml": "training_config.yaml", "eval/metrics.json": "eval_metrics.json",
              "data_stats.json": "data_stats.json", "report.html": "report.html"}
 
@@ -63,25 +66,39 @@ def default_client(get_token: Callable[[], str | None] | None = None) -> HubClie
     return HfApi()
 
 
-def push_run(run_dir: str | Path, repo_id: str, merged: bool = False, private: bool | None = None,
-             client: HubClient | None = None) -> PushResult:
-    """Create `repo_id` if needed and upload the run's adapter (or merged model) with its card.
-    `private=None` leaves a new repository's visibility to the owner's default."""
-    if not REPO_ID.match(repo_id):
-        raise UserError(f"repo id {repo_id!r} is not of the form OWNER/NAME", fix="e.g. --repo-id alice/my-model")
+def push_run(run_dir: str | Path, repo_id: str | None = None, merged: bool | None = None,
+             private: bool | None = None, client: HubClient | None = None) -> PushResult:
+    """Create the repository if needed and upload the run's adapter (or merged model) with its card; on
+    success record the push in `run_dir/hub_push.json`. What is not given comes from the run's `hub`
+    section, else: no merge, and a new repository gets its owner's default visibility."""
     run_dir = Path(run_dir)
+    hub = read_run_config(run_dir).hub
+    repo_id = repo_id or (hub.repo_id if hub else None)
+    merged = merged if merged is not None else bool(hub and hub.merged)
+    private = private if private is not None else (hub.private if hub else None)
+    if repo_id is None or not REPO_ID.match(repo_id):
+        raise UserError(f"no repository to push to (got {repo_id!r}): it must be OWNER/NAME",
+                        fix="give --repo-id alice/my-model, or set hub.repo_id in the run's config")
     client = client or default_client()
     with staged(run_dir, repo_id, merged) as (folder, merge):
         assert_no_secrets(folder)
         files = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
-        what = "merged model" if merge else "adapter" if read_run_config(run_dir).adapter.method != "full" else "model"
         try:
             client.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
             client.upload_folder(repo_id=repo_id, folder_path=str(folder), repo_type="model",
-                                 commit_message=f"Upload {what} trained with multitune")
+                                 commit_message=f"Upload {_what(run_dir, merge)} trained with multitune")
         except Exception as e:
             raise push_error(e, repo_id) from None
-    return PushResult(repo_id, f"https://huggingface.co/{repo_id}", files, merge)
+    result = PushResult(repo_id, f"https://huggingface.co/{repo_id}", files, merge)
+    write_json_atomic(run_dir / PUSH_RECORD, {"repo_id": repo_id, "url": result.url, "merged": merge is not None,
+                                              "files": files, "pushed_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+    return result
+
+
+def _what(run_dir: Path, merge: MergeResult | None) -> str:
+    if merge is not None:
+        return "merged model"
+    return "model" if read_run_config(run_dir).adapter.method == "full" else "adapter"
 
 
 @contextmanager
