@@ -148,9 +148,12 @@ def _serve(args: argparse.Namespace) -> int:
     from multitune.serve.engine import ChatModel
     from multitune.serve.server import ChatServer
 
+    api_key = os.environ.get("MULTITUNE_API_KEY") or None
+    if api_key is None and args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"warning: {args.host} accepts other machines and MULTITUNE_API_KEY is not set: anyone who can "
+              "reach this port can use the model", file=sys.stderr)
     model = ChatModel.from_run(args.run_dir, name=args.model_name)
-    server = ChatServer((args.host, args.port), model, api_key=os.environ.get("MULTITUNE_API_KEY") or None,
-                        default_max_tokens=args.max_tokens)
+    server = ChatServer((args.host, args.port), model, api_key=api_key, default_max_tokens=args.max_tokens)
     print(f"serving {args.run_dir} as model {model.name!r} at {server.url} "
           f"(POST /chat/completions, GET /models; Ctrl-C stops)", flush=True)
     try:

@@ -86,6 +86,19 @@ def test_streaming_sends_the_same_answer_as_server_sent_events(client, chat_mode
     assert chunks[-1]["choices"] == [] and chunks[-1]["usage"] == whole["usage"]
 
 
+def test_a_stop_string_ends_the_answer_before_it(client, chat_model):
+    expected, _ = _greedy_answer(chat_model, MESSAGES, 8)
+    words = expected.split()
+    assert len(words) > 1
+    stop = " " + words[1]
+    body = client.post("/chat/completions", json=_request(chat_model, stop=[stop])).json()
+    assert body["choices"][0]["message"]["content"].strip() == words[0]
+    assert body["choices"][0]["finish_reason"] == "stop"
+    with client.stream("POST", "/chat/completions", json=_request(chat_model, stop=stop, stream=True)) as r:
+        chunks = [json.loads(x.removeprefix("data: ")) for x in r.iter_lines() if x and x != "data: [DONE]"]
+    assert "".join(c["choices"][0]["delta"].get("content", "") for c in chunks).strip() == words[0]
+
+
 def test_max_tokens_cuts_the_answer_with_finish_reason_length(client, chat_model):
     body = client.post("/chat/completions", json=_request(chat_model, max_tokens=1)).json()
     assert body["usage"]["completion_tokens"] == 1 and body["choices"][0]["finish_reason"] == "length"
