@@ -110,10 +110,12 @@ def test_secret_scan_knows_the_login_cache_token_and_ignores_short_values(tmp_pa
         assert_no_secrets(tmp_path, env={}, get_token=lambda: "hf_from_the_login_cache_000")
 
 
-def test_no_token_fails_before_anything_is_sent():
+def test_no_token_or_no_hub_fails_before_anything_is_sent():
     with pytest.raises(UserError, match="no Hugging Face token") as e:
         hub.default_client(get_token=lambda: None)
     assert "HF_TOKEN" in e.value.fix
+    with pytest.raises(UserError, match="HF_HUB_OFFLINE is set"):  # the tests run offline
+        hub.default_client(get_token=lambda: TOKEN)
 
 
 def test_hub_failures_say_what_to_do():

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from multitune.config.schema import REPO_ID, RunConfig
-from multitune.errors import UserError
+from multitune.errors import UserError, _causes
 from multitune.export.merge import MergeResult, merge_run
 from multitune.io import write_json_atomic
 from multitune.models.trained import read_run_config
@@ -55,14 +55,17 @@ class PushResult:
 
 
 def default_client(get_token: Callable[[], str | None] | None = None) -> HubClient:
-    """`HfApi()`, once a token is known to exist (its value is not looked at)."""
-    from huggingface_hub import HfApi
+    """`HfApi()`, once a token is known to exist (its value is not looked at) and the Hub is not switched
+    off, so that nothing is staged or merged for a push that cannot happen."""
+    from huggingface_hub import HfApi, constants
     from huggingface_hub import get_token as hub_get_token
 
     if (get_token or hub_get_token)() is None:
         raise UserError("no Hugging Face token: pushing needs one with write access",
                         fix="set HF_TOKEN to a write token (https://huggingface.co/settings/tokens) or run "
                             "`hf auth login`")
+    if constants.HF_HUB_OFFLINE:
+        raise UserError("HF_HUB_OFFLINE is set, so the Hub cannot be reached", fix="unset HF_HUB_OFFLINE")
     return HfApi()
 
 
@@ -149,11 +152,7 @@ def assert_no_secrets(folder: Path, env: Mapping[str, str] | None = None,
 
 def push_error(e: BaseException, repo_id: str) -> UserError:
     """What to do about a failed push, from the Hub's error type and HTTP status."""
-    causes = []
-    c: BaseException | None = e
-    while c is not None and c not in causes:
-        causes.append(c)
-        c = c.__cause__ or c.__context__
+    causes = list(_causes(e))
     names = {type(x).__name__ for x in causes}
     status = next((getattr(x.response, "status_code", None) for x in causes if getattr(x, "response", None)), None)
     owner = repo_id.split("/")[0]
