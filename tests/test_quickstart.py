@@ -20,7 +20,7 @@ def quick(tmp_path_factory):
     out = tmp_path_factory.mktemp("quick")
     cfg = config.load(REPO / "configs" / "quickstart.yaml", [
         f"output_dir={out}",
-        "tasks.claims.max_rows=200", "tasks.intents.max_rows=360", "tasks.intents.weight=2", "tasks.quiz.max_rows=200",
+        "tasks.claims.max_rows=200", "tasks.intents.max_rows=360", "tasks.intents.weight=2", "tasks.quiz.max_rows=300",
         "tasks.instruct.max_rows=80", "logging.every_steps=5", "eval.every_steps=40",
     ])
     return cfg, run(cfg)
@@ -35,8 +35,8 @@ def test_writes_the_output_folder_contract(quick):
     assert [r["step"] for r in train_rows][:3] == [5, 10, 15]
     assert {"lr", "grad_norm", "tokens_per_s", "train/claims/loss", "epoch"} <= train_rows[0].keys()
     final = train_rows[-1]["step"]
-    assert final == 120  # (160 + 288 x 2 + 160 + 64) // 16 steps a epoch, 2 epochs
-    assert [r["step"] for r in rows if "eval/claims/accuracy" in r] == [0, 40, 80, 120]
+    assert final == 128  # (160 + 288 x 2 + 239 + 64) // 16 steps an epoch, 2 epochs
+    assert [r["step"] for r in rows if "eval/claims/accuracy" in r] == [0, 40, 80, 120, 128]
     assert (out / "adapter" / "adapter_config.json").is_file()
     metrics = json.loads((out / "eval" / "metrics.json").read_text())
     assert set(metrics["after"]) == {"claims", "intents", "quiz", "instruct"}

@@ -95,7 +95,48 @@ def _parser() -> argparse.ArgumentParser:
                    help="val: each task's seeded validation split (default); all: every row of its source")
     e.add_argument("--output-dir", help="where to write metrics.json and predictions (default RUN_DIR/eval)")
     e.set_defaults(func=_eval)
+
+    _shipping_commands(sub)
     return p
+
+
+def _shipping_commands(sub: argparse._SubParsersAction) -> None:
+    m = sub.add_parser("merge", help="merge a run's adapter into its base: one plain transformers model")
+    m.add_argument("run_dir", help="a run's output_dir")
+    m.add_argument("--output", required=True, help="folder for the merged model (new or empty)")
+    m.add_argument("--dtype", default="auto", choices=["auto", "float32", "bf16", "bfloat16", "fp16", "float16"],
+                   help="auto: the base's stored 16-bit dtype (float32 for a float32 base; 16-bit for QLoRA)")
+    m.add_argument("--device", default="cpu", help="where to merge and check: cpu (default) or cuda")
+    m.set_defaults(func=_merge)
+
+    pu = sub.add_parser("push", help="upload a run's adapter (or merged model) to the Hugging Face Hub with a model card")
+    pu.add_argument("run_dir", help="a run's output_dir")
+    pu.add_argument("--repo-id", help="OWNER/NAME of the model repository, created if missing "
+                    "(default: hub.repo_id of the run's config)")
+    pu.add_argument("--merged", action="store_true", default=None, help="merge first and upload the full model")
+    pu.add_argument("--private", action="store_true", default=None, help="create the repository private")
+    pu.set_defaults(func=_push)
+
+    c = sub.add_parser("chat", help="chat with a trained run in the terminal")
+    c.add_argument("run_dir", help="a run's output_dir")
+    c.add_argument("--system", help="system prompt")
+    _generation_args(c, max_new_tokens=256)
+    c.set_defaults(func=_chat)
+
+    se = sub.add_parser("serve", help="an OpenAI-compatible HTTP server for a trained run (for trials)")
+    se.add_argument("run_dir", help="a run's output_dir")
+    se.add_argument("--host", default="127.0.0.1", help="0.0.0.0 to accept other machines (set MULTITUNE_API_KEY)")
+    se.add_argument("--port", type=int, default=8000, help="0 picks a free port")
+    se.add_argument("--model-name", help="the model id clients ask for (default: the run folder's name)")
+    se.add_argument("--max-tokens", type=int, default=512, help="answer length when a request gives none")
+    se.set_defaults(func=_serve)
+
+
+def _generation_args(p: argparse.ArgumentParser, max_new_tokens: int) -> None:
+    p.add_argument("--max-new-tokens", type=int, default=max_new_tokens)
+    p.add_argument("--temperature", type=float, default=0.0, help="0 (default) decodes greedily")
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--seed", type=int, help="seed for sampled answers")
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -126,6 +167,8 @@ def _data_preview(args: argparse.Namespace) -> int:
 
     color = args.color == "always" or (args.color == "auto" and sys.stdout.isatty())
     print(preview(config.load(args.config, args.overrides), task=args.task, n=args.n, color=color))
+    return 0
+
 
 def _eval(args: argparse.Namespace) -> int:
     from multitune.eval.command import run_eval
@@ -135,6 +178,61 @@ def _eval(args: argparse.Namespace) -> int:
                     output_dir=args.output_dir)
     print(before_after(done.summary.before, done.summary.after))
     print(f"\nmetrics: {done.eval_dir / 'metrics.json'}\npredictions: {done.eval_dir}/<task>/predictions.jsonl")
+    return 0
+
+
+def _merge(args: argparse.Namespace) -> int:
+    from multitune.export.merge import merge_run
+
+    r = merge_run(args.run_dir, args.output, dtype=args.dtype, device=args.device)
+    print(f"merged model ({str(r.dtype).removeprefix('torch.')}) written to {r.output_dir}")
+    print(f"check against base + adapter on a few chat prompts: largest logit difference {r.max_abs_diff:.3g} "
+          f"(tolerance {r.tolerance:.3g}), same top token at {r.top1_agreement:.1%} of positions")
+    return 0
+
+
+def _push(args: argparse.Namespace) -> int:
+    from multitune.export.hub import push_run
+
+    r = push_run(args.run_dir, args.repo_id, merged=args.merged, private=args.private)
+    if r.merge is not None:
+        print(f"merged: largest logit difference vs base + adapter {r.merge.max_abs_diff:.3g} "
+              f"(tolerance {r.merge.tolerance:.3g})")
+    print(f"pushed {len(r.files)} files to {r.url}")
+    return 0
+
+
+def _chat(args: argparse.Namespace) -> int:
+    from multitune.serve.chat import TerminalChat
+    from multitune.serve.engine import ChatModel, GenerationSettings
+
+    settings = GenerationSettings(args.max_new_tokens, args.temperature, args.top_p, args.seed)
+    if sys.stdin.isatty():
+        import readline  # noqa: F401  (line editing and history for input())
+    TerminalChat(ChatModel.from_run(args.run_dir), settings, args.system, sys.stdin, sys.stdout).run()
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import os
+
+    from multitune.serve.engine import ChatModel
+    from multitune.serve.server import ChatServer
+
+    api_key = os.environ.get("MULTITUNE_API_KEY") or None
+    if api_key is None and args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"warning: {args.host} accepts other machines and MULTITUNE_API_KEY is not set: anyone who can "
+              "reach this port can use the model", file=sys.stderr)
+    model = ChatModel.from_run(args.run_dir, name=args.model_name)
+    server = ChatServer((args.host, args.port), model, api_key=api_key, default_max_tokens=args.max_tokens)
+    print(f"serving {args.run_dir} as model {model.name!r} at {server.url} "
+          f"(POST /chat/completions, GET /models; Ctrl-C stops)", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
     return 0
 
 

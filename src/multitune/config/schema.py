@@ -341,6 +341,34 @@ class LoggingConfig(Section):
     `wandb login` when online."""
 
 
+REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+class HubConfig(Section):
+    """Where the result goes on the Hugging Face Hub. The token comes from `HF_TOKEN` or `hf auth login`,
+    never from the config."""
+
+    repo_id: str
+    """`OWNER/NAME` of the model repository; created if it does not exist."""
+    private: bool = True
+    """Create the repository private (automatic pushes should not publish by surprise); an existing
+    repository keeps its visibility."""
+    push_at_end: bool = True
+    """Push the adapter (or the merged model, see `merged`) with its model card when training ends."""
+    merged: bool = False
+    """Push the merged full model instead of the adapter."""
+    push_checkpoints: bool = False
+    """Upload each checkpoint to `last-checkpoint/` in the repository, in the background, so a run on a
+    preemptible machine survives losing its disk."""
+
+    @field_validator("repo_id")
+    @classmethod
+    def _owner_slash_name(cls, v: str) -> str:
+        if not REPO_ID.match(v):
+            raise ValueError(f"repo_id {v!r} is not of the form OWNER/NAME")
+        return v
+
+
 class RunConfig(Section):
     output_dir: str = "runs/default"
     seed: int = 0
@@ -353,6 +381,8 @@ class RunConfig(Section):
     eval: EvalConfig = EvalConfig()
     checkpoint: CheckpointConfig = CheckpointConfig()
     logging: LoggingConfig = LoggingConfig()
+    hub: HubConfig | None = None
+    """Push the result (and optionally checkpoints) to the Hugging Face Hub; null keeps it local."""
 
     @model_validator(mode="after")
     def _consistent(self) -> RunConfig:

@@ -19,6 +19,8 @@ from multitune.data.stats import data_summary
 from multitune.errors import UserError
 from multitune.eval.best import primary_metrics, update_best
 from multitune.eval.runner import TaskResult, build_eval_sets, evaluate
+from multitune.export import hub
+from multitune.export.checkpoints import CheckpointPusher, pusher_for
 from multitune.io import replace_dir_atomic, write_errors, write_json_atomic, write_text_atomic
 from multitune.models import adapters, load
 from multitune.report.build import write_report
@@ -45,6 +47,7 @@ def run(cfg: RunConfig, force: bool = False) -> TrainResult:
     from accelerate.utils import set_seed
 
     load.check_hardware(cfg)
+    hub.preflight(cfg)  # a push that cannot happen fails now, not after hours of training
     # cpu=True on a machine without CUDA makes torchrun's processes one gloo group (DDP on CPUs); the
     # topology otherwise comes from the launcher and its accelerate config, never from this code.
     accelerator = Accelerator(mixed_precision=cfg.train.mixed_precision, cpu=not torch.cuda.is_available(),
@@ -98,12 +101,17 @@ def run(cfg: RunConfig, force: bool = False) -> TrainResult:
                    build_eval_sets(tokenizer, splits, cfg.data.max_seq_len, cfg.data.truncation), plan.total_steps)
     if resumed_from is None and cfg.eval.baseline:
         state.baseline = {k: r.metrics for k, r in hooks.evaluate(0, baseline=True).items()}
-    with StopRequests(accelerator.is_main_process) as stop:
-        hooks.stop = stop
-        loop.train_loop(model, optimizer, scheduler, accelerator, prepared, plan, cfg.train, cfg.seed,
-                        load.pad_id(tokenizer), trackers, cfg.logging.every_steps, state, hooks.after_step)
-        after = hooks.evaluate(plan.total_steps, final=True)
-        hooks.save_checkpoint()
+    hooks.pusher = pusher_for(cfg) if accelerator.is_main_process else None
+    try:
+        with StopRequests(accelerator.is_main_process) as stop:
+            hooks.stop = stop
+            loop.train_loop(model, optimizer, scheduler, accelerator, prepared, plan, cfg.train, cfg.seed,
+                            load.pad_id(tokenizer), trackers, cfg.logging.every_steps, state, hooks.after_step)
+            after = hooks.evaluate(plan.total_steps, final=True)
+            hooks.save_checkpoint()
+    finally:
+        if hooks.pusher is not None:  # the upload under way and the newest waiting one finish first
+            hooks.pusher.close()
 
     summary = Summary(after={k: r.metrics for k, r in after.items()}, before=state.baseline,
                       primary=hooks.primary, best=state.best, final_step=plan.total_steps)
@@ -115,6 +123,8 @@ def run(cfg: RunConfig, force: bool = False) -> TrainResult:
         say(f"\nadapter: {out / 'adapter'}\nmetrics: {out / 'eval' / 'metrics.json'}\nreport:  {out / 'report.html'}")
     trackers.finish()
     accelerator.wait_for_everyone()
+    if accelerator.is_main_process:  # shipping: the model card, and the push when hub.push_at_end asks
+        hub.after_training(cfg)
     return TrainResult(summary.to_json(), accelerator.unwrap_model(model), tokenizer)
 
 
@@ -133,6 +143,7 @@ class _Hooks:
         self.out = Path(cfg.output_dir)
         self.last_save = {"step": state.step, "time": time.monotonic()}
         self.stop: StopRequests | None = None
+        self.pusher: CheckpointPusher | None = None  # uploads each checkpoint (hub.push_checkpoints)
 
     def evaluate(self, step: int, *, baseline: bool = False, final: bool = False) -> dict[str, TaskResult]:
         """Evaluate every task; generation metrics where `eval.generate` says. The baseline is never a
@@ -166,6 +177,8 @@ class _Hooks:
         if accelerator.is_main_process:
             best_step = state.best["step"] if state.best else None
             checkpoint.rotate(self.out, self.cfg.checkpoint.keep_last, best_step)
+        if self.pusher is not None:
+            self.pusher.submit(path, state.step)
         self.last_save.update(step=state.step, time=time.monotonic(), path=path)
         return path
 

@@ -1,0 +1,38 @@
+"""One small finished run for the shipping tests (merge, push, card, chat, serve), built once a session.
+
+A LoRA run on the tiny model with two demo tasks (a classification and an instruction task) and
+`modules_to_save: [embed_tokens, lm_head]` like the quickstart, trained hard enough (high learning rate)
+that the adapter moves the logits a lot: a merge that dropped any part of it could not pass for correct.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from conftest import SMALL_TINY
+
+_built: dict[str, Path] = {}
+
+
+def finished_run(tmp_path_factory) -> Path:
+    """The run's output_dir; the tests sharing it must not change it."""
+    if "run" not in _built:
+        from multitune.config import validate
+        from multitune.train.recipe import run
+
+        out = tmp_path_factory.mktemp("finished") / "run"
+        run(validate({
+            "output_dir": str(out),
+            "model": {"name": "tiny", "tiny": SMALL_TINY},
+            "adapter": {"r": 8, "alpha": 16, "dropout": 0.0, "modules_to_save": ["embed_tokens", "lm_head"]},
+            "tasks": [
+                {"name": "claims", "kind": "classification", "source": "demo:claims", "max_rows": 60},
+                {"name": "instruct", "kind": "instruction", "source": "demo:instruct", "max_rows": 30},
+            ],
+            "data": {"max_seq_len": 128},
+            "train": {"max_steps": 6, "micro_batch_size": 8, "learning_rate": 1e-2, "warmup_ratio": 0.0},
+            "eval": {"max_rows": 8, "micro_batch_size": 8},
+            "logging": {"every_steps": 3},
+        }))
+        _built["run"] = out
+    return _built["run"]
