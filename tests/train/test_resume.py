@@ -26,9 +26,12 @@ CONFIG = {
         {"name": "claims", "kind": "classification", "source": "demo:claims", "max_rows": 96},
         {"name": "quiz", "kind": "multiple_choice", "source": "demo:quiz", "max_rows": 64},
     ],
-    # 128 training rows, global batch 8: 16 steps an epoch, so 30 steps cross an epoch boundary.
+    # Packed: 128 training examples in rows of up to 128 tokens (one to three examples each), global
+    # batch 8 rows, so 30 steps cross several epoch boundaries and the packing plan must resume exactly.
+    "data": {"packing": True, "max_seq_len": 128},
     "train": {"max_steps": 30, "micro_batch_size": 4, "grad_accum_steps": 2, "learning_rate": 1.0e-3},
-    "eval": {"every_steps": 5, "max_rows": 8},
+    # best_metric: a new best is checkpointed between the regular ones and kept by rotation.
+    "eval": {"every_steps": 5, "max_rows": 8, "best_metric": "mean", "generate": "never"},
     "checkpoint": {"every_steps": 3, "keep_last": 2},
     "logging": {"every_steps": 2},  # log intervals straddle checkpoints: their sums must survive a kill
 }
@@ -81,6 +84,10 @@ def assert_same_run(out: Path, ref: Path) -> None:
     assert comparable_rows(out) == comparable_rows(ref)
 
 
+def checkpoint_steps(out: Path) -> list[int]:
+    return sorted(int(p.name.split("-")[1]) for p in (out / "checkpoints").glob("step-*"))
+
+
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory) -> Path:
     tmp = tmp_path_factory.mktemp("reference")
@@ -107,8 +114,8 @@ def test_sigkill_at_random_steps_then_resume_gives_the_same_run(reference, tmp_p
     assert proc.returncode == 0, output
     assert kills == 3 and "resumed from" in output
     assert_same_run(out, reference)
-    steps = sorted(int(p.name.split("-")[1]) for p in (out / "checkpoints").glob("step-*"))
-    assert steps == [27, 30]  # keep_last: 2
+    steps = checkpoint_steps(out)
+    assert steps == checkpoint_steps(reference) and steps[-2:] == [27, 30]  # keep_last: 2, and the best
     assert not list((out / "checkpoints").glob(".tmp-*"))
 
 
