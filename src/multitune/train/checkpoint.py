@@ -54,7 +54,7 @@ def save(
     final = root(output_dir) / f"step-{state.step}"
     tmp = root(output_dir) / f".tmp-step-{state.step}"
     # Gathered on every process first: under FSDP these are collectives that all processes must join.
-    unwrapped = accelerator.unwrap_model(model)
+    unwrapped = accelerator.unwrap_model(model, keep_torch_compile=False)
     weights = gather_for_saving(unwrapped, trainable_only=True)
     opt_state = _full_optimizer_state(optimizer)
     error: BaseException | None = None
@@ -208,7 +208,8 @@ def load(path: Path, accelerator: Any, model: Any, optimizer: Any, scheduler: An
         rng = torch.load(rng_file, weights_only=True) if rng_file.is_file() else None
     except Exception as e:  # safetensors and torch raise their own types for truncated or corrupt files
         raise ValueError(f"{type(e).__name__}: {e}") from None
-    params = {n: p for n, p in accelerator.unwrap_model(model).named_parameters() if p.requires_grad}
+    plain = accelerator.unwrap_model(model, keep_torch_compile=False)
+    params = {n: p for n, p in plain.named_parameters() if p.requires_grad}
     _check_fit(weights, params)
     # Everything was read and checked above: from here on nothing fails half-way through.
     with torch.no_grad():

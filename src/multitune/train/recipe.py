@@ -115,17 +115,17 @@ def run(cfg: RunConfig, force: bool = False) -> TrainResult:
 
     summary = Summary(after={k: r.metrics for k, r in after.items()}, before=state.baseline,
                       primary=hooks.primary, best=state.best, final_step=plan.total_steps)
-    final_weights = adapters.gather_for_saving(accelerator.unwrap_model(model),
-                                               trainable_only=cfg.adapter.method != "full")
+    plain = accelerator.unwrap_model(model, keep_torch_compile=False)  # no DDP/FSDP or compile wrapper
+    final_weights = adapters.gather_for_saving(plain, trainable_only=cfg.adapter.method != "full")
     if accelerator.is_main_process:
-        _write_outputs(out, accelerator.unwrap_model(model), tokenizer, final_weights, summary, after, trackers)
+        _write_outputs(out, plain, tokenizer, final_weights, summary, after, trackers)
         say("\n" + before_after(summary.before, summary.after))
         say(f"\nadapter: {out / 'adapter'}\nmetrics: {out / 'eval' / 'metrics.json'}\nreport:  {out / 'report.html'}")
     trackers.finish()
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:  # shipping: the model card, and the push when hub.push_at_end asks
         hub.after_training(cfg)
-    return TrainResult(summary.to_json(), accelerator.unwrap_model(model), tokenizer)
+    return TrainResult(summary.to_json(), plain, tokenizer)
 
 
 class _Hooks:
@@ -150,7 +150,8 @@ class _Hooks:
         candidate for the best; a new best in the middle of a run is checkpointed so rotation keeps it."""
         cfg, state = self.cfg.eval, self.state
         generate = cfg.generate == "always" or (cfg.generate == "ends" and (baseline or final))
-        results = evaluate(self.accelerator.unwrap_model(self.model), self.tokenizer, self.eval_sets, cfg,
+        plain = self.accelerator.unwrap_model(self.model, keep_torch_compile=False)  # eval shapes vary: not compiled
+        results = evaluate(plain, self.tokenizer, self.eval_sets, cfg,
                            load.pad_id(self.tokenizer), generate=generate, rank=self.accelerator.process_index,
                            world_size=self.accelerator.num_processes)
         if state.last_eval_step == step:  # a run resumed at its very end has logged this one already
