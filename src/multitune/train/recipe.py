@@ -42,46 +42,11 @@ class TrainResult:
 def run(cfg: RunConfig, force: bool = False) -> TrainResult:
     """Train, evaluate and save one run as the config says, resuming it if `output_dir` holds a
     checkpoint (`checkpoint.resume`). `force` resumes even when the config or data changed."""
-    import torch
-    from accelerate import Accelerator
-    from accelerate.utils import set_seed
-
-    load.check_hardware(cfg)
-    hub.preflight(cfg)  # a push that cannot happen fails now, not after hours of training
-    # cpu=True on a machine without CUDA makes torchrun's processes one gloo group (DDP on CPUs); the
-    # topology otherwise comes from the launcher and its accelerate config, never from this code.
-    accelerator = Accelerator(mixed_precision=cfg.train.mixed_precision, cpu=not torch.cuda.is_available(),
-                              dynamo_plugin=_dynamo(cfg))
+    accelerator, config_yaml = _start(cfg, force)
     say = accelerator.print  # only the main process prints
-    set_seed(cfg.seed)
     out = Path(cfg.output_dir)
-    config_yaml = config_mod.dump(cfg)
-    if accelerator.is_main_process:
-        _prepare_output_dir(out)
-    resume.refuse_changed_config(cfg.checkpoint.resume, out, config_yaml, force)
-    accelerator.wait_for_everyone()
-
-    # Data: rows -> examples -> seeded split; the tiny model (if asked for) is built from the training split.
-    splits = load_splits(cfg)
-    with accelerator.main_process_first():
-        model_name = load.resolve(cfg.model, training_conversations(splits), cfg.seed)
-    tokenizer = load.load_tokenizer(model_name, cfg.model)
-    with accelerator.main_process_first():  # the main process fills the tokenised cache, the others read it
-        prepared = tokenize_splits(tokenizer, splits, cfg)
-    say(data_summary(prepared, cfg.seed))
-
-    # Model and optimiser. Seed again: building the tiny model draws random numbers only when it is not
-    # cached yet, and the adapters' initialisation must not depend on that.
-    quantization = cfg.quantization if cfg.adapter.method == "qlora" else None
-    base = load.load_model(model_name, cfg.model, quantization, accelerator.device)
-    set_seed(cfg.seed)
-    model = adapters.attach(base, cfg.adapter, cfg.train.gradient_checkpointing)
-    trainable, total = adapters.count_parameters(model)
-    say(f"model {cfg.model.name} ({model_name}): {cfg.adapter.method}, {trainable:,} of {total:,} parameters trainable")
-    plan = loop.make_plan(cfg.train, prepared, cfg.seed, accelerator.num_processes)
-    optimizer = optim.build_optimizer(model, cfg.train)
-    scheduler = optim.build_scheduler(optimizer, cfg.train, plan.total_steps)
-    model, optimizer = accelerator.prepare(model, optimizer)
+    splits, model_name, tokenizer, prepared = _data(cfg, accelerator)
+    model, optimizer, scheduler, plan = _model(cfg, accelerator, model_name, prepared)
 
     # Resume from the newest usable checkpoint, or start fresh.
     meta = {"world_size": accelerator.num_processes, "data_fingerprint": resume.data_fingerprint(prepared)}
@@ -126,6 +91,61 @@ def run(cfg: RunConfig, force: bool = False) -> TrainResult:
     if accelerator.is_main_process:  # shipping: the model card, and the push when hub.push_at_end asks
         hub.after_training(cfg)
     return TrainResult(summary.to_json(), plain, tokenizer)
+
+
+def _start(cfg: RunConfig, force: bool) -> tuple[Any, str]:
+    """Refuse what cannot work before anything heavy loads; the Accelerator; a writable output folder."""
+    import torch
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+
+    load.check_hardware(cfg)
+    hub.preflight(cfg)  # a push that cannot happen fails now, not after hours of training
+    # cpu=True on a machine without CUDA makes torchrun's processes one gloo group (DDP on CPUs); the
+    # topology otherwise comes from the launcher and its accelerate config, never from this code.
+    accelerator = Accelerator(mixed_precision=cfg.train.mixed_precision, cpu=not torch.cuda.is_available(),
+                              dynamo_plugin=_dynamo(cfg))
+    set_seed(cfg.seed)
+    out = Path(cfg.output_dir)
+    config_yaml = config_mod.dump(cfg)
+    if accelerator.is_main_process:
+        _prepare_output_dir(out)
+    resume.refuse_changed_config(cfg.checkpoint.resume, out, config_yaml, force)
+    accelerator.wait_for_everyone()
+    return accelerator, config_yaml
+
+
+def _data(cfg: RunConfig, accelerator: Any) -> tuple[list, str, Any, Any]:
+    """Rows -> examples -> seeded split -> tokens; the tiny model (if asked for) is built from the
+    training split. Returns the splits, the model's name or folder, the tokenizer and the prepared data."""
+    splits = load_splits(cfg)
+    with accelerator.main_process_first():
+        model_name = load.resolve(cfg.model, training_conversations(splits), cfg.seed)
+    tokenizer = load.load_tokenizer(model_name, cfg.model)
+    with accelerator.main_process_first():  # the main process fills the tokenised cache, the others read it
+        prepared = tokenize_splits(tokenizer, splits, cfg)
+    accelerator.print(data_summary(prepared, cfg.seed))
+    return splits, model_name, tokenizer, prepared
+
+
+def _model(cfg: RunConfig, accelerator: Any, model_name: str, prepared: Any) -> tuple[Any, Any, Any, loop.Plan]:
+    """The base with its adapters, the optimizer and schedule, prepared for the topology."""
+    from accelerate.utils import set_seed
+
+    quantization = cfg.quantization if cfg.adapter.method == "qlora" else None
+    base = load.load_model(model_name, cfg.model, quantization, accelerator.device)
+    # Seed again: building the tiny model draws random numbers only when it is not cached yet, and the
+    # adapters' initialisation must not depend on that.
+    set_seed(cfg.seed)
+    model = adapters.attach(base, cfg.adapter, cfg.train.gradient_checkpointing)
+    trainable, total = adapters.count_parameters(model)
+    accelerator.print(f"model {cfg.model.name} ({model_name}): {cfg.adapter.method}, "
+                      f"{trainable:,} of {total:,} parameters trainable")
+    plan = loop.make_plan(cfg.train, prepared, cfg.seed, accelerator.num_processes)
+    optimizer = optim.build_optimizer(model, cfg.train)
+    scheduler = optim.build_scheduler(optimizer, cfg.train, plan.total_steps)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    return model, optimizer, scheduler, plan
 
 
 class _Hooks:
