@@ -10,7 +10,8 @@ from typing import Any, get_args
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from multitune.config.schema import TASK_KINDS, RunConfig
+from multitune.config.schema import RunConfig
+from multitune.config.tasks import TASK_KINDS
 from multitune.errors import UserError
 
 

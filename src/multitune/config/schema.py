@@ -7,15 +7,12 @@ Validation never rewrites a value; cross-field problems are collected and raised
 from __future__ import annotations
 
 import re
-from typing import Annotated, Literal
+from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
-
-class Section(BaseModel):
-    # Frozen so nothing downstream can mutate the resolved config; `extra=forbid` turns typos into errors;
-    # numbers given where text is expected (a revision "1234", a label "3") stay text.
-    model_config = ConfigDict(extra="forbid", frozen=True, coerce_numbers_to_str=True)
+from multitune.config.section import Section
+from multitune.config.tasks import TaskConfig
 
 
 class TinyModelConfig(Section):
@@ -92,120 +89,6 @@ class QuantizationConfig(Section):
     storage_dtype: Literal["uint8", "bfloat16", "float16", "float32"] = "uint8"
     """The dtype the packed 4-bit weights are stored in. FSDP needs it equal to the other parameters'
     dtype so it can shard them together: `bfloat16` with FSDP + QLoRA."""
-
-
-TASK_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
-
-
-class TaskBase(Section):
-    name: str
-    """Unique; names the task in overrides (`tasks.<name>.source=...`), metrics and output folders."""
-    source: str
-    """A Hugging Face Hub dataset id, a local file (csv, tsv, jsonl, json, parquet), a folder of such files,
-    a folder written by `datasets.save_to_disk`, or `demo:<name>` for data multitune generates."""
-    config_name: str | None = None
-    """The Hub dataset's configuration (subset), e.g. `plain_text`; passed as `name=` to `load_dataset`."""
-    revision: str | None = None
-    """A Hub branch, tag or commit of the dataset; pin it for reproducible runs. The token comes from
-    `HF_TOKEN` or `huggingface-cli login`, never from the config."""
-    split: str = "train"
-    """The split to train on. Slices work as in `datasets` (`train[:2000]`). A single local file is read
-    as this split whatever its name."""
-    val_split: str | None = None
-    """Evaluate on this existing split of the source (e.g. `validation`) instead of carving
-    `data.val_fraction` of the training split."""
-    weight: float = Field(1.0, gt=0)
-    """The task's share of each epoch, relative to the others (`data.mixture`). With the default
-    `proportional` mixture it is how many times each training row is seen per epoch (0.5 = half of the
-    rows, drawn with the run's seed; 2 = every row twice)."""
-    max_rows: int | None = Field(None, ge=1)
-    """Read at most this many rows from the source (before the split)."""
-    max_examples_per_epoch: int | None = Field(None, ge=1)
-    """Cap on this task's training examples per epoch, applied after the mixture strategy."""
-    system_prompt: str | None = None
-    """Replaces the kind's default system prompt; an empty string sends none."""
-    prompt_template: str | None = None
-    """Replaces the kind's default user-turn template (Python `str.format` fields, see the kind)."""
-
-    @field_validator("name")
-    @classmethod
-    def _name_is_an_identifier(cls, v: str) -> str:
-        if not TASK_NAME.match(v):
-            raise ValueError(f"task name {v!r} may only hold letters, digits, '_' and '-'")
-        return v
-
-    @model_validator(mode="after")
-    def _val_split_differs(self) -> TaskBase:
-        if self.val_split is not None and self.val_split == self.split:
-            raise ValueError(f"val_split {self.val_split!r} is the training split: validation rows would be "
-                             "trained on; name another split, or leave val_split unset to carve one")
-        return self
-
-
-class ClassificationTask(TaskBase):
-    """Template fields: `{text}`, `{labels}` (the label names, or one `name: description` line each when
-    `label_descriptions` is set)."""
-
-    kind: Literal["classification"]
-    text_column: str = "text"
-    label_column: str = "label"
-    labels: list[str] | None = None
-    """The label set, in order. Default: read from the data (names of a `ClassLabel` column, or the
-    sorted distinct strings)."""
-    label_descriptions: dict[str, str] | None = None
-    """What each label means, shown to the model beside the label list (`{labels}` in the template)."""
-
-
-class MultipleChoiceTask(TaskBase):
-    """Template fields: `{question}`, `{choices}` (one `A. text` line per choice)."""
-
-    kind: Literal["multiple_choice"]
-    question_column: str = "question"
-    choices_column: str = "choices"
-    """A `{label: [...], text: [...]}` mapping per row (the Hub layout of tau/commonsense_qa)."""
-    answer_column: str = "answerKey"
-
-
-class InstructionTask(TaskBase):
-    """Template fields: `{instruction}`, `{input}` (empty when the row has none)."""
-
-    kind: Literal["instruction"]
-    instruction_column: str = "instruction"
-    input_column: str = "input"
-    output_column: str = "output"
-
-
-class ChatTask(TaskBase):
-    """Template field: `{content}`, applied to every user turn. Every assistant turn is trained."""
-
-    kind: Literal["chat"]
-    messages_column: str = "messages"
-    """A list of turns per row: `{role, content}` (OpenAI / Hugging Face layout) or `{from, value}`
-    (ShareGPT `conversations`, roles human / gpt / system)."""
-
-
-class SummarizationTask(TaskBase):
-    """Template field: `{source}`."""
-
-    kind: Literal["summarization"]
-    source_column: str = "text"
-    """The text to summarise (DialogSum: `dialogue`)."""
-    target_column: str = "summary"
-    """The reference summary, trained as the answer."""
-
-
-TASK_KINDS: dict[str, type[TaskBase]] = {
-    "classification": ClassificationTask,
-    "multiple_choice": MultipleChoiceTask,
-    "instruction": InstructionTask,
-    "chat": ChatTask,
-    "summarization": SummarizationTask,
-}
-
-TaskConfig = Annotated[
-    ClassificationTask | MultipleChoiceTask | InstructionTask | ChatTask | SummarizationTask,
-    Field(discriminator="kind"),
-]
 
 
 class MixtureConfig(Section):

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from multitune.config.schema import ChatTask
+from multitune.config.tasks import ChatTask
 from multitune.errors import UserError
 from multitune.tasks.base import (
     EmptyPolicy,

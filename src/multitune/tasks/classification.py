@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
-from multitune.config.schema import ClassificationTask
+from multitune.config.tasks import ClassificationTask
 from multitune.errors import UserError
 from multitune.tasks.base import (
     EmptyPolicy,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from multitune.config.schema import InstructionTask
+from multitune.config.tasks import InstructionTask
 from multitune.tasks.base import (
     EmptyPolicy,
     Example,

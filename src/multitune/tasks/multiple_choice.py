@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from multitune.config.schema import MultipleChoiceTask
+from multitune.config.tasks import MultipleChoiceTask
 from multitune.errors import UserError
 from multitune.tasks.base import (
     EmptyPolicy,

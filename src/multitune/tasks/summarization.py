@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from multitune.config.schema import SummarizationTask
+from multitune.config.tasks import SummarizationTask
 from multitune.tasks.base import (
     EmptyPolicy,
     Example,
