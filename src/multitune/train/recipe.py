@@ -63,7 +63,8 @@ def run(cfg: RunConfig, force: bool = False) -> TrainResult:
         + (f"; resumed from {resumed_from} (step {state.step})" if resumed_from else ""))
 
     hooks = _Hooks(cfg, accelerator, model, optimizer, scheduler, tokenizer, state, trackers, config_yaml, meta,
-                   build_eval_sets(tokenizer, splits, cfg.data.max_seq_len, cfg.data.truncation), plan.total_steps)
+                   build_eval_sets(tokenizer, splits, cfg.data.max_seq_len, cfg.data.truncation), plan.total_steps,
+                   resumed_from)
     if resumed_from is None and cfg.eval.baseline:
         state.baseline = {k: r.metrics for k, r in hooks.evaluate(0, baseline=True).items()}
     hooks.pusher = pusher_for(cfg) if accelerator.is_main_process else None
@@ -154,14 +155,16 @@ class _Hooks:
 
     def __init__(self, cfg: RunConfig, accelerator: Any, model: Any, optimizer: Any, scheduler: Any, tokenizer: Any,
                  state: TrainState, trackers: Trackers, config_yaml: str, meta: dict[str, Any], eval_sets: list,
-                 total_steps: int) -> None:
+                 total_steps: int, resumed_from: Path | None) -> None:
         self.cfg, self.accelerator, self.model, self.optimizer, self.scheduler = cfg, accelerator, model, optimizer, scheduler
         self.tokenizer, self.state, self.trackers, self.config_yaml, self.meta = tokenizer, state, trackers, config_yaml, meta
         self.eval_sets = eval_sets  # validation rows tokenised once for all the run's evaluations
         self.total_steps = total_steps
         self.primary = primary_metrics([(t.name, t.kind) for t in cfg.tasks])
         self.out = Path(cfg.output_dir)
-        self.last_save = {"step": state.step, "time": time.monotonic()}
+        # The newest checkpoint on disk: a step is never saved twice (a best, a regular save and the final
+        # one can fall on the same step, and a resumed run starts on its checkpoint).
+        self.last_save = {"step": state.step, "time": time.monotonic(), "path": resumed_from}
         self.stop: StopRequests | None = None
         self.pusher: CheckpointPusher | None = None  # uploads each checkpoint (hub.push_checkpoints)
 
@@ -178,8 +181,7 @@ class _Hooks:
             return results
         row = _eval_row(results)
         if cfg.best_metric and not baseline:
-            previous = state.best
-            state.best = update_best(previous, cfg.best_metric, {k: r.metrics for k, r in results.items()},
+            state.best = update_best(state.best, cfg.best_metric, {k: r.metrics for k, r in results.items()},
                                      self.primary, step)
             row["eval/best_metric"] = float(state.best["value"])
             if state.best["step"] == step and not final and self._checkpointing():
@@ -190,7 +192,7 @@ class _Hooks:
 
     def save_checkpoint(self) -> Path:
         state, accelerator = self.state, self.accelerator
-        if self.last_save.get("path") and self.last_save["step"] == state.step:
+        if self.last_save["path"] is not None and self.last_save["step"] == state.step:
             return self.last_save["path"]
         state.metrics_rows = self.trackers.rows_written
         path = checkpoint.save(self.out, accelerator, self.model, self.optimizer, self.scheduler, state,
@@ -214,8 +216,7 @@ class _Hooks:
         if state.step < total and healthy and _checkpoint_due(self.cfg, state.step, self.last_save, self.accelerator):
             self.save_checkpoint()
         if self.stop is not None and self.stop.agreed(self.accelerator):
-            path = self.save_checkpoint() if self.last_save["step"] != state.step else \
-                checkpoint.root(self.out) / f"step-{state.step}"
+            path = self.save_checkpoint()
             self.trackers.finish()
             raise Preempted(self.stop.received or "a signal", state.step, str(path))
 
