@@ -9,8 +9,14 @@ first `--rows` validation rows:
 - scoring: every candidate's log-likelihood (exact search for banking77's 77 labels, one tree pass for
   the 5 letters), the prediction and the validation loss; also the full tree of all 77 labels;
 - generation: greedy answers in batches (stopping at the end of turn, at most the longest label + 8
-  tokens), parsed into a label or a letter.
-Examples per second and accuracy of each. Memory: peak resident memory of evaluating 500 and 5,000
+  tokens), parsed into a label or a letter;
+- prompt pass: one forward pass over the whole prompts, keeping the last position's logits only: what
+  generation pays before its first new token, and the yardstick for both;
+- suffix pass: the same without the prefix all prompts share (and without attending to it): less than
+  any exact scoring can compute, since every prompt token after that prefix feeds the answer's
+  likelihood.
+Each method runs once to warm up, then `--repeats` rounds take every method in turn; the median time
+is reported (all of them are in the JSON). Examples per second and accuracy of each. Memory: peak resident memory of evaluating 500 and 5,000
 rows of banking77 (scoring and loss), each in a fresh process, measured from the kernel's high-water
 mark reset just before evaluation.
 
@@ -72,8 +78,12 @@ def load(run_dir: Path):
     return cfg, model, tokenizer, sets
 
 
-def speed(run_dir: Path, rows: int) -> dict:
-    """Scoring (search and full tree) and generation+parsing on the first `rows` validation rows."""
+def speed(run_dir: Path, rows: int, repeats: int) -> dict:
+    """Scoring (search and full tree), generation+parsing and a bare prompt pass on the first `rows`
+    validation rows: each method once to warm up, then `repeats` rounds taking every method in turn (so
+    a slow spell of the shared machine hits all of them); the median of each is reported."""
+    import statistics
+
     import torch
 
     from multitune.eval.generate import greedy
@@ -88,32 +98,64 @@ def speed(run_dir: Path, rows: int) -> dict:
     items = spread(es.items, rows)  # the rows evaluate() takes with eval.max_rows = rows
     assert len(items) == rows, f"only {len(items)} validation rows"
     eval_cfg = cfg.eval.model_copy(update={"max_rows": rows, "micro_batch_size": 16})
-    out: dict = {"task": es.name, "rows": rows, "threads": torch.get_num_threads()}
-
-    start = time.perf_counter()
-    scored = evaluate(model, tokenizer, [es], eval_cfg, models.pad_id(tokenizer), generate=False)[es.name]
-    out["scoring_s"] = time.perf_counter() - start
-    out["scoring_accuracy"] = scored.metrics["accuracy"]
-
-    start = time.perf_counter()
-    n = shared_prefix_len([it.prompt for it in items])
-    score_items(model, items, [it.trie for it in items], 16, prefix_cache(model, items[0].prompt[:n]), n,
-                every_candidate=True)
-    out["full_tree_s"] = time.perf_counter() - start
-
-    start = time.perf_counter()
-    longest = max(len(c) for c in items[0].trie.candidates)
-    answers = greedy(model, tokenizer, [it.prompt for it in items], longest + CLOSED_GENERATION_SLACK, 16,
-                     models.pad_id(tokenizer))
+    pad = models.pad_id(tokenizer)
+    prompts = [it.prompt for it in items]
+    n = shared_prefix_len(prompts)
+    out: dict = {"task": es.name, "rows": rows, "threads": torch.get_num_threads(), "repeats": repeats,
+                 "prompt_tokens": sum(map(len, prompts)) / rows, "shared_prefix_tokens": n}
     parse = parse_label if es.kind == "classification" else parse_choice
-    parsed = [parse(a, it.example.candidates) for a, it in zip(answers, items, strict=True)]
-    out["generation_s"] = time.perf_counter() - start
-    out["generation_accuracy"] = sum(p == it.example.label for p, it in zip(parsed, items, strict=True)) / rows
-    out["generation_invalid_rate"] = sum(p is None for p in parsed) / rows
-    for key in ("scoring", "full_tree", "generation"):
+    longest = max(len(c) for c in items[0].trie.candidates)
+
+    def scoring() -> None:
+        out["scoring_accuracy"] = evaluate(model, tokenizer, [es], eval_cfg, pad, generate=False)[es.name].metrics["accuracy"]
+
+    def full_tree() -> None:
+        for _ in score_items(model, items, [it.trie for it in items], 16, prefix_cache(model, prompts[0][:n]), n,
+                             every_candidate=True):
+            pass
+
+    def generation() -> None:
+        answers = greedy(model, tokenizer, prompts, longest + CLOSED_GENERATION_SLACK, 16, pad)
+        parsed = [parse(a, it.example.candidates) for a, it in zip(answers, items, strict=True)]
+        out["generation_accuracy"] = sum(p == it.example.label for p, it in zip(parsed, items, strict=True)) / rows
+        out["generation_invalid_rate"] = sum(p is None for p in parsed) / rows
+
+    def prompt_pass() -> None:
+        prompt_forward(model, prompts, 16, pad)
+
+    def suffix_pass() -> None:
+        prompt_forward(model, [p[n:] for p in prompts], 16, pad)
+
+    methods = {"scoring": scoring, "full_tree": full_tree, "generation": generation, "prompt_pass": prompt_pass,
+               "suffix_pass": suffix_pass}
+    times: dict[str, list[float]] = {key: [] for key in methods}
+    for round_ in range(repeats + 1):
+        for key, method in methods.items():
+            start = time.perf_counter()
+            method()
+            if round_:  # round 0 warms up
+                times[key].append(time.perf_counter() - start)
+    for key, seconds in times.items():
+        out[f"{key}_s"] = statistics.median(seconds)
+        out[f"{key}_all_s"] = seconds
         out[f"{key}_examples_per_s"] = rows / out[f"{key}_s"]
     out["generation_over_scoring"] = out["generation_s"] / out["scoring_s"]
     return out
+
+
+def prompt_forward(model, prompts, batch_size: int, pad_id: int) -> None:
+    """One forward pass over every whole prompt (left-padded batches sorted by length, next-token logits
+    of the last position only): what any evaluation that reads the prompts pays at the least, and
+    what generation pays before its first new token."""
+    import torch
+
+    from multitune.eval.generate import left_pad
+
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    with torch.no_grad():
+        for start in range(0, len(order), batch_size):
+            ids, mask = left_pad([prompts[i] for i in order[start : start + batch_size]], pad_id)
+            model(input_ids=ids, attention_mask=mask, use_cache=False, logits_to_keep=1)
 
 
 def memory_child(run_dir: str, rows: int) -> dict:
@@ -164,6 +206,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rows", type=int, default=1000)
     p.add_argument("--memory-rows", type=int, nargs="*", default=[500, 5000])
+    p.add_argument("--repeats", type=int, default=3, help="timed rounds per method after a warm-up round (median)")
     p.add_argument("--train-steps", type=int, default=300, help="fine-tuning steps of the tiny model per dataset")
     p.add_argument("--banking77-run", help="a finished banking77 run to evaluate instead of training one")
     p.add_argument("--work", default=str(REPO / "runs" / "bench-eval"), help="where the short runs go")
@@ -173,7 +216,7 @@ def main() -> None:
     results: dict = {"speed": [], "memory": []}
     for task in ("banking77", "commonsense_qa"):
         run_dir = trained_run(task, args.train_steps, work, args.banking77_run if task == "banking77" else None)
-        results["speed"].append({**speed(run_dir, args.rows), "run": str(run_dir)})
+        results["speed"].append({**speed(run_dir, args.rows, args.repeats), "run": str(run_dir)})
         print(json.dumps(results["speed"][-1]), flush=True)
         if task == "banking77":
             for rows in args.memory_rows:
@@ -186,11 +229,13 @@ def main() -> None:
 
 def table(results: dict) -> str:
     lines = ["| task | rows | scoring ex/s | scoring acc | full tree ex/s | generation ex/s | generation acc | "
-             "invalid | generation / scoring time |", "|---|---|---|---|---|---|---|---|---|"]
+             "invalid | prompt pass ex/s | suffix pass ex/s | generation / scoring time |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results["speed"]:
         lines.append(f"| {r['task']} | {r['rows']} | {r['scoring_examples_per_s']:.1f} | {r['scoring_accuracy']:.3f} | "
                      f"{r['full_tree_examples_per_s']:.1f} | {r['generation_examples_per_s']:.1f} | "
                      f"{r['generation_accuracy']:.3f} | {r['generation_invalid_rate']:.3f} | "
+                     f"{r['prompt_pass_examples_per_s']:.1f} | {r['suffix_pass_examples_per_s']:.1f} | "
                      f"{r['generation_over_scoring']:.2f}x |")
     lines += ["", "| rows evaluated | seconds | RSS before (MiB) | peak RSS during evaluation (MiB) |", "|---|---|---|---|"]
     for m in results["memory"]:

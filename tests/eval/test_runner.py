@@ -82,8 +82,28 @@ def test_search_and_full_scoring_agree_on_a_large_label_set(model, tokenizer):
     n = shared_prefix_len([it.prompt for it in es.items])
     prefix = prefix_cache(model, es.items[0].prompt[:n])
     tries = [it.trie for it in es.items]
-    full = score_items(model, es.items, tries, 4, prefix, n, every_candidate=True)
-    found = score_items(model, es.items, tries, 4, prefix, n, every_candidate=False)
-    for it, f, s in zip(es.items, full, found, strict=True):
+    full = dict(score_items(model, es.items, tries, 4, prefix, n, every_candidate=True))
+    found = dict(score_items(model, es.items, tries, 4, prefix, n, every_candidate=False))
+    assert sorted(full) == sorted(found) == list(range(len(es.items)))
+    for it, f, s in zip(es.items, (full[k] for k in range(len(es.items))), (found[k] for k in range(len(es.items))),
+                        strict=True):
         assert int(s.logprobs.argmax()) == int(f.logprobs.argmax())
         assert s.logprobs[it.gold_index].item() == pytest.approx(f.logprobs[it.gold_index].item(), abs=1e-4)
+
+
+def test_scores_come_batch_by_batch_so_nothing_per_row_is_kept(model, tokenizer, setup):
+    _, _, sets = setup
+    items = sets[0].items  # 12 claims rows, batches of 4
+    calls = []
+    handle = model.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        scores = score_items(model, items, [it.trie for it in items], 4, [], 0, every_candidate=True)
+        first = [next(scores) for _ in range(4)]
+        assert len(calls) == 1  # only the first batch has run
+        rest = list(scores)
+    finally:
+        handle.remove()
+    assert len(calls) == 3
+    assert sorted(k for k, _ in first + rest) == list(range(12))
+    shortest = sorted(range(12), key=lambda k: len(items[k].prompt))[:4]
+    assert sorted(k for k, _ in first) == sorted(shortest)

@@ -22,13 +22,8 @@ def greedy(
     out: list[str] = [""] * len(prompts)
     for start in range(0, len(order), batch_size):
         chunk = order[start : start + batch_size]
-        width = max(len(prompts[i]) for i in chunk)
-        ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
-        mask = torch.zeros((len(chunk), width), dtype=torch.long)
-        for row, i in enumerate(chunk):
-            p = list(prompts[i])
-            ids[row, width - len(p):] = torch.tensor(p)
-            mask[row, width - len(p):] = 1
+        ids, mask = left_pad([prompts[i] for i in chunk], pad_id)
+        width = ids.shape[1]
         generated = model.generate(
             input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=max_new_tokens,
             do_sample=False, pad_token_id=pad_id,
@@ -36,3 +31,21 @@ def greedy(
         for row, i in enumerate(chunk):
             out[i] = tokenizer.decode(generated[row, width:], skip_special_tokens=True).strip()
     return out
+
+
+def left_pad(prompts: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Input ids and attention mask (B, longest) with each prompt at the right end, so every row's next
+    token sits at the same position.
+
+    >>> left_pad([[7, 8], [9]], 0)
+    (tensor([[7, 8],
+            [0, 9]]), tensor([[1, 1],
+            [0, 1]]))
+    """
+    width = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    for row, p in enumerate(prompts):
+        ids[row, width - len(p):] = torch.tensor(list(p))
+        mask[row, width - len(p):] = 1
+    return ids, mask

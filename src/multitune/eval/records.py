@@ -8,7 +8,7 @@ the references. Both: greedy generation when asked, on `eval.generate_max_rows` 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
@@ -48,15 +48,18 @@ def closed_records(
     """
     prefix_len = shared_prefix_len(all_prompts)
     prefix = prefix_cache(model, all_prompts[0][:prefix_len]) if items and prefix_len else []
-    scores = score_items(model, items, [it.trie for it in items], cfg.micro_batch_size, prefix, prefix_len,
-                         every_candidate=cfg.length_normalized)
-    records = [_closed_record(it, s, cfg.length_normalized) for it, s in zip(items, scores, strict=True)]
+    # Each row's scores become its record as soon as its batch is done: a record is all that is kept.
+    records: list[dict[str, Any]] = [{} for _ in items]
+    for k, s in score_items(model, items, [it.trie for it in items], cfg.micro_batch_size, prefix, prefix_len,
+                            every_candidate=cfg.length_normalized):
+        records[k] = _closed_record(items[k], s, cfg.length_normalized)
     if cfg.choice_texts and eval_set.kind == "multiple_choice" and items:
         texts = score_items(model, items, choice_text_tries(tokenizer, items), cfg.micro_batch_size, prefix, prefix_len,
                             every_candidate=True)
-        for rec, it, s in zip(records, items, texts, strict=True):
-            rec |= {"choice_scores": [float(x) for x in s.logprobs], "gold_index": it.gold_index,
-                    "choice_chars": [len(t) for t in it.example.choice_texts or ()]}
+        for k, s in texts:
+            it = items[k]
+            records[k] |= {"choice_scores": [float(x) for x in s.logprobs], "gold_index": it.gold_index,
+                           "choice_chars": [len(t) for t in it.example.choice_texts or ()]}
     if generate:
         _add_closed_generations(model, tokenizer, eval_set, items, records, cfg, pad_id, generate)
     return records
@@ -65,28 +68,27 @@ def closed_records(
 def score_items(
     model: Any, items: Sequence[EvalItem], tries: Sequence[CandidateTrie | None], micro_batch_size: int,
     prefix: Sequence[tuple[torch.Tensor, torch.Tensor]], prefix_len: int, *, every_candidate: bool,
-) -> list[Scores]:
-    """Every item's candidate scores, batched by prompt length (scores do not depend on the batching).
+) -> Iterator[tuple[int, Scores]]:
+    """(position in `items`, candidate scores) of every item, batch after batch, batched by prompt length
+    (scores do not depend on the batching). A caller that keeps something small per row instead of the
+    scores keeps evaluation memory flat however many rows there are.
 
     `every_candidate`: every candidate's exact log-likelihood (one tree pass); otherwise the winner's and
     the gold answer's are exact and a candidate proven to lose may be -inf (`eval/search.py`).
     """
     if not items:
-        return []
+        return
     assert all(t is not None for t in tries)
     largest = max(len(t) for t in tries)  # type: ignore[arg-type]
     search = not every_candidate and largest > SEARCH_FROM_NODES
     per_pass = micro_batch_size if search else prompts_per_pass(largest, model.config.vocab_size, micro_batch_size)
     order = sorted(range(len(items)), key=lambda i: len(items[i].prompt))
-    out: list[Scores | None] = [None] * len(items)
     for start in range(0, len(order), per_pass):
         chunk = order[start : start + per_pass]
         prompts, chunk_tries = [items[i].prompt for i in chunk], [tries[i] for i in chunk]
         got = (search_batch(model, prompts, chunk_tries, [items[i].gold_index for i in chunk], prefix, prefix_len)
                if search else score_batch(model, prompts, chunk_tries, prefix, prefix_len))
-        for i, s in zip(chunk, got, strict=True):
-            out[i] = s
-    return out  # type: ignore[return-value]
+        yield from zip(chunk, got, strict=True)
 
 
 def _closed_record(item: EvalItem, s: Scores, length_normalized: bool) -> dict[str, Any]:

@@ -99,12 +99,11 @@ def score_examples(model: Any, tokenizer: Any, examples: Sequence[Example], micr
             tries[ex.candidates] = CandidateTrie.build([answer_ids(tokenizer, ex.prompt, c) for c in ex.candidates])
         gold = ex.candidates.index(ex.label) if ex.label in ex.candidates else None
         items.append(EvalItem(i, ex, None, prompt_ids(tokenizer, ex.prompt), tries[ex.candidates], gold))  # type: ignore[arg-type]
-    scores = score_items(model, items, [it.trie for it in items], micro_batch_size, [], 0, every_candidate=False)
-    out = []
-    for it, s in zip(items, scores, strict=True):
+    out: list[dict[str, Any]] = [{} for _ in items]
+    for k, s in score_items(model, items, [it.trie for it in items], micro_batch_size, [], 0, every_candidate=False):
+        ex = items[k].example
         best = int(s.logprobs.argmax())
-        prediction = it.example.candidates[best]  # type: ignore[index]
-        out.append({"row": it.example.row, "gold": it.example.label, "prediction": prediction,
-                    "correct": it.example.label is not None and prediction == it.example.label,
-                    "score": float(s.logprobs[best])})
+        prediction = ex.candidates[best]  # type: ignore[index]
+        out[k] = {"row": ex.row, "gold": ex.label, "prediction": prediction,
+                  "correct": ex.label is not None and prediction == ex.label, "score": float(s.logprobs[best])}
     return out
