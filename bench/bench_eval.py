@@ -16,9 +16,10 @@ first `--rows` validation rows:
   any exact scoring can compute, since every prompt token after that prefix feeds the answer's
   likelihood.
 Each method runs once to warm up, then `--repeats` rounds take every method in turn; the median time
-is reported (all of them are in the JSON). Examples per second and accuracy of each. Memory: peak resident memory of evaluating 500 and 5,000
-rows of banking77 (scoring and loss), each in a fresh process, measured from the kernel's high-water
-mark reset just before evaluation.
+is reported (all of them are in the JSON). Examples per second and accuracy of each.
+
+Memory: peak resident memory of evaluating 500 and 5,000 rows of banking77 (scoring and loss), each in
+a fresh process, measured from the kernel's high-water mark reset just before evaluation.
 
 Writes a JSON file (`--out`) and prints a markdown table. Timings on a shared machine are noisy.
 """

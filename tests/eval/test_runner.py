@@ -85,8 +85,8 @@ def test_search_and_full_scoring_agree_on_a_large_label_set(model, tokenizer):
     full = dict(score_items(model, es.items, tries, 4, prefix, n, every_candidate=True))
     found = dict(score_items(model, es.items, tries, 4, prefix, n, every_candidate=False))
     assert sorted(full) == sorted(found) == list(range(len(es.items)))
-    for it, f, s in zip(es.items, (full[k] for k in range(len(es.items))), (found[k] for k in range(len(es.items))),
-                        strict=True):
+    for k, it in enumerate(es.items):
+        f, s = full[k], found[k]
         assert int(s.logprobs.argmax()) == int(f.logprobs.argmax())
         assert s.logprobs[it.gold_index].item() == pytest.approx(f.logprobs[it.gold_index].item(), abs=1e-4)
 
