@@ -194,8 +194,9 @@ def test_the_shipped_configs_are_the_ones_this_test_knows():
     names = sorted(str(p.relative_to(REPO / "configs")) for p in SHIPPED)
     assert names == ["accelerate/ddp-1xN.yaml", "accelerate/fsdp-1x4.yaml", "accelerate/fsdp-3x4.yaml",
                      "accelerate/fsdp-qlora-1x4.yaml", "accelerate/single-gpu.yaml", "banking77-tiny-full.yaml",
-                     "banking77-tiny-lora.yaml", "multitask-llama3-8b-lora.yaml", "quickstart.yaml"]
-    assert len(SHIPPED) == 9
+                     "banking77-tiny-lora.yaml", "multitask-llama3-8b-lora.yaml", "quickstart.yaml",
+                     "smollm2-banking77.yaml", "smollm2-multitask.yaml"]
+    assert len(SHIPPED) == 11
 
 
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: str(p.relative_to(REPO / "configs")))
