@@ -21,7 +21,7 @@ class Check:
         self.shape: Shape = gpu_shapes.SMOKE if cpu_smoke else gpu_shapes.LLAMA3_8B
         self.data_dir, self.work, self.wanted = data_dir, work, wanted
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        self.peaks: dict[str, Any] = {}
+        self._peaks: dict[str, Any] | None = None
         self._streams: Streams | None = None
         self._folders: dict[int, str] = {}
         self._background: dict[str, Future] = {}
@@ -35,6 +35,14 @@ class Check:
         and runs beside them (a second core), as subprocesses."""
         if section == "data" and not torch.cuda.is_available() and "launch_plain" in self.wanted:
             self._start_launch("plain")
+
+    @property
+    def peaks(self) -> dict[str, Any]:
+        """The measured and datasheet bf16 peaks, measured once (under a second) by whichever section needs
+        them first: a rerun of a few sections still gets its MFU."""
+        if self._peaks is None:
+            self._peaks = gpu_shapes.matmul_peak()
+        return self._peaks
 
     @property
     def streams(self) -> Streams:
@@ -56,7 +64,6 @@ class Check:
     # --- sections -------------------------------------------------------------------------------------
 
     def environment(self) -> dict[str, Any]:
-        self.peaks = gpu_shapes.matmul_peak()
         return {**gpu_shapes.environment(), "peak": self.peaks, "shape": gpu_shapes.describe(self.shape)}
 
     def data(self) -> dict[str, Any]:
@@ -77,14 +84,14 @@ class Check:
 
     def full(self) -> dict[str, Any]:
         """Full fine-tuning at the most layers that fit: each weight, its gradient and AdamW's two states."""
-        too_big = []
+        too_big: list[int] = []
         for layers in self.shape.full_layers:
+            free_memory()  # here, not in the except block: the traceback held the failed try's tensors
             try:
                 return {**measure(self.shape, Method("full", layers), self.streams, self.peaks),
                         "out_of_memory_at_layers": too_big}
             except torch.cuda.OutOfMemoryError:
                 too_big.append(layers)
-                free_memory()
         raise RuntimeError(f"full fine-tuning ran out of memory at every size tried: {too_big} layers")
 
     def lora_checkpointing(self) -> dict[str, Any]:

@@ -96,6 +96,7 @@ def measure(shape: Shape, spec: Method, streams: Streams, peaks: dict[str, Any],
         for layout in spec.layouts:
             out[layout] = run_layout(shape, spec, streams, layout, model, optimizer, scheduler, accelerator, peaks)
     finally:
+        accelerator.free_memory()  # the Accelerator holds the prepared model and optimizer too
         del model, optimizer, scheduler
         free_memory()
     return out
