@@ -15,10 +15,10 @@ and the others still run; the exit status is 1 if any failed):
   tokens/s, peak memory, MFU against both peaks, FLOPs per step (gpu_shapes.py says how they are counted);
 - trl: the same LoRA step through TRL's SFTTrainer + PEFT (peers.py), and multitune's ratio to it;
 - logits: answer-only logits against the plain loss at the 128k vocabulary (Liger when installed);
-- launch_plain (CPU only), launch_fsdp, launch_fsdp_qlora: `multitune train` under `accelerate launch` with
-  the shipped FSDP topologies at one process: steps, checkpoint, resume with the same loss, full adapter
-  (the launched runs start early and run beside the timed sections where that times nothing: the plain
-  one on a CPU from the start, the FSDP + QLoRA one beside the FSDP one);
+- launch_single (CPU only), launch_fsdp, launch_fsdp_qlora: `multitune train` under `accelerate launch` with
+  the shipped topologies at one process: steps, checkpoint, resume with the same loss, full adapter
+  (the launched runs start early and run beside the timed sections where that times nothing: the
+  single-process one on a CPU from the start, the FSDP + QLoRA one beside the FSDP one);
 - compile: `train.compile: true` (inductor) against eager on the LoRA step, compile time apart.
 
 A GPU-only part says "skipped: no CUDA" on a CPU; a part the time budget (`--budget-s`) cannot fit says so.
@@ -40,12 +40,12 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 # Rough seconds each section takes on an H100/H200 at the 8B shape: a section starts only if it fits.
 GPU_COST_S = {"environment": 10, "data": 15, "lora": 20, "qlora": 80, "dora": 30, "full": 40,
-              "lora_checkpointing": 20, "trl": 45, "logits": 25, "launch_plain": 60, "launch_fsdp": 80,
+              "lora_checkpointing": 20, "trl": 45, "logits": 25, "launch_single": 60, "launch_fsdp": 80,
               "launch_fsdp_qlora": 30, "compile": 90}
 # Timed sections first; the launched runs after them (the two FSDP ones side by side, timing nothing), and
 # compile last, the one whose cost is least known.
 SECTIONS = ["environment", "data", "lora", "qlora", "dora", "full", "lora_checkpointing", "trl", "logits",
-            "launch_plain", "launch_fsdp", "launch_fsdp_qlora", "compile"]
+            "launch_single", "launch_fsdp", "launch_fsdp_qlora", "compile"]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,6 +1,6 @@
-"""The launched runs of bench/gpu_check.py: `multitune train` exactly as a user types it, alone or under
-`accelerate launch` with the shipped FSDP topologies cut to one process, through a few steps, a
-checkpoint, a resume and the final adapter.
+"""The launched runs of bench/gpu_check.py: `multitune train` exactly as a user types it under
+`accelerate launch` with a shipped topology cut to one process (single-gpu.yaml, on a CPU with use_cpu;
+fsdp-1x4.yaml; fsdp-qlora-1x4.yaml), through a few steps, a checkpoint, a resume and the final adapter.
 
 For each topology: run A trains `max_steps` steps uninterrupted, checkpointing every `every` steps and
 logging every step; run B starts in a new folder from A's first checkpoint (`checkpoint.resume=<path>`)
@@ -26,6 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 # The shipped topologies, cut to the one GPU the check runs on, and the run-config overrides each needs
 # (fsdp-qlora-1x4.yaml's own header says which).
 TOPOLOGIES = {
+    "single": ("configs/accelerate/single-gpu.yaml", []),
     "fsdp": ("configs/accelerate/fsdp-1x4.yaml", []),
     "fsdp_qlora": ("configs/accelerate/fsdp-qlora-1x4.yaml",
                    ["adapter.method=qlora", "quantization.storage_dtype=bfloat16",
@@ -50,12 +51,13 @@ def run_config(shape: Shape, folder: str, data_dir: Path, max_steps: int, every:
 
 
 def command(topology: str, work: Path) -> list[str]:
-    """`python -m multitune train`, or `accelerate launch --config_file <topology at 1 process>`."""
-    if topology == "plain":
-        return [sys.executable, "-m", "multitune", "train"]
+    """`accelerate launch --config_file <the topology at 1 process> -m multitune train`."""
     config, _ = TOPOLOGIES[topology]
     cut = yaml.safe_load((REPO / config).read_text())
     cut["num_processes"] = 1
+    if not _cuda():  # single-gpu.yaml on a machine without one: the same launch on the CPU
+        cut["use_cpu"] = True
+        cut.pop("gpu_ids", None)
     path = work / f"accelerate-{topology}.yaml"
     path.write_text(yaml.safe_dump(cut))
     # Each topology its own rendezvous port: the two launches run side by side on the one GPU.
@@ -67,13 +69,13 @@ def command(topology: str, work: Path) -> list[str]:
 def check_topology(topology: str, shape: Shape, layers: int, folder: str, data_dir: Path, work: Path,
                    max_steps: int = 4, every: int = 2) -> dict[str, Any]:
     """Run A, run B resumed from A's step-`every` checkpoint, compare; see the module docstring."""
-    if topology != "plain" and not _cuda():
+    if topology != "single" and not _cuda():
         return {"status": SKIP_CUDA + " (accelerate runs FSDP only on GPUs)"}
     work = work / topology
     work.mkdir(parents=True, exist_ok=True)
     config = work / "run.yaml"
     config.write_text(yaml.safe_dump(run_config(shape, folder, data_dir, max_steps, every)))
-    base = [*command(topology, work), str(config), *TOPOLOGIES.get(topology, ("", []))[1]]
+    base = [*command(topology, work), str(config), *TOPOLOGIES[topology][1]]
     started = time.perf_counter()
     a, b = work / "uninterrupted", work / "resumed"
     log_a = _run([*base, f"output_dir={a}"], work / "uninterrupted.log")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 METHODS = ["lora", "qlora", "dora", "full", "lora_checkpointing"]
-LAUNCHES = ["launch_plain", "launch_fsdp", "launch_fsdp_qlora"]
+LAUNCHES = ["launch_single", "launch_fsdp", "launch_fsdp_qlora"]
 
 
 def markdown(report: dict[str, Any]) -> str:

@@ -31,10 +31,10 @@ class Check:
         return section in self._background
 
     def after(self, section: str) -> None:
-        """On a CPU the plain launch needs nothing the timed sections do: it starts once the data is ready
-        and runs beside them (a second core), as subprocesses."""
-        if section == "data" and not torch.cuda.is_available() and "launch_plain" in self.wanted:
-            self._start_launch("plain")
+        """On a CPU the single-process launch needs nothing the timed sections do: it starts once the data
+        is ready and runs beside them (a second core), as subprocesses."""
+        if section == "data" and not torch.cuda.is_available() and "launch_single" in self.wanted:
+            self._start_launch("single")
 
     @property
     def peaks(self) -> dict[str, Any]:
@@ -130,16 +130,16 @@ class Check:
             gpu_launch.check_topology, topology, self.shape, layers, folder, self.data_dir, self.work / "launch")
 
     def _launch(self, topology: str) -> dict[str, Any]:
-        if topology != "plain" and not torch.cuda.is_available():
+        if topology != "single" and not torch.cuda.is_available():
             return {"status": SKIP_CUDA + " (accelerate runs FSDP only on GPUs)"}
         if f"launch_{topology}" not in self._background:
             self._start_launch(topology)
         return {"layers": self.shape.small_layers, **self._background[f"launch_{topology}"].result()}
 
-    def launch_plain(self) -> dict[str, Any]:
+    def launch_single(self) -> dict[str, Any]:
         if torch.cuda.is_available():  # the GPU's minutes go to FSDP; the CPU suite runs this one
             return {"status": "skipped: on a GPU the FSDP launches cover this path"}
-        return self._launch("plain")
+        return self._launch("single")
 
     def launch_fsdp(self) -> dict[str, Any]:
         """FSDP, with FSDP + QLoRA beside it on the same GPU (nothing is timed while they run)."""

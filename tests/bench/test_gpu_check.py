@@ -39,14 +39,14 @@ def test_every_section_ran_and_gpu_only_parts_say_so(smoke):
     report, md = smoke
     s = report["sections"]
     assert report["mode"] == "cpu-smoke" and list(s) == ["environment", "data", *METHODS, "trl", "logits",
-                                                          "launch_plain", "launch_fsdp", "launch_fsdp_qlora", "compile"]
+                                                          "launch_single", "launch_fsdp", "launch_fsdp_qlora", "compile"]
     assert not [k for k, v in s.items() if "error" in v]
     env = s["environment"]
     assert any(line.startswith("torch ") for line in env["doctor"]) and env["versions"]["torch"] == torch.__version__
     assert env["gpu"] == SKIP and env["peak"]["measured_tflops"] == SKIP
     assert s["launch_fsdp"]["status"].startswith(SKIP) and s["launch_fsdp_qlora"]["status"].startswith(SKIP)
     assert set(s["data"]["tasks"]) == {"banking77", "commonsense_qa"} and s["data"]["train_examples"] > 150
-    assert "| lora | 2 | packed x2 |" in md and "| launch_plain | 1 | step-2 | [3, 4] | exactly |" in md
+    assert "| lora | 2 | packed x2 |" in md and "| launch_single | 1 | step-2 | [3, 4] | exactly |" in md
 
 
 @needs_data
@@ -64,7 +64,7 @@ def test_each_method_trains_and_reports_throughput(smoke, method):
 
 @needs_data
 def test_resumed_run_continues_with_the_same_loss_and_saves_whole_tensors(smoke):
-    launch = smoke[0]["sections"]["launch_plain"]
+    launch = smoke[0]["sections"]["launch_single"]
     uninterrupted = {int(k): v for k, v in launch["losses_uninterrupted"].items()}
     resumed = {int(k): v for k, v in launch["losses_resumed"].items()}
     assert sorted(uninterrupted) == [1, 2, 3, 4] and launch["resumed_steps"] == sorted(resumed) == [3, 4]
@@ -121,6 +121,17 @@ def test_packed_rows_are_split_into_their_sequences_and_padding_is_left_out():
     assert sequence_lengths(packed) == [3, 2]
     padded = {"attention_mask": torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0]])}
     assert sequence_lengths(padded) == [3, 2]
+
+
+def test_fsdp_launch_commands_cut_the_shipped_topologies_to_one_process(tmp_path):
+    import yaml
+
+    cmd = gpu_launch.command("fsdp_qlora", tmp_path)
+    assert cmd[1:3] == ["-m", "accelerate.commands.launch"] and cmd[-3:] == ["-m", "multitune", "train"]
+    assert cmd[cmd.index("--main_process_port") + 1] == "29512"  # its own port: it runs beside the FSDP one
+    cut = yaml.safe_load((tmp_path / "accelerate-fsdp_qlora.yaml").read_text())
+    assert cut["distributed_type"] == "FSDP" and cut["num_processes"] == 1 and cut["fsdp_config"]["fsdp_version"] == 2
+    assert "quantization.storage_dtype=bfloat16" in gpu_launch.TOPOLOGIES["fsdp_qlora"][1]
 
 
 def test_adapter_shapes_of_the_8b_model():
