@@ -18,16 +18,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         args.overrides = [*args.overrides, *extra]
     _quiet_libraries()
-    from multitune.train.signals import Preempted
-
     try:
         return int(args.func(args) or 0)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USER_ERROR
-    except Preempted as e:
-        print(str(e), file=sys.stderr)
-        return EXIT_PREEMPTED
     except KeyboardInterrupt:
         print("\naborted; the last complete checkpoint (if any) is intact: run the same command to resume",
               file=sys.stderr)
@@ -143,8 +138,8 @@ def _train(args: argparse.Namespace) -> int:
     from multitune import config
     from multitune.train.recipe import run
 
-    run(config.load(args.config, args.overrides), force=args.force)
-    return 0
+    result = run(config.load(args.config, args.overrides), force=args.force)
+    return EXIT_PREEMPTED if result.stopped else 0
 
 
 def _doctor(args: argparse.Namespace) -> int:

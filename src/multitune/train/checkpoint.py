@@ -31,6 +31,7 @@ import torch
 from multitune.errors import UserError
 from multitune.io import replace_dir_atomic, write_errors
 from multitune.models.adapters import full_tensor, gather_for_saving
+from multitune.train.collectives import any_process
 from multitune.train.state import TrainState
 
 DIRNAME = "checkpoints"
@@ -60,12 +61,12 @@ def save(
     error: BaseException | None = None
     if accelerator.is_main_process:
         error = _attempt(lambda: _fresh_dir(tmp))
-    # Every process reaches each collective below whatever failed, so none is left waiting.
-    if not _any_failed(accelerator, error):
+    # Every process reaches each all-reduce below whatever failed, so none is left waiting.
+    if not any_process(error is not None, accelerator):
         error = _attempt(lambda: torch.save(_rng_state(), tmp / f"rng-{accelerator.process_index}.pt"))
         if accelerator.is_main_process and error is None:
             error = _attempt(lambda: _save_main(tmp, weights, opt_state, scheduler, state, config_yaml, meta))
-    if _any_failed(accelerator, error):
+    if any_process(error is not None, accelerator):
         if accelerator.is_main_process:
             shutil.rmtree(tmp, ignore_errors=True)
         raise UserError(
@@ -133,11 +134,6 @@ def _like(value: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
 
         return distribute_tensor(value.to(param.device), param.device_mesh, param.placements)
     return value.to(param.device)
-
-
-def _any_failed(accelerator: Any, error: BaseException | None) -> bool:
-    flag = torch.tensor([1.0 if error else 0.0], device=accelerator.device)
-    return bool(accelerator.reduce(flag, "max").item() > 0)
 
 
 def _fsync_dir_files(folder: Path) -> None:

@@ -1,24 +1,26 @@
-"""`multitune train`: the whole run, top to bottom.
+"""`multitune train`: the whole run, top to bottom, in the shape of a torchtune recipe.
 
-config -> data -> base model -> adapters -> resume or baseline evaluation -> training loop (evaluation,
-checkpoints and preemption after each step) -> final evaluation and checkpoint -> adapter, metrics,
-predictions, before/after table.
+`setup` (config -> data -> base model -> adapters -> resume or start) -> `train` (baseline evaluation;
+the loop: one step, its log line, evaluation, checkpoint, stop check; the final evaluation and
+checkpoint) -> outputs (adapter, metrics, predictions, before/after table) -> `cleanup` (trackers,
+checkpoint uploads). The step's mathematics is in `train/loop.py`.
 """
 
 from __future__ import annotations
 
+import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from multitune import config as config_mod
 from multitune.config.schema import RunConfig
-from multitune.data.prepare import load_splits, tokenize_splits, training_conversations
+from multitune.data.prepare import Prepared, load_splits, tokenize_splits, training_conversations
 from multitune.data.stats import data_summary
 from multitune.errors import UserError
 from multitune.eval.best import primary_metrics, update_best
-from multitune.eval.runner import TaskResult, build_eval_sets, evaluate
+from multitune.eval.runner import EvalSet, TaskResult, build_eval_sets, evaluate
 from multitune.export import hub
 from multitune.export.checkpoints import CheckpointPusher, pusher_for
 from multitune.io import replace_dir_atomic, write_errors, write_json_atomic, write_text_atomic
@@ -28,70 +30,237 @@ from multitune.report.results import Summary, write_results
 from multitune.report.table import before_after
 from multitune.tracking import Trackers, make_trackers
 from multitune.train import checkpoint, loop, optim, resume
-from multitune.train.signals import Preempted, StopRequests
-from multitune.train.state import TrainState
+from multitune.train.collectives import any_process
+from multitune.train.signals import Stopped, StopRequests
+from multitune.train.state import StepResult, TrainState, interval_row, record
 
 
 @dataclass
 class TrainResult:
-    metrics: dict[str, Any]  # the contents of eval/metrics.json
+    metrics: dict[str, Any] | None  # the contents of eval/metrics.json; None when stopped by a signal
     model: Any  # the trained model (peft-wrapped for adapters), unwrapped from any distributed wrapper
     tokenizer: Any
+    stopped: Stopped | None = None  # set when a signal ended the run after a checkpoint
+
+
+@dataclass
+class LastSave:
+    """The newest checkpoint on disk: a step is never saved twice (a best, a regular save and the final
+    one can fall on the same step, and a resumed run starts on its checkpoint)."""
+
+    step: int
+    time: float  # time.monotonic() when it was written, for checkpoint.every_minutes
+    path: Path | None
+
+
+@dataclass
+class Run:
+    """Everything `setup` builds and the loop uses: one small state object, filled once."""
+
+    cfg: RunConfig
+    accelerator: Any
+    config_yaml: str
+    meta: dict[str, Any]  # world size and data fingerprint, saved with every checkpoint
+    tokenizer: Any
+    prepared: Prepared
+    eval_sets: list[EvalSet]  # validation rows tokenised once for all the run's evaluations
+    model: Any
+    optimizer: Any
+    scheduler: Any
+    plan: loop.Plan
+    state: TrainState
+    trackers: Trackers
+    resumed_from: Path | None
+    primary: dict[str, str]  # task -> its primary metric
+    last_save: LastSave
+    pusher: CheckpointPusher | None = None  # uploads each checkpoint (hub.push_checkpoints), main process only
+    out: Path = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.out = Path(self.cfg.output_dir)
 
 
 def run(cfg: RunConfig, force: bool = False) -> TrainResult:
     """Train, evaluate and save one run as the config says, resuming it if `output_dir` holds a
-    checkpoint (`checkpoint.resume`). `force` resumes even when the config or data changed."""
+    checkpoint (`checkpoint.resume`). `force` resumes even when the config or data changed. A SIGTERM
+    or a first Ctrl-C ends the run after a checkpoint, with `TrainResult.stopped` set."""
+    r = setup(cfg, force)
+    try:
+        outcome = train(r)
+        if isinstance(outcome, Stopped):
+            if r.accelerator.is_main_process:
+                print(outcome.message(), file=sys.stderr, flush=True)
+            return TrainResult(None, None, r.tokenizer, stopped=outcome)
+        result = write_outputs(r, outcome)
+    finally:
+        cleanup(r)
+    r.accelerator.wait_for_everyone()
+    if r.accelerator.is_main_process:  # shipping: the model card, and the push when hub.push_at_end asks
+        hub.after_training(cfg)
+    return result
+
+
+def setup(cfg: RunConfig, force: bool) -> Run:
+    """Refuse what cannot work, load data and model, and restore the newest usable checkpoint (or start
+    fresh); write the resolved config and data statistics."""
     accelerator, config_yaml = _start(cfg, force)
-    say = accelerator.print  # only the main process prints
-    out = Path(cfg.output_dir)
-    splits, model_name, tokenizer, prepared = _data(cfg, accelerator)
+    splits = load_splits(cfg)
+    with accelerator.main_process_first():
+        model_name = load.resolve(cfg.model, training_conversations(splits), cfg.seed)
+    tokenizer = load.load_tokenizer(model_name, cfg.model)
+    with accelerator.main_process_first():  # the main process fills the tokenised cache, the others read it
+        prepared = tokenize_splits(tokenizer, splits, cfg)
+    accelerator.print(data_summary(prepared, cfg.seed))
     model, optimizer, scheduler, plan = _model(cfg, accelerator, model_name, prepared)
 
-    # Resume from the newest usable checkpoint, or start fresh.
+    out = Path(cfg.output_dir)
     meta = {"world_size": accelerator.num_processes, "data_fingerprint": resume.data_fingerprint(prepared)}
-    state, resumed_from = resume.restore(cfg.checkpoint.resume, out, accelerator, model, optimizer, scheduler,
-                                         meta, config_yaml, force)
+    state, resumed_from = resume.restore(
+        cfg.checkpoint.resume, out, accelerator=accelerator, model=model, optimizer=optimizer,
+        scheduler=scheduler, meta=meta, config_yaml=config_yaml, force=force)
     if accelerator.is_main_process:
         write_text_atomic(out / "config.yaml", config_yaml)
         write_json_atomic(out / "data_stats.json", prepared.stats)
     trackers = make_trackers(cfg, accelerator.is_main_process, keep_rows=state.metrics_rows if resumed_from else None,
                              run_id=state.tracker_run_id)
     state.tracker_run_id = trackers.run_id
-    say(f"training: {plan.total_steps} steps ({plan.steps_per_epoch}/epoch), global batch {plan.global_batch_size}"
+    accelerator.print(
+        f"training: {plan.total_steps} steps ({plan.steps_per_epoch}/epoch), global batch {plan.global_batch_size}"
         + (" packed rows" if plan.packed else "")
         + (f"; resumed from {resumed_from} (step {state.step})" if resumed_from else ""))
+    return Run(
+        cfg=cfg, accelerator=accelerator, config_yaml=config_yaml, meta=meta, tokenizer=tokenizer,
+        prepared=prepared, eval_sets=build_eval_sets(tokenizer, splits, cfg.data.max_seq_len, cfg.data.truncation),
+        model=model, optimizer=optimizer, scheduler=scheduler, plan=plan, state=state, trackers=trackers,
+        resumed_from=resumed_from, primary=primary_metrics([(t.name, t.kind) for t in cfg.tasks]),
+        last_save=LastSave(state.step, time.monotonic(), resumed_from),
+        pusher=pusher_for(cfg) if accelerator.is_main_process else None,
+    )
 
-    hooks = _Hooks(cfg, accelerator, model, optimizer, scheduler, tokenizer, state, trackers, config_yaml, meta,
-                   build_eval_sets(tokenizer, splits, cfg.data.max_seq_len, cfg.data.truncation), plan.total_steps,
-                   resumed_from)
-    if resumed_from is None and cfg.eval.baseline:
-        state.baseline = {k: r.metrics for k, r in hooks.evaluate(0, baseline=True).items()}
-    hooks.pusher = pusher_for(cfg) if accelerator.is_main_process else None
-    try:
-        with StopRequests(accelerator.is_main_process) as stop:
-            hooks.stop = stop
-            loop.train_loop(model, optimizer, scheduler, accelerator, prepared, plan, cfg.train, cfg.seed,
-                            load.pad_id(tokenizer), trackers, cfg.logging.every_steps, state, hooks.after_step)
-            after = hooks.evaluate(plan.total_steps, final=True)
-            hooks.save_checkpoint()
-    finally:
-        if hooks.pusher is not None:  # the upload under way and the newest waiting one finish first
-            hooks.pusher.close()
 
-    summary = Summary(after={k: r.metrics for k, r in after.items()}, before=state.baseline,
-                      primary=hooks.primary, best=state.best, final_step=plan.total_steps)
-    plain = accelerator.unwrap_model(model, keep_torch_compile=False)  # no DDP/FSDP or compile wrapper
-    final_weights = adapters.gather_for_saving(plain, trainable_only=cfg.adapter.method != "full")
-    if accelerator.is_main_process:
-        _write_outputs(out, plain, tokenizer, final_weights, summary, after, trackers)
-        say("\n" + before_after(summary.before, summary.after))
-        say(f"\nadapter: {out / 'adapter'}\nmetrics: {out / 'eval' / 'metrics.json'}\nreport:  {out / 'report.html'}")
-    trackers.finish()
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:  # shipping: the model card, and the push when hub.push_at_end asks
-        hub.after_training(cfg)
-    return TrainResult(summary.to_json(), plain, tokenizer)
+def train(r: Run) -> dict[str, TaskResult] | Stopped:
+    """The baseline, the steps from `state.step` to the plan's last, and the final evaluation and
+    checkpoint. Returns the final evaluation, or `Stopped` when a signal ended the loop."""
+    from tqdm.auto import tqdm
+
+    cfg, accelerator, state, total = r.cfg, r.accelerator, r.state, r.plan.total_steps
+    if r.resumed_from is None and cfg.eval.baseline:
+        state.baseline = {k: res.metrics for k, res in evaluate_run(r, 0, baseline=True).items()}
+    bar = tqdm(total=total, initial=state.step, disable=not accelerator.is_main_process,
+               desc="train", unit="step", dynamic_ncols=True)
+    if not state.interval_task_sums:
+        state.reset_interval(len(r.prepared.task_names))
+    started = time.perf_counter()  # of the current log interval
+    r.model.train()
+    with StopRequests(accelerator.is_main_process) as stop:
+        while state.step < total:
+            batches = loop.batches_for_step(
+                r.prepared, r.plan, step=state.step, seed=cfg.seed, rank=accelerator.process_index,
+                pad_id=load.pad_id(r.tokenizer), device=accelerator.device)
+            lr = r.scheduler.get_last_lr()[0]
+            result = loop.train_step(
+                r.model, r.optimizer, r.scheduler, accelerator=accelerator, micro_batches=batches,
+                max_grad_norm=cfg.train.max_grad_norm, n_tasks=len(r.prepared.task_names),
+                answer_logits_only=cfg.train.answer_logits_only)
+            record(state, result)
+            bar.update(1)
+            if not result.finite:
+                _report_bad_step(r, result)
+            if state.step % cfg.logging.every_steps == 0 or state.step == total:
+                _log_interval(r, result, lr=lr, started=started, bar=bar)
+                started = time.perf_counter()
+            if cfg.eval.every_steps and state.step % cfg.eval.every_steps == 0 and state.step < total:
+                evaluate_run(r, state.step)
+                # A new best in the middle of a run is checkpointed, so rotation keeps it.
+                if state.best and state.best["step"] == state.step and _checkpointing(cfg):
+                    save_checkpoint(r)
+            # No checkpoint in a run of non-finite steps: rotation must never push out the last one
+            # saved before them. every_minutes: the main process's clock decides for all (an all-reduce).
+            if state.step < total and state.consecutive_bad_steps == 0:
+                every, minutes = cfg.checkpoint.every_steps, cfg.checkpoint.every_minutes
+                due = bool(every and state.step % every == 0)
+                if minutes and not due:
+                    late = time.monotonic() - r.last_save.time >= minutes * 60
+                    due = any_process(late and accelerator.is_main_process, accelerator)
+                if due:
+                    save_checkpoint(r)
+            # A stop signal on any process stops every process at this step (an all-reduce).
+            if any_process(stop.received is not None, accelerator):
+                bar.close()
+                return Stopped(stop.received or "a signal", state.step, save_checkpoint(r))
+        bar.close()
+        after = evaluate_run(r, total, final=True)
+        save_checkpoint(r)
+    return after
+
+
+def cleanup(r: Run) -> None:
+    """Close the trackers; let the checkpoint upload under way finish. Runs however the run ended."""
+    r.trackers.finish()
+    if r.pusher is not None:
+        r.pusher.close()
+
+
+def evaluate_run(r: Run, step: int, *, baseline: bool = False, final: bool = False) -> dict[str, TaskResult]:
+    """Evaluate every task (generation metrics where `eval.generate` says) and log it; the baseline is
+    never a candidate for the best (`eval.best_metric`)."""
+    cfg, state = r.cfg.eval, r.state
+    generate = cfg.generate == "always" or (cfg.generate == "ends" and (baseline or final))
+    plain = r.accelerator.unwrap_model(r.model, keep_torch_compile=False)  # eval shapes vary: not compiled
+    results = evaluate(plain, r.tokenizer, r.eval_sets, cfg, load.pad_id(r.tokenizer), generate=generate,
+                       rank=r.accelerator.process_index, world_size=r.accelerator.num_processes)
+    if state.last_eval_step == step:  # a run resumed at its very end has logged this one already
+        return results
+    row = {f"eval/{task}/{k}": v for task, res in results.items() for k, v in res.metrics.items() if k != "rows"}
+    if cfg.best_metric and not baseline:
+        state.best = update_best(state.best, cfg.best_metric, {k: res.metrics for k, res in results.items()},
+                                 r.primary, step)
+        row["eval/best_metric"] = float(state.best["value"])
+    r.trackers.log(row, step=step)
+    state.last_eval_step = step
+    return results
+
+
+def save_checkpoint(r: Run) -> Path:
+    """Checkpoint the current step (once), rotate old ones out keeping the best, queue the upload."""
+    state = r.state
+    if r.last_save.path is not None and r.last_save.step == state.step:
+        return r.last_save.path
+    state.metrics_rows = r.trackers.rows_written
+    path = checkpoint.save(r.out, r.accelerator, model=r.model, optimizer=r.optimizer, scheduler=r.scheduler,
+                           state=state, config_yaml=r.config_yaml, meta=r.meta)
+    if r.accelerator.is_main_process:
+        checkpoint.rotate(r.out, r.cfg.checkpoint.keep_last, state.best["step"] if state.best else None)
+    if r.pusher is not None:
+        r.pusher.submit(path, state.step)
+    r.last_save = LastSave(state.step, time.monotonic(), path)
+    return path
+
+
+def write_outputs(r: Run, after: dict[str, TaskResult]) -> TrainResult:
+    """The adapter (or the whole model) and tokenizer, replacing any earlier one in one rename; the
+    evaluation files, the HTML report, the prediction tables to the trackers; the before/after table."""
+    summary = Summary(after={k: res.metrics for k, res in after.items()}, before=r.state.baseline,
+                      primary=r.primary, best=r.state.best, final_step=r.plan.total_steps)
+    plain = r.accelerator.unwrap_model(r.model, keep_torch_compile=False)  # no DDP/FSDP or compile wrapper
+    weights = adapters.gather_for_saving(plain, trainable_only=r.cfg.adapter.method != "full")  # a collective
+    if r.accelerator.is_main_process:
+        try:
+            tmp = r.out / ".adapter.tmp"
+            adapters.save_final(plain, r.tokenizer, tmp, weights)
+            replace_dir_atomic(tmp, r.out / "adapter")
+            write_results(r.out / "eval", summary, after)
+            write_report(r.out)
+        except write_errors() as e:
+            raise UserError(f"could not write the final adapter and metrics: {e}", where=str(r.out),
+                            fix="free disk space or fix permissions, then run the same command again: it "
+                                "resumes from the final checkpoint and only writes these") from None
+        for task, result in after.items():
+            r.trackers.log_predictions(task, result.predictions, step=summary.final_step)
+        print("\n" + before_after(summary.before, summary.after))
+        print(f"\nadapter: {r.out / 'adapter'}\nmetrics: {r.out / 'eval' / 'metrics.json'}\n"
+              f"report:  {r.out / 'report.html'}")
+    return TrainResult(summary.to_json(), plain, r.tokenizer)
 
 
 def _start(cfg: RunConfig, force: bool) -> tuple[Any, str]:
@@ -116,21 +285,8 @@ def _start(cfg: RunConfig, force: bool) -> tuple[Any, str]:
     return accelerator, config_yaml
 
 
-def _data(cfg: RunConfig, accelerator: Any) -> tuple[list, str, Any, Any]:
-    """Rows -> examples -> seeded split -> tokens; the tiny model (if asked for) is built from the
-    training split. Returns the splits, the model's name or folder, the tokenizer and the prepared data."""
-    splits = load_splits(cfg)
-    with accelerator.main_process_first():
-        model_name = load.resolve(cfg.model, training_conversations(splits), cfg.seed)
-    tokenizer = load.load_tokenizer(model_name, cfg.model)
-    with accelerator.main_process_first():  # the main process fills the tokenised cache, the others read it
-        prepared = tokenize_splits(tokenizer, splits, cfg)
-    accelerator.print(data_summary(prepared, cfg.seed))
-    return splits, model_name, tokenizer, prepared
-
-
-def _model(cfg: RunConfig, accelerator: Any, model_name: str, prepared: Any) -> tuple[Any, Any, Any, loop.Plan]:
-    """The base with its adapters, the optimizer and schedule, prepared for the topology."""
+def _model(cfg: RunConfig, accelerator: Any, model_name: str, prepared: Prepared) -> tuple[Any, Any, Any, loop.Plan]:
+    """The base with its adapters, the optimizer and schedule, prepared for the topology; the plan."""
     from accelerate.utils import set_seed
 
     quantization = cfg.quantization if cfg.adapter.method == "qlora" else None
@@ -149,79 +305,38 @@ def _model(cfg: RunConfig, accelerator: Any, model_name: str, prepared: Any) -> 
     return model, optimizer, scheduler, plan
 
 
-class _Hooks:
-    """What runs between optimizer steps: evaluation (tracking the best by `eval.best_metric`),
-    checkpoints and their rotation, and the stop on a signal."""
+def _log_interval(r: Run, result: StepResult, *, lr: float, started: float, bar: Any) -> None:
+    """The metrics.jsonl row of the steps since the last one, and the progress bar's figures."""
+    state, names = r.state, r.prepared.task_names
+    row = interval_row(state, names, started)
+    bar.set_postfix(loss=f"{row['train/loss']:.4f}", lr=f"{lr:.2e}", tok_s=f"{row['tokens_per_s']:.0f}")
+    r.trackers.log({**row, "lr": lr, "grad_norm": result.grad_norm,
+                    "epoch": state.step / r.plan.steps_per_epoch}, step=state.step)
+    state.reset_interval(len(names))
 
-    def __init__(self, cfg: RunConfig, accelerator: Any, model: Any, optimizer: Any, scheduler: Any, tokenizer: Any,
-                 state: TrainState, trackers: Trackers, config_yaml: str, meta: dict[str, Any], eval_sets: list,
-                 total_steps: int, resumed_from: Path | None) -> None:
-        self.cfg, self.accelerator, self.model, self.optimizer, self.scheduler = cfg, accelerator, model, optimizer, scheduler
-        self.tokenizer, self.state, self.trackers, self.config_yaml, self.meta = tokenizer, state, trackers, config_yaml, meta
-        self.eval_sets = eval_sets  # validation rows tokenised once for all the run's evaluations
-        self.total_steps = total_steps
-        self.primary = primary_metrics([(t.name, t.kind) for t in cfg.tasks])
-        self.out = Path(cfg.output_dir)
-        # The newest checkpoint on disk: a step is never saved twice (a best, a regular save and the final
-        # one can fall on the same step, and a resumed run starts on its checkpoint).
-        self.last_save = {"step": state.step, "time": time.monotonic(), "path": resumed_from}
-        self.stop: StopRequests | None = None
-        self.pusher: CheckpointPusher | None = None  # uploads each checkpoint (hub.push_checkpoints)
 
-    def evaluate(self, step: int, *, baseline: bool = False, final: bool = False) -> dict[str, TaskResult]:
-        """Evaluate every task; generation metrics where `eval.generate` says. The baseline is never a
-        candidate for the best; a new best in the middle of a run is checkpointed so rotation keeps it."""
-        cfg, state = self.cfg.eval, self.state
-        generate = cfg.generate == "always" or (cfg.generate == "ends" and (baseline or final))
-        plain = self.accelerator.unwrap_model(self.model, keep_torch_compile=False)  # eval shapes vary: not compiled
-        results = evaluate(plain, self.tokenizer, self.eval_sets, cfg,
-                           load.pad_id(self.tokenizer), generate=generate, rank=self.accelerator.process_index,
-                           world_size=self.accelerator.num_processes)
-        if state.last_eval_step == step:  # a run resumed at its very end has logged this one already
-            return results
-        row = _eval_row(results)
-        if cfg.best_metric and not baseline:
-            state.best = update_best(state.best, cfg.best_metric, {k: r.metrics for k, r in results.items()},
-                                     self.primary, step)
-            row["eval/best_metric"] = float(state.best["value"])
-            if state.best["step"] == step and not final and self._checkpointing():
-                self.save_checkpoint()
-        self.trackers.log(row, step=step)
-        state.last_eval_step = step
-        return results
+class NonFiniteTraining(UserError):
+    """Too many consecutive steps with a NaN or infinite loss or gradient norm."""
 
-    def save_checkpoint(self) -> Path:
-        state, accelerator = self.state, self.accelerator
-        if self.last_save["path"] is not None and self.last_save["step"] == state.step:
-            return self.last_save["path"]
-        state.metrics_rows = self.trackers.rows_written
-        path = checkpoint.save(self.out, accelerator, self.model, self.optimizer, self.scheduler, state,
-                               self.config_yaml, self.meta)
-        if accelerator.is_main_process:
-            best_step = state.best["step"] if state.best else None
-            checkpoint.rotate(self.out, self.cfg.checkpoint.keep_last, best_step)
-        if self.pusher is not None:
-            self.pusher.submit(path, state.step)
-        self.last_save.update(step=state.step, time=time.monotonic(), path=path)
-        return path
 
-    def after_step(self, state: TrainState) -> None:
-        every = self.cfg.eval.every_steps
-        total = self.total_steps
-        if every and state.step % every == 0 and state.step < total:
-            self.evaluate(state.step)
-        # No checkpoint in the middle of a run of non-finite steps: rotation must never push out the
-        # last one saved before them.
-        healthy = state.consecutive_bad_steps == 0
-        if state.step < total and healthy and _checkpoint_due(self.cfg, state.step, self.last_save, self.accelerator):
-            self.save_checkpoint()
-        if self.stop is not None and self.stop.agreed(self.accelerator):
-            path = self.save_checkpoint()
-            self.trackers.finish()
-            raise Preempted(self.stop.received or "a signal", state.step, str(path))
+def _report_bad_step(r: Run, result: StepResult) -> None:
+    """Log a skipped non-finite step; stop the run after `train.max_bad_steps` of them in a row."""
+    state = r.state
+    r.trackers.log({"skipped_non_finite": 1, "bad_steps": state.bad_steps, "loss": result.loss,
+                    "grad_norm": result.grad_norm}, step=state.step)
+    r.accelerator.print(f"\nwarning: step {state.step} skipped: loss {result.loss}, gradient norm "
+                        f"{result.grad_norm} ({state.consecutive_bad_steps} in a row, {state.bad_steps} in all)")
+    if state.consecutive_bad_steps >= r.cfg.train.max_bad_steps:
+        raise NonFiniteTraining(
+            f"training stopped: {state.consecutive_bad_steps} consecutive steps (up to step {state.step}) had a "
+            "NaN or infinite loss or gradient norm",
+            fix="lower train.learning_rate, keep train.max_grad_norm set, check the data for empty or broken "
+                "rows, or use bf16 instead of fp16; the last checkpoint was saved before these steps and is intact",
+        )
 
-    def _checkpointing(self) -> bool:
-        return bool(self.cfg.checkpoint.every_steps or self.cfg.checkpoint.every_minutes)
+
+def _checkpointing(cfg: RunConfig) -> bool:
+    return bool(cfg.checkpoint.every_steps or cfg.checkpoint.every_minutes)
 
 
 def _dynamo(cfg: RunConfig) -> Any:
@@ -246,37 +361,3 @@ def _prepare_output_dir(out: Path) -> None:
                         fix="choose a writable output_dir, or fix the folder's permissions or free space") from None
     for path in checkpoint.remove_partial(out):
         print(f"removed an unfinished checkpoint write: {path}")
-
-
-def _checkpoint_due(cfg: RunConfig, step: int, last_save: dict[str, float], accelerator: Any) -> bool:
-    every_steps, every_minutes = cfg.checkpoint.every_steps, cfg.checkpoint.every_minutes
-    due = bool(every_steps and step % every_steps == 0)
-    if every_minutes and not due:
-        import torch
-
-        # The main process's clock decides, so every process saves at the same step.
-        late = accelerator.is_main_process and time.monotonic() - last_save["time"] >= every_minutes * 60
-        due = bool(accelerator.reduce(torch.tensor([float(late)], device=accelerator.device), "max").item())
-    return due
-
-
-def _write_outputs(out: Path, model: Any, tokenizer: Any, weights: dict[str, Any], summary: Summary,
-                   after: dict[str, TaskResult], trackers: Trackers) -> None:
-    """The adapter (or the whole model) and tokenizer, replacing any earlier one in one rename; the
-    evaluation files and the HTML report; the prediction tables to the trackers."""
-    try:
-        tmp = out / ".adapter.tmp"
-        adapters.save_final(model, tokenizer, tmp, weights)
-        replace_dir_atomic(tmp, out / "adapter")
-        write_results(out / "eval", summary, after)
-        write_report(out)
-    except write_errors() as e:
-        raise UserError(f"could not write the final adapter and metrics: {e}", where=str(out),
-                        fix="free disk space or fix permissions, then run the same command again: it resumes "
-                            "from the final checkpoint and only writes these") from None
-    for task, result in after.items():
-        trackers.log_predictions(task, result.predictions, step=summary.final_step)
-
-
-def _eval_row(results: dict[str, TaskResult]) -> dict[str, float]:
-    return {f"eval/{task}/{k}": v for task, r in results.items() for k, v in r.metrics.items() if k != "rows"}
