@@ -136,20 +136,20 @@ def _generation_args(p: argparse.ArgumentParser, max_new_tokens: int) -> None:
 
 def _train(args: argparse.Namespace) -> int:
     from multitune import config
-    from multitune.train.recipe import run
+    from multitune.recipes.train import run
 
     result = run(config.load(args.config, args.overrides), force=args.force)
     return EXIT_PREEMPTED if result.stopped else 0
 
 
 def _doctor(args: argparse.Namespace) -> int:
-    from multitune.doctor import run
+    from multitune.recipes.doctor import run
 
     return run(args.timeout)
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from multitune.predict import predict_file
+    from multitune.recipes.predict import predict_file
 
     n = predict_file(args.run_dir, args.input, args.output, task=args.task, max_new_tokens=args.max_new_tokens)
     print(f"wrote {n} predictions to {args.output}")
@@ -158,7 +158,7 @@ def _predict(args: argparse.Namespace) -> int:
 
 def _data_preview(args: argparse.Namespace) -> int:
     from multitune import config
-    from multitune.data.preview import preview
+    from multitune.recipes.preview import preview
 
     color = args.color == "always" or (args.color == "auto" and sys.stdout.isatty())
     print(preview(config.load(args.config, args.overrides), task=args.task, n=args.n, color=color))
@@ -166,7 +166,7 @@ def _data_preview(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from multitune.eval.command import run_eval
+    from multitune.recipes.eval import run_eval
     from multitune.report.table import before_after
 
     done = run_eval(args.run_dir, args.overrides, config_path=args.config, which=args.model, rows=args.rows,

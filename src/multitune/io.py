@@ -1,4 +1,4 @@
-"""Small file helpers: writes that are complete or absent, never half-written."""
+"""Small file helpers: writes that are complete or absent, never half-written; the cache folder."""
 
 from __future__ import annotations
 
@@ -8,6 +8,12 @@ import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
+
+
+def cache_root() -> Path:
+    """Where multitune keeps what it can rebuild (tiny models, tokenised data, converted models):
+    `$MULTITUNE_CACHE`, default `~/.cache/multitune`."""
+    return Path(os.environ.get("MULTITUNE_CACHE", Path.home() / ".cache" / "multitune"))
 
 
 def write_errors() -> tuple[type[BaseException], ...]:

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from multitune.data.tokenize import IGNORE, Tokenized, answer_ids, encode_segments, fit_length, segments
-from multitune.eval.best import is_closed
 from multitune.eval.scoring import CandidateTrie
+from multitune.kinds import Kind, kind
 from multitune.tasks.base import Example
 
 
@@ -45,8 +45,13 @@ class EvalSet:
     dropped: int  # validation rows left out because they do not fit data.max_seq_len
 
     @property
+    def spec(self) -> Kind:
+        """The table's entry for this task's kind (`multitune.kinds`)."""
+        return kind(self.kind)
+
+    @property
     def closed(self) -> bool:
-        return is_closed(self.kind)
+        return self.spec.closed
 
 
 def build_eval_set(

@@ -16,8 +16,10 @@ from typing import Any
 
 import yaml
 
+from multitune import kinds
 from multitune.config.schema import RunConfig
 from multitune.data.sources import LOCAL_FORMATS
+from multitune.kinds import COUNTS
 from multitune.models.trained import read_run_config
 
 UNKNOWN_LICENCE = "unknown: check the dataset card"
@@ -195,8 +197,6 @@ def _source_text(source: str) -> str:
 
 
 def _metrics_section(metrics: Mapping[str, Any], cfg: RunConfig) -> str:
-    from multitune.eval.best import COUNTS
-
     before, after = metrics.get("before"), metrics["after"]
     rows = []
     for task, values in after.items():
@@ -228,7 +228,7 @@ def _use_section(cfg: RunConfig) -> str:
     lines = ["- Intended use: the tasks above, prompted the way they were trained (the system prompt and "
              "user template of each task in `training_config.yaml`; `multitune predict` renders them)."]
     for task in cfg.tasks:
-        if task.kind == "classification":
+        if kinds.kind(task.kind).labels:
             lines.append(f"- `{task.name}` answers with one of the labels it was trained on; it has no way to say "
                          "that none applies.")
     lines += [

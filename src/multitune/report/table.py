@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from multitune.eval.best import COUNTS
+from multitune.kinds import COUNTS
 
 Metrics = Mapping[str, Mapping[str, float | None]]
 

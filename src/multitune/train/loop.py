@@ -22,7 +22,7 @@ from multitune.data.mixture import cached_mixture_order, step_micro_batches, ste
 from multitune.data.packing import RowLengths, epoch_rows, pack_batch, planned_rows_per_epoch
 from multitune.data.prepare import Prepared
 from multitune.errors import UserError
-from multitune.train.loss import (
+from multitune.loss import (
     answer_positions,
     answer_token_count,
     per_task_sums,

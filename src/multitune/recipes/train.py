@@ -15,15 +15,16 @@ from pathlib import Path
 from typing import Any
 
 from multitune import config as config_mod
+from multitune.best import update_best
 from multitune.config.schema import RunConfig
 from multitune.data.prepare import Prepared, load_splits, tokenize_splits, training_conversations
 from multitune.data.stats import data_summary
 from multitune.errors import UserError
-from multitune.eval.best import primary_metrics, update_best
 from multitune.eval.runner import EvalSet, TaskResult, build_eval_sets, evaluate
 from multitune.export import hub
 from multitune.export.checkpoints import CheckpointPusher, pusher_for
 from multitune.io import replace_dir_atomic, write_errors, write_json_atomic, write_text_atomic
+from multitune.kinds import primary_metrics
 from multitune.models import adapters, load
 from multitune.report.build import write_report
 from multitune.report.results import Summary, write_results
