@@ -30,12 +30,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _quiet_libraries() -> None:
-    """Keep the console for multitune's own progress: no per-file progress bars from transformers, and
-    no deprecation chatter between libraries that the user cannot act on."""
-    import warnings
-
-    warnings.filterwarnings("ignore", category=FutureWarning)
-    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    """Keep the console for multitune's own progress: no per-file progress bars from transformers.
+    Warnings are not silenced: their causes are fixed, so a new one is seen."""
     import datasets
     from transformers.utils import logging as hf_logging
 

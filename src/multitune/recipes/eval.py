@@ -26,7 +26,7 @@ from multitune.data.sources import load_rows
 from multitune.errors import UserError
 from multitune.eval.items import EvalSet, build_eval_set
 from multitune.eval.runner import TaskResult, evaluate
-from multitune.models import load
+from multitune.models import adapters, load
 from multitune.report.results import Summary, load_summary, write_results
 
 Which = Literal["trained", "base"]
@@ -119,10 +119,8 @@ def _load_model(run_dir: Path, kind: str, model_dir: Path, run_cfg: RunConfig, c
     if kind == "base":
         return load.load_model(_base_name(run_dir, run_cfg), cfg.model).eval()
     if (model_dir / "adapter_config.json").is_file():
-        from peft import PeftModel
-
         base = load.load_model(_base_name(run_dir, run_cfg), cfg.model)
-        return PeftModel.from_pretrained(base, str(model_dir)).eval()
+        return adapters.load_adapter(base, model_dir).eval()
     return load.load_model(str(model_dir), cfg.model).eval()
 
 
