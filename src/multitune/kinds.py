@@ -38,6 +38,8 @@ class Kind:
     """Rows carry the texts of their choices, which `eval.choice_texts` scores as answers too."""
     scored_metrics: tuple[str, ...] = ("loss", "perplexity")
     """What every evaluation reports, before generation adds its own."""
+    hub_task: str = "text-generation"
+    """The task type the model card's `model-index` gives the Hub for this kind's results."""
 
     @property
     def primary_metric(self) -> str:
@@ -51,11 +53,12 @@ class Kind:
 
 KINDS: dict[str, Kind] = {k.name: k for k in (
     Kind("classification", closed=True, labels=True,
-         scored_metrics=("loss", "accuracy", "macro_f1", "weighted_f1")),
-    Kind("multiple_choice", closed=True, choice_texts=True, scored_metrics=("loss", "accuracy")),
+         scored_metrics=("loss", "accuracy", "macro_f1", "weighted_f1"), hub_task="text-classification"),
+    Kind("multiple_choice", closed=True, choice_texts=True, scored_metrics=("loss", "accuracy"),
+         hub_task="multiple-choice"),
     Kind("instruction", closed=False),
     Kind("chat", closed=False),
-    Kind("summarization", closed=False),
+    Kind("summarization", closed=False, hub_task="summarization"),
 )}
 
 

@@ -112,19 +112,20 @@ def setup(cfg: RunConfig, force: bool) -> Run:
     with accelerator.main_process_first():  # the main process fills the tokenised cache, the others read it
         prepared = tokenize_splits(tokenizer, splits, cfg)
     accelerator.print(data_summary(prepared, cfg.seed))
-    model, optimizer, scheduler, plan = _model(cfg, accelerator, model_name, prepared)
+    parts = _model(cfg, accelerator, model_name, prepared)
 
     out = Path(cfg.output_dir)
     meta = {"world_size": accelerator.num_processes, "data_fingerprint": resume.data_fingerprint(prepared)}
     state, resumed_from = resume.restore(
-        cfg.checkpoint.resume, out, accelerator=accelerator, model=model, optimizer=optimizer,
-        scheduler=scheduler, meta=meta, config_yaml=config_yaml, force=force)
+        cfg.checkpoint.resume, out, accelerator=accelerator, model=parts.model, optimizer=parts.optimizer,
+        scheduler=parts.scheduler, meta=meta, config_yaml=config_yaml, force=force)
     if accelerator.is_main_process:
         write_text_atomic(out / "config.yaml", config_yaml)
         write_json_atomic(out / "data_stats.json", prepared.stats)
     trackers = make_trackers(cfg, accelerator.is_main_process, keep_rows=state.metrics_rows if resumed_from else None,
                              run_id=state.tracker_run_id)
     state.tracker_run_id = trackers.run_id
+    plan = parts.plan
     accelerator.print(
         f"training: {plan.total_steps} steps ({plan.steps_per_epoch}/epoch), global batch {plan.global_batch_size}"
         + (" packed rows" if plan.packed else "")
@@ -132,7 +133,8 @@ def setup(cfg: RunConfig, force: bool) -> Run:
     return Run(
         cfg=cfg, accelerator=accelerator, config_yaml=config_yaml, meta=meta, tokenizer=tokenizer,
         prepared=prepared, eval_sets=build_eval_sets(tokenizer, splits, cfg.data.max_seq_len, cfg.data.truncation),
-        model=model, optimizer=optimizer, scheduler=scheduler, plan=plan, state=state, trackers=trackers,
+        model=parts.model, optimizer=parts.optimizer, scheduler=parts.scheduler, plan=plan, state=state,
+        trackers=trackers,
         resumed_from=resumed_from, primary=primary_metrics([(t.name, t.kind) for t in cfg.tasks]),
         last_save=LastSave(state.step, time.monotonic(), resumed_from),
         pusher=pusher_for(cfg) if accelerator.is_main_process else None,
@@ -197,9 +199,11 @@ def train(r: Run) -> dict[str, TaskResult] | Stopped:
 
 def cleanup(r: Run) -> None:
     """Close the trackers; let the checkpoint upload under way finish. Runs however the run ended."""
-    r.trackers.finish()
-    if r.pusher is not None:
-        r.pusher.close()
+    try:
+        r.trackers.finish()
+    finally:
+        if r.pusher is not None:
+            r.pusher.close()
 
 
 def evaluate_run(r: Run, step: int, *, baseline: bool = False, final: bool = False) -> dict[str, TaskResult]:
@@ -208,14 +212,14 @@ def evaluate_run(r: Run, step: int, *, baseline: bool = False, final: bool = Fal
     cfg, state = r.cfg.eval, r.state
     generate = cfg.generate == "always" or (cfg.generate == "ends" and (baseline or final))
     plain = r.accelerator.unwrap_model(r.model, keep_torch_compile=False)  # eval shapes vary: not compiled
-    results = evaluate(plain, r.tokenizer, r.eval_sets, cfg, load.pad_id(r.tokenizer), generate=generate,
+    results = evaluate(plain, r.tokenizer, r.eval_sets, cfg=cfg, pad_id=load.pad_id(r.tokenizer), generate=generate,
                        rank=r.accelerator.process_index, world_size=r.accelerator.num_processes)
     if state.last_eval_step == step:  # a run resumed at its very end has logged this one already
         return results
     row = {f"eval/{task}/{k}": v for task, res in results.items() for k, v in res.metrics.items() if k != "rows"}
     if cfg.best_metric and not baseline:
-        state.best = update_best(state.best, cfg.best_metric, {k: res.metrics for k, res in results.items()},
-                                 r.primary, step)
+        scores = {k: res.metrics for k, res in results.items()}
+        state.best = update_best(state.best, cfg.best_metric, scores, r.primary, step=step)
         row["eval/best_metric"] = float(state.best["value"])
     r.trackers.log(row, step=step)
     state.last_eval_step = step
@@ -286,7 +290,15 @@ def _start(cfg: RunConfig, force: bool) -> tuple[Any, str]:
     return accelerator, config_yaml
 
 
-def _model(cfg: RunConfig, accelerator: Any, model_name: str, prepared: Prepared) -> tuple[Any, Any, Any, loop.Plan]:
+@dataclass
+class _Trainable:
+    model: Any  # prepared by accelerate for the topology
+    optimizer: Any
+    scheduler: Any
+    plan: loop.Plan
+
+
+def _model(cfg: RunConfig, accelerator: Any, model_name: str, prepared: Prepared) -> _Trainable:
     """The base with its adapters, the optimizer and schedule, prepared for the topology; the plan."""
     from accelerate.utils import set_seed
 
@@ -303,7 +315,7 @@ def _model(cfg: RunConfig, accelerator: Any, model_name: str, prepared: Prepared
     optimizer = optim.build_optimizer(model, cfg.train)
     scheduler = optim.build_scheduler(optimizer, cfg.train, plan.total_steps)
     model, optimizer = accelerator.prepare(model, optimizer)
-    return model, optimizer, scheduler, plan
+    return _Trainable(model, optimizer, scheduler, plan)
 
 
 def _log_interval(r: Run, result: StepResult, *, lr: float, started: float, bar: Any) -> None:
