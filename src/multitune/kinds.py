@@ -30,10 +30,10 @@ class Kind:
     closed: bool
     """Answers come from a closed set of candidates and are scored; else they are generated (open)."""
     labels: bool = False
-    """The candidates are the task's label set, learnt from the training rows: the split is stratified,
-    the labels are saved with the run (`data_stats.json`) and `predict` and `eval` score against them,
-    the metrics add F1 and a confusion matrix, a generated answer is read as a label (not a letter),
-    and the model card says the model cannot answer "none of these"."""
+    """The candidates are the task's label set, learnt from the training rows: the labels are saved with
+    the run (`data_stats.json`), a separate validation file is checked against them, `predict` and
+    `eval` score against them, the metrics add F1 and a confusion matrix, a generated answer is read as
+    a label (not a letter), and the model card says the model cannot answer "none of these"."""
     choice_texts: bool = False
     """Rows carry the texts of their choices, which `eval.choice_texts` scores as answers too."""
     scored_metrics: tuple[str, ...] = ("loss", "perplexity")
