@@ -58,7 +58,7 @@ def trained_run(task: str, steps: int, work: Path, given: str | None) -> Path:
     if given:
         return Path(given)
     from multitune.config import validate
-    from multitune.train.recipe import run
+    from multitune.recipes.train import run
 
     out = work / f"{task}-{steps}"
     if not (out / "adapter").is_dir():

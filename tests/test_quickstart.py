@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from multitune import config
-from multitune.train.recipe import run
+from multitune.recipes.train import run
 
 REPO = Path(__file__).resolve().parents[1]
 

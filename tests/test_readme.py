@@ -38,7 +38,7 @@ def close(a: float, b: float) -> bool:
 
 @pytest.fixture(scope="module")
 def quickstart(tmp_path_factory):
-    from multitune.train.recipe import run
+    from multitune.recipes.train import run
 
     out = tmp_path_factory.mktemp("readme") / "quickstart"
     return run(config.load(REPO / "configs" / "quickstart.yaml", [f"output_dir={out}"]))

@@ -26,7 +26,7 @@ CLAIM = [{"role": "system", "content": "Classify the user's text. Reply with the
 
 @pytest.fixture(scope="module")
 def run_dir(smollm2_dir, tmp_path_factory) -> Path:
-    from multitune.train.recipe import run
+    from multitune.recipes.train import run
 
     out = tmp_path_factory.mktemp("smollm2") / "run"
     run(validate({
@@ -94,7 +94,7 @@ def test_merge_answers_like_base_plus_adapter(run_dir, tmp_path):
 
 def test_qlora_trains_smollm2_on_this_cpu(smollm2_dir, tmp_path):
     pytest.importorskip("bitsandbytes")
-    from multitune.train.recipe import run
+    from multitune.recipes.train import run
 
     out = tmp_path / "qlora"
     result = run(validate({

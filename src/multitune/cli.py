@@ -21,16 +21,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         args.overrides = [*args.overrides, *extra]
     _quiet_libraries()
-    from multitune.train.signals import Preempted
-
     try:
         return int(args.func(args) or 0)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USER_ERROR
-    except Preempted as e:
-        print(str(e), file=sys.stderr)
-        return EXIT_PREEMPTED
     except KeyboardInterrupt:
         print("\naborted; the last complete checkpoint (if any) is intact: run the same command to resume",
               file=sys.stderr)
@@ -38,12 +33,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _quiet_libraries() -> None:
-    """Keep the console for multitune's own progress: no per-file progress bars from transformers, and
-    no deprecation chatter between libraries that the user cannot act on."""
-    import warnings
-
-    warnings.filterwarnings("ignore", category=FutureWarning)
-    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    """Keep the console for multitune's own progress: no per-file progress bars from transformers.
+    Warnings are not silenced: their causes are fixed, so a new one is seen."""
     import datasets
     from transformers.utils import logging as hf_logging
 
@@ -144,20 +135,20 @@ def _generation_args(p: argparse.ArgumentParser, max_new_tokens: int) -> None:
 
 def _train(args: argparse.Namespace) -> int:
     from multitune import config
-    from multitune.train.recipe import run
+    from multitune.recipes.train import run
 
-    run(config.load(args.config, args.overrides), force=args.force)
-    return 0
+    result = run(config.load(args.config, args.overrides), force=args.force)
+    return EXIT_PREEMPTED if result.stopped else 0
 
 
 def _doctor(args: argparse.Namespace) -> int:
-    from multitune.doctor import run
+    from multitune.recipes.doctor import run
 
     return run(args.timeout)
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from multitune.predict import predict_file
+    from multitune.recipes.predict import predict_file
 
     n = predict_file(args.run_dir, args.input, args.output, task=args.task, max_new_tokens=args.max_new_tokens)
     print(f"wrote {n} predictions to {args.output}")
@@ -166,7 +157,7 @@ def _predict(args: argparse.Namespace) -> int:
 
 def _data_preview(args: argparse.Namespace) -> int:
     from multitune import config
-    from multitune.data.preview import preview
+    from multitune.recipes.preview import preview
 
     color = args.color == "always" or (args.color == "auto" and sys.stdout.isatty())
     print(preview(config.load(args.config, args.overrides), task=args.task, n=args.n, color=color))
@@ -174,7 +165,7 @@ def _data_preview(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from multitune.eval.command import run_eval
+    from multitune.recipes.eval import run_eval
     from multitune.report.table import before_after
 
     done = run_eval(args.run_dir, args.overrides, config_path=args.config, which=args.model, rows=args.rows,

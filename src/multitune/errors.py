@@ -40,25 +40,43 @@ def hub_error(e: BaseException, what: str, repo_id: str) -> UserError:
     a gated repository (accept the licence, log in), a missing or private one, a missing revision, or
     no network and nothing in the local cache.
     """
-    names = {type(c).__name__ for c in _causes(e)}
+    from huggingface_hub import errors as hf
+
+    causes = list(_causes(e))
     url = f"https://huggingface.co/{'datasets/' if what == 'dataset' else ''}{repo_id}"
     login = "log in with `huggingface-cli login` or set HF_TOKEN"
-    if "GatedRepoError" in names:
+    if _any(causes, hf.GatedRepoError):  # before RepositoryNotFoundError: it is one
         return UserError(f"{what} {repo_id!r} is gated: its licence must be accepted before download",
                          fix=f"accept the terms at {url} with your account, then {login}")
-    if "RepositoryNotFoundError" in names:
+    if _any(causes, hf.RepositoryNotFoundError):
         return UserError(f"{what} {repo_id!r} was not found on the Hub, or it is private",
                          fix=f"check the id; if it is private, {login} with an account that can read it")
-    if "RevisionNotFoundError" in names:
+    if _any(causes, hf.RevisionNotFoundError):
         return UserError(f"{what} {repo_id!r} has no such revision", fix="check the branch, tag or commit")
-    if names & {"LocalEntryNotFoundError", "OfflineModeIsEnabled", "ConnectError", "ConnectionError",
-                "gaierror"}:
+    if _any(causes, hf.LocalEntryNotFoundError) or any(no_connection(c) for c in causes):
         return UserError(
             f"could not reach the Hugging Face Hub for {what} {repo_id!r}, and it is not in the local cache",
             fix="check the network (or unset HF_HUB_OFFLINE), or give a local path instead of a Hub id",
         )
-    root = list(_causes(e))[-1]
+    root = causes[-1]
     return UserError(f"could not load {what} {repo_id!r}: {type(root).__name__}: {root}")
+
+
+def no_connection(e: BaseException) -> bool:
+    """No answer from the Hub: offline mode, a refused or dropped connection, a host name that does not
+    resolve, a timeout, or any transport error of the HTTP library huggingface_hub uses."""
+    import socket
+
+    from huggingface_hub import errors as hf
+
+    if isinstance(e, ConnectionError | socket.gaierror | TimeoutError):  # OfflineModeIsEnabled is one
+        return True
+    transport = getattr(hf, "HTTPError", None)  # that library's base error; statuses are HfHubHTTPError
+    return transport is not None and isinstance(e, transport) and not isinstance(e, hf.HfHubHTTPError)
+
+
+def _any(causes: list[BaseException], kind: type[BaseException]) -> bool:
+    return any(isinstance(c, kind) for c in causes)
 
 
 def _causes(e: BaseException):

@@ -1,4 +1,4 @@
-"""Small file helpers: writes that are complete or absent, never half-written."""
+"""Small file helpers: writes that are complete or absent, never half-written; the cache folder."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from typing import Any
 
 
 def cache_root() -> Path:
-    """multitune's cache: built tiny models, converted GGUF models, tokenised data (`MULTITUNE_CACHE`,
-    default ~/.cache/multitune)."""
+    """Where multitune keeps what it can rebuild (tiny models, tokenised data, converted models):
+    `$MULTITUNE_CACHE`, default `~/.cache/multitune`."""
     return Path(os.environ.get("MULTITUNE_CACHE", Path.home() / ".cache" / "multitune"))
 
 
@@ -25,13 +25,18 @@ def write_errors() -> tuple[type[BaseException], ...]:
 
 
 def write_text_atomic(path: Path, text: str) -> None:
-    """Write `text` to `path` through a temporary file in the same folder and an atomic rename, so a
+    """Write `text` (UTF-8) to `path` atomically, as `write_bytes_atomic`."""
+    write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    """Write `data` to `path` through a temporary file in the same folder and an atomic rename, so a
     crash leaves either the old file or the new one."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the file the usual permissions

@@ -11,8 +11,8 @@ import yaml
 from data_helpers import write_jsonl
 
 from multitune.cli import main
-from multitune.data.preview import marked_text
 from multitune.data.tokenize import encode_segments, segments
+from multitune.recipes.preview import marked_text
 from multitune.tasks.base import chat
 
 REPO = Path(__file__).resolve().parents[2]

@@ -14,8 +14,8 @@ from multitune.data.mixture import mixture_order
 from multitune.data.packing import best_fit_decreasing, epoch_rows, pack_batch, rows_per_epoch
 from multitune.data.prepare import Prepared, TaskSplit
 from multitune.data.tokenize import IGNORE, Tokenized
+from multitune.loss import answer_token_count, per_task_sums, token_losses
 from multitune.train.loop import accumulate_gradients, batches_for_step, make_plan
-from multitune.train.loss import answer_token_count, per_task_sums, token_losses
 
 
 def examples(vocab: int, n: int, seed: int = 0, n_tasks: int = 2, longest: int = 30) -> list[Tokenized]:

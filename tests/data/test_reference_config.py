@@ -56,7 +56,7 @@ def test_data_preview_on_the_local_copies(tmp_path):
 
 
 def test_a_few_packed_training_steps_on_the_local_copies(tmp_path):
-    from multitune.train.recipe import run
+    from multitune.recipes.train import run
 
     out = tmp_path / "run"
     cfg = config.load(CONFIG, [*local_overrides(shared_data(), max_rows=60), f"output_dir={out}",

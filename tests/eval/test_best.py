@@ -4,9 +4,10 @@ import math
 
 import pytest
 
+from multitune.best import best_metric_value, improves, update_best
 from multitune.config import validate
 from multitune.errors import UserError
-from multitune.eval.best import best_metric_value, improves, metric_names, primary_metrics, update_best
+from multitune.kinds import metric_names, primary_metrics
 
 TASKS = [
     {"name": "banking77", "kind": "classification", "source": "demo:intents"},

@@ -10,8 +10,8 @@ from conftest import SMALL_TINY
 from multitune.cli import main
 from multitune.config import validate
 from multitune.io import read_jsonl
+from multitune.recipes.train import run
 from multitune.report.results import load_summary
-from multitune.train.recipe import run
 
 
 @pytest.fixture(scope="module")

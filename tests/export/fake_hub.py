@@ -1,8 +1,10 @@
-"""A stand-in for `huggingface_hub.HfApi` that records the calls a push makes and what it would upload."""
+"""A stand-in for `huggingface_hub.HfApi` that records the calls a push makes and what it would upload.
+Like `HfApi`, `run_as_future` runs calls one after the other on one worker thread."""
 
 from __future__ import annotations
 
 import threading
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -14,12 +16,18 @@ class FakeHub:
         self.fail_uploads = fail_uploads  # the first N uploads raise
         self.gate = gate  # when set, uploads wait for it: an upload "in flight"
         self.started = threading.Event()
+        self._worker = ThreadPoolExecutor(max_workers=1)
+
+    def run_as_future(self, fn: Any, *args: Any, **kwargs: Any) -> Future:
+        return self._worker.submit(fn, *args, **kwargs)
 
     def create_repo(self, repo_id: str, **kwargs: Any) -> str:
         self.calls.append(("create_repo", {"repo_id": repo_id, **kwargs}))
         return f"https://huggingface.co/{repo_id}"
 
-    def upload_folder(self, **kwargs: Any) -> str:
+    def upload_folder(self, *, run_as_future: bool = False, **kwargs: Any) -> str | Future:
+        if run_as_future:
+            return self.run_as_future(self.upload_folder, **kwargs)
         self.calls.append(("upload_folder", kwargs))
         self.started.set()
         if self.gate is not None:

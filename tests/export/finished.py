@@ -18,7 +18,7 @@ def finished_run(tmp_path_factory) -> Path:
     """The run's output_dir; the tests sharing it must not change it."""
     if "run" not in _built:
         from multitune.config import validate
-        from multitune.train.recipe import run
+        from multitune.recipes.train import run
 
         out = tmp_path_factory.mktemp("finished") / "run"
         run(validate({

@@ -43,8 +43,19 @@ def _row(card: str, *cells: str) -> str:
 def test_card_of_the_tiny_run_reports_its_metrics_from_eval_metrics_json(run_dir):
     card = model_card(run_dir, "alice/tiny-demo")
     meta = _front_matter(card)
+    index = meta.pop("model-index")
     assert meta == {"library_name": "peft", "pipeline_tag": "text-generation", "tags": ["multitune", "lora"]}
     metrics = json.loads((run_dir / "eval" / "metrics.json").read_text())
+    # The Hub reads the metrics after training from model-index: every task's, counts left out.
+    assert [m["name"] for m in index] == ["tiny-demo"]
+    shown = {(r["task"]["name"], m["type"]): (r["task"]["type"], r["dataset"]["split"], m["value"])
+             for r in index[0]["results"] for m in r["metrics"]}
+    assert shown[("claims", "accuracy")] == ("text-classification", "validation",
+                                             metrics["after"]["claims"]["accuracy"])
+    assert shown[("instruct", "loss")] == ("text-generation", "validation", metrics["after"]["instruct"]["loss"])
+    assert ("claims", "rows") not in shown
+    assert len(shown) == sum(1 for values in metrics["after"].values() for k, v in values.items()
+                             if k not in ("rows", "gen_rows") and v is not None)
     assert read_run_metrics(run_dir) == metrics  # one source for the card, the report and the file
     before, after = metrics["before"]["claims"]["accuracy"], metrics["after"]["claims"]["accuracy"]
     assert _row(card, "claims", "accuracy") == (

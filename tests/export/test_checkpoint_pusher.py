@@ -82,7 +82,7 @@ def test_pusher_for_follows_the_config(tmp_path):
 def test_a_training_run_uploads_its_checkpoints_and_pushes_at_the_end(tmp_path, monkeypatch):
     from conftest import SMALL_TINY
     from multitune.export import hub
-    from multitune.train.recipe import run
+    from multitune.recipes.train import run
 
     client = FakeHub()
     monkeypatch.setenv("HF_TOKEN", "hf_FAKEtoken0123456789abcdefSECRET")

@@ -119,13 +119,11 @@ def test_no_token_or_no_hub_fails_before_anything_is_sent():
 
 
 def test_hub_failures_say_what_to_do():
-    class Response:
-        status_code = 403
+    import httpx
+    from huggingface_hub.errors import HfHubHTTPError
 
-    class HfHubHTTPError(Exception):
-        response = Response()
-
-    assert "may not create or write repositories of 'alice'" in push_error(HfHubHTTPError("403"), "alice/x").what
+    response = httpx.Response(403, request=httpx.Request("POST", "https://huggingface.co/api/repos/create"))
+    assert "may not create or write repositories of 'alice'" in push_error(HfHubHTTPError("403", response=response), "alice/x").what
     assert "could not reach" in push_error(ConnectionError("down"), "alice/x").what
 
 

@@ -15,8 +15,8 @@ from safetensors.torch import load_file
 from conftest import SMALL_TINY
 from multitune.config import validate
 from multitune.errors import UserError
+from multitune.recipes.train import run
 from multitune.train import checkpoint, loop
-from multitune.train.recipe import run
 
 
 def config(out: Path, **sections) -> dict:
@@ -174,7 +174,7 @@ def test_a_resumed_run_continues_the_same_wandb_run(tmp_path, monkeypatch):
 
 
 def test_the_best_evaluation_is_checkpointed_and_survives_rotation(tmp_path, monkeypatch):
-    from multitune.train import recipe
+    from multitune.recipes import train as recipe
 
     def best_at_step_3(best, name, metrics, primary, step):  # a metric that peaks at step 3
         value = -abs(step - 3)

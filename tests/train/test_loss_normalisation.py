@@ -9,8 +9,8 @@ from accelerate import Accelerator
 
 from multitune.data.collate import pad_batch
 from multitune.data.tokenize import IGNORE, Tokenized
+from multitune.loss import per_example_loss
 from multitune.train.loop import accumulate_gradients
-from multitune.train.loss import per_example_loss
 
 
 def uneven_examples(vocab: int, n: int = 8) -> list[Tokenized]:

@@ -5,7 +5,7 @@ from pathlib import Path
 
 from conftest import SMALL_TINY
 from multitune.config import validate
-from multitune.train.recipe import run
+from multitune.recipes.train import run
 
 
 def small_run(tmp_path: Path, **overrides) -> dict:

@@ -16,10 +16,10 @@ from multitune.config import validate
 from multitune.data.collate import pad_batch
 from multitune.data.tokenize import IGNORE, Tokenized
 from multitune.errors import UserError
+from multitune.loss import answer_token_count
 from multitune.models import load
+from multitune.recipes.train import run
 from multitune.train.loop import forward_loss
-from multitune.train.loss import answer_token_count
-from multitune.train.recipe import run
 
 REPO = Path(__file__).resolve().parents[2]
 

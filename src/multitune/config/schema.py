@@ -11,6 +11,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from multitune.best import best_metric_problems
 from multitune.config.section import Section
 from multitune.config.tasks import TaskConfig
 
@@ -310,8 +311,6 @@ class RunConfig(Section):
     def _best_metric_exists(self) -> RunConfig:
         if self.eval.best_metric is None:
             return self
-        from multitune.eval.best import best_metric_problems
-
         problems = best_metric_problems(
             self.eval.best_metric, [(t.name, t.kind) for t in self.tasks],
             generate_always=self.eval.generate == "always", choice_texts=self.eval.choice_texts,

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from multitune import tasks
+from multitune import kinds, tasks
 from multitune.config.schema import RunConfig
 from multitune.data.cache import tokenize_cached, tokenizer_fingerprint
 from multitune.data.mixture import epoch_counts
@@ -38,7 +38,7 @@ class TaskSplit:
     @property
     def labels(self) -> list[str] | None:
         """A classification task's label set, in order (None for other kinds)."""
-        if self.cfg.kind != "classification":
+        if not kinds.kind(self.cfg.kind).labels:
             return None
         first = next(iter(self.train or self.val), None)
         return list(first.candidates) if first and first.candidates else None
@@ -86,7 +86,7 @@ def _load_task(task_cfg: Any, cfg: RunConfig) -> TaskSplit:
         return TaskSplit(task_cfg, len(rows), train, val, len(rendered.empty_rows))
     val_rows = load_rows(task_cfg, task_cfg.val_split)
     labels = None
-    if task_cfg.kind == "classification":
+    if kinds.kind(task_cfg.kind).labels:
         labels = _training_labels(rendered.examples, val_rows, task_cfg)
     val_rendered = tasks.render(task_cfg, val_rows, labels=labels, empty=empty)
     train, val = rendered.examples, val_rendered.examples

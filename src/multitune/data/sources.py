@@ -9,7 +9,7 @@ import contextlib
 import re
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from multitune.data.diagnose import COMPRESSED, check_file, read_error, root_cause
 from multitune.errors import UserError, hub_error
@@ -17,6 +17,21 @@ from multitune.errors import UserError, hub_error
 LOCAL_FORMATS = {".csv": "csv", ".tsv": "csv", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
 # A Hub id is `name` or `owner/name`; anything else that does not exist is a mistyped local path.
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+
+
+def source_kind(source: str) -> Literal["demo", "local", "hub"]:
+    """Where a task's rows (or a model) come from: `demo:<name>`, a path on this machine (it exists, or
+    cannot be a Hub id: `./`, `/`, `~`, a data file's suffix), or a Hub id. The one place that decides.
+
+    >>> source_kind("demo:claims"), source_kind("./train.csv"), source_kind("PolyAI/banking77")
+    ('demo', 'local', 'hub')
+    """
+    if source.startswith("demo:"):
+        return "demo"
+    path = Path(source).expanduser()
+    if path.exists() or not HUB_ID.match(source) or path.suffix.lower() in LOCAL_FORMATS:
+        return "local"
+    return "hub"
 
 
 def load_rows(cfg: Any, split: str | None = None) -> Any:
@@ -27,12 +42,13 @@ def load_rows(cfg: Any, split: str | None = None) -> Any:
     split = cfg.split if split is None else split
     source: str = cfg.source
     path = Path(source).expanduser()
+    where = source_kind(source)
     with _quiet_datasets():
-        if source.startswith("demo:"):
+        if where == "demo":
             rows = _demo(source.removeprefix("demo:"), cfg.name)
         elif path.exists():
             rows = _local(path, split, cfg.name)
-        elif not HUB_ID.match(source) or path.suffix.lower() in LOCAL_FORMATS:
+        elif where == "local":
             raise UserError(f"data file not found: {source} (looked in {path.resolve().parent})",
                             where=f"task {cfg.name}",
                             fix=f"check tasks.{cfg.name}.source (paths are relative to where you run multitune)")
@@ -183,11 +199,13 @@ def _hub(dataset_id: str, split: str, cfg: Any) -> Any:
 def hub_dataset_error(e: BaseException, dataset_id: str, cfg: Any) -> UserError:
     """`errors.hub_error`, plus what `datasets` says in words only: it re-raises the Hub's gated /
     not-found errors as `DatasetNotFoundError` without their type, and asks for a config or split by text."""
+    from datasets.exceptions import DatasetNotFoundError
+
     msg = str(e)
     url = f"https://huggingface.co/datasets/{dataset_id}"
     login = "log in with `huggingface-cli login` or set HF_TOKEN"
     where = f"task {cfg.name}"
-    if type(e).__name__ == "DatasetNotFoundError":
+    if isinstance(e, DatasetNotFoundError):
         if "gated" in msg:
             return UserError(f"dataset {dataset_id!r} is gated: its terms must be accepted before download",
                              where=where, fix=f"accept the terms at {url} with your account, then {login}")

@@ -19,8 +19,8 @@ from multitune.data.tokenize import (
     last_answer_start,
     segments,
 )
-from multitune.eval.best import is_closed
 from multitune.eval.scoring import CandidateTrie
+from multitune.kinds import Kind, kind
 from multitune.tasks.base import Example
 
 
@@ -52,8 +52,13 @@ class EvalSet:
     dropped: int  # validation rows left out because they do not fit data.max_seq_len
 
     @property
+    def spec(self) -> Kind:
+        """The table's entry for this task's kind (`multitune.kinds`)."""
+        return kind(self.kind)
+
+    @property
     def closed(self) -> bool:
-        return is_closed(self.kind)
+        return self.spec.closed
 
 
 def build_eval_set(

@@ -11,6 +11,8 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from multitune import kinds
+
 INVALID = "<invalid>"  # what a generated answer that names no valid label counts as
 
 
@@ -185,7 +187,8 @@ def task_metrics(
     if not records:
         return {"rows": 0.0}, {}
     tokens = max(sum(r["answer_tokens"] for r in records), 1)
-    if kind not in ("classification", "multiple_choice"):
+    spec = kinds.kind(kind)
+    if not spec.closed:
         loss = sum(r["loss_sum"] for r in records) / tokens
         metrics = {"loss": loss, "perplexity": perplexity(loss)}
         done = [r for r in records if r["prediction"] is not None]
@@ -197,7 +200,7 @@ def task_metrics(
     metrics = {"loss": -sum(r["gold_score"] for r in records) / tokens}
     scored = classification_metrics(gold, predicted)
     details: dict[str, Any] = {}
-    if kind == "classification":
+    if spec.labels:  # F1 over the label set, and where the labels are confused
         metrics |= scored
         names = list(labels) if labels is not None else sorted(set(gold) | set(predicted))
         matrix = confusion(gold, predicted, names)

@@ -27,7 +27,7 @@ from multitune.eval.scoring import (
     shared_prefix_len,
 )
 from multitune.eval.search import search_batch
-from multitune.train.loss import per_example_loss
+from multitune.loss import per_example_loss
 
 # Candidate trees up to this many nodes are scored in one pass; larger ones (77 banking labels: ~200
 # nodes) by the exact best-first search, whose cost follows the winner's length instead.
@@ -53,7 +53,7 @@ def closed_records(
     for k, s in score_items(model, items, [it.trie for it in items], cfg.micro_batch_size, prefix, prefix_len,
                             every_candidate=cfg.length_normalized):
         records[k] = _closed_record(items[k], s, cfg.length_normalized)
-    if cfg.choice_texts and eval_set.kind == "multiple_choice" and items:
+    if cfg.choice_texts and eval_set.spec.choice_texts and items:
         texts = score_items(model, items, choice_text_tries(tokenizer, items), cfg.micro_batch_size, prefix, prefix_len,
                             every_candidate=True)
         for k, s in texts:
@@ -118,7 +118,7 @@ def _add_closed_generations(
     for k, text in zip(chosen, answers, strict=True):
         ex = items[k].example
         assert ex.candidates is not None
-        parsed = (parse_label(text, ex.candidates) if eval_set.kind == "classification"
+        parsed = (parse_label(text, ex.candidates) if eval_set.spec.labels
                   else parse_choice(text, ex.candidates))
         records[k] |= {"generated": text, "generated_label": parsed, "generated_correct": parsed == ex.label}
 

@@ -17,6 +17,8 @@ batch and the candidate set, never on the number of examples evaluated.
 
 from __future__ import annotations
 
+import functools
+import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
@@ -167,7 +169,7 @@ def prefix_cache(model: Any, prefix: Sequence[int]) -> list[tuple[torch.Tensor, 
         return []
     device = _device(model)
     out = model(input_ids=torch.tensor([list(prefix)], device=device), use_cache=True, logits_to_keep=1)
-    return [(k, v) for k, v, *_ in out.past_key_values]
+    return [(k, v) for k, v, *_ in returned_cache(out)]
 
 
 @torch.no_grad()
@@ -189,7 +191,7 @@ def score_batch(
     logits = model(
         input_ids=ids.to(device), position_ids=positions.to(device),
         attention_mask=additive_mask(mask, model.get_input_embeddings().weight.dtype).to(device),
-        past_key_values=expanded_cache(prefix, len(prompts)), use_cache=bool(prefix), logits_to_keep=keep,
+        **cache_kwargs(model, expanded_cache(prefix, len(prompts))), use_cache=bool(prefix), logits_to_keep=keep,
     ).logits  # (B, 1 + nodes, V)
     logp = torch.log_softmax(logits.float(), dim=-1).cpu()
     return [_candidate_scores(logp[b], trie) for b, trie in enumerate(tries)]
@@ -198,6 +200,25 @@ def score_batch(
 def additive_mask(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """A boolean attention mask (True: attend) as the additive float mask both `sdpa` and `eager` take."""
     return torch.zeros(mask.shape, dtype=dtype).masked_fill_(~mask, torch.finfo(dtype).min)
+
+
+def cache_kwargs(model: Any, cache: Any) -> dict[str, Any]:
+    """`{keyword: cache}` for `model`'s forward. transformers 5.24 renamed `past_key_values` to `cache`
+    (the old name still works there, with a FutureWarning every user would see); earlier 5.x releases
+    know only `past_key_values`. The model's own signature decides, so both work without a warning."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # under a peft wrapper
+    return {_cache_keyword(type(base)): cache}
+
+
+@functools.cache
+def _cache_keyword(model_class: type) -> str:
+    return "cache" if "cache" in inspect.signature(model_class.forward).parameters else "past_key_values"
+
+
+def returned_cache(out: Any) -> Any:
+    """The cache a forward with `use_cache=True` returned, under the name this transformers gives it."""
+    cache = out.get("cache")
+    return out.past_key_values if cache is None else cache
 
 
 def expanded_cache(prefix: Sequence[tuple[torch.Tensor, torch.Tensor]], batch: int) -> Any:

@@ -27,7 +27,14 @@ from typing import Any
 
 import torch
 
-from multitune.eval.scoring import CandidateTrie, Scores, additive_mask, expanded_cache
+from multitune.eval.scoring import (
+    CandidateTrie,
+    Scores,
+    additive_mask,
+    cache_kwargs,
+    expanded_cache,
+    returned_cache,
+)
 
 SUBTREE_CAP = 4  # nodes of the likeliest subtree fed at once: fewer rounds against more padding
 
@@ -104,11 +111,11 @@ def search_batch(
         mask[b, 0, row.offset:, prefix_len + row.offset : prefix_len + width] = causal[row.offset:, row.offset:]
     cache = expanded_cache(prefix, len(rows))
     out = model(input_ids=ids.to(device), position_ids=positions.to(device), attention_mask=additive_mask(mask, dtype).to(device),
-                past_key_values=cache, use_cache=True, logits_to_keep=1)
+                **cache_kwargs(model, cache), use_cache=True, logits_to_keep=1)
     first = torch.log_softmax(out.logits[:, -1].float(), dim=-1).cpu()  # (B, V)
     for b, row in enumerate(rows):
         row.learn(None, first[b])
-    _rounds(model, rows, out.past_key_values, prefix_len + width, prefix_len, width)
+    _rounds(model, rows, returned_cache(out), prefix_len + width, prefix_len, width)
     return [row.scores() for row in rows]
 
 
@@ -133,7 +140,8 @@ def _rounds(model: Any, rows: list[_Row], cache: Any, columns: int, prefix_len: 
             row.column.update({node: columns + k for k, node in enumerate(pick)})
         ids, positions, mask = _round(rows, picks, n, columns, prefix_len, width)
         logits = model(input_ids=ids.to(device), position_ids=positions.to(device),
-                       attention_mask=additive_mask(mask, dtype).to(device), past_key_values=cache, use_cache=True).logits
+                       attention_mask=additive_mask(mask, dtype).to(device), **cache_kwargs(model, cache),
+                       use_cache=True).logits
         logp = torch.log_softmax(logits.float(), dim=-1).cpu()  # (B, n, V)
         for b, (row, pick) in enumerate(zip(rows, picks, strict=True)):
             for k, node in enumerate(pick):  # parents first: a child's bound needs its parent's

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from multitune.config.schema import REPO_ID, RunConfig
-from multitune.errors import UserError, _causes
+from multitune.errors import UserError, _causes, no_connection
 from multitune.export.merge import MergeResult, merge_run
 from multitune.io import write_json_atomic
 from multitune.models.trained import read_run_config
@@ -36,14 +36,17 @@ RUN_FILES = {"config.yaml": "training_config.yaml", "eval/metrics.json": "eval_m
 
 
 class HubClient(Protocol):
-    """The two calls a push makes; `huggingface_hub.HfApi` implements them."""
+    """The calls a push makes (and, with `run_as_future`, the background checkpoint uploads);
+    `huggingface_hub.HfApi` implements them."""
 
     def create_repo(self, repo_id: str, *, private: bool | None = None, exist_ok: bool = False,
                     repo_type: str | None = None) -> Any: ...
 
     def upload_folder(self, *, repo_id: str, folder_path: str | Path, path_in_repo: str | None = None,
                       commit_message: str | None = None, repo_type: str | None = None,
-                      delete_patterns: list[str] | str | None = None) -> Any: ...
+                      delete_patterns: list[str] | str | None = None, run_as_future: bool = False) -> Any: ...
+
+    def run_as_future(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any: ...
 
 
 @dataclass(frozen=True)
@@ -152,18 +155,19 @@ def assert_no_secrets(folder: Path, env: Mapping[str, str] | None = None,
 
 def push_error(e: BaseException, repo_id: str) -> UserError:
     """What to do about a failed push, from the Hub's error type and HTTP status."""
+    from huggingface_hub import errors as hf
+
     causes = list(_causes(e))
-    names = {type(x).__name__ for x in causes}
-    status = next((getattr(x.response, "status_code", None) for x in causes if getattr(x, "response", None)), None)
+    status = next((x.response.status_code for x in causes if isinstance(x, hf.HfHubHTTPError)), None)
     owner = repo_id.split("/")[0]
-    if "OfflineModeIsEnabled" in names:
+    if any(isinstance(x, hf.OfflineModeIsEnabled) for x in causes):
         return UserError("HF_HUB_OFFLINE is set, so the Hub cannot be reached", fix="unset HF_HUB_OFFLINE")
     if status == 401:
         return UserError("the Hub refused the token (401)", fix="set HF_TOKEN to a valid token or `hf auth login`")
     if status == 403:
         return UserError(f"the token may not create or write repositories of {owner!r} (403)",
                          fix=f"use a token with write access to {owner!r}, or push under your own name")
-    if names & {"ConnectError", "ConnectionError", "ConnectTimeout", "gaierror"}:
+    if any(no_connection(x) for x in causes):
         return UserError("could not reach the Hugging Face Hub", fix="check the network and try again")
     return UserError(f"pushing to {repo_id} failed: {type(e).__name__}: {e}")
 

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from multitune.errors import UserError, hub_error
-from multitune.models import load
+from multitune.models import adapters, load
 from multitune.models.trained import read_run_config
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -50,7 +50,6 @@ def merge_run(run_dir: str | Path, output_dir: str | Path, dtype: str = "auto", 
     and generation config to `output_dir`, which is complete or absent. `dtype`: auto (the base's stored
     16-bit dtype, float32 for a float32 base; always 16-bit for QLoRA), float32, bfloat16/bf16,
     float16/fp16."""
-    from peft import PeftModel
 
     run_dir, output_dir = Path(run_dir), Path(output_dir)
     cfg = read_run_config(run_dir)
@@ -64,7 +63,7 @@ def merge_run(run_dir: str | Path, output_dir: str | Path, dtype: str = "auto", 
     torch_dtype = merge_dtype(cfg.adapter.method, dtype, _stored_dtype(base_name, cfg))
     tokenizer = load.load_tokenizer(str(adapter_dir), cfg.model)
     base = _load_base_unquantised(base_name, cfg, torch_dtype)
-    model = PeftModel.from_pretrained(base, str(adapter_dir)).to(device).eval()
+    model = adapters.load_adapter(base, adapter_dir).to(device).eval()
     prompts = [_prompt_tensor(tokenizer, p, device) for p in CHECK_PROMPTS]
     reference = _logits(model, prompts)
     merged = model.merge_and_unload()

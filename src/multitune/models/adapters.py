@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +51,27 @@ def attach(model: Any, cfg: AdapterConfig, gradient_checkpointing: bool = False)
         use_rslora=cfg.use_rslora,
         task_type="CAUSAL_LM",
     )
-    return get_peft_model(model, lora)
+    with _peft_probe_warning_ignored():
+        return get_peft_model(model, lora)
+
+
+def load_adapter(base: Any, adapter_dir: str | Path) -> Any:
+    """`PeftModel.from_pretrained(base, adapter_dir)`: a saved adapter on its base model."""
+    from peft import PeftModel
+
+    with _peft_probe_warning_ignored():
+        return PeftModel.from_pretrained(base, str(adapter_dir))
+
+
+@contextlib.contextmanager
+def _peft_probe_warning_ignored() -> Iterator[None]:
+    """peft (0.21) reads `model.is_gradient_checkpointing` whenever it wraps a model, a property
+    transformers 5.24 deprecated for `is_activation_checkpointing`: a FutureWarning only peft can fix,
+    shown to every user. Exactly that message is ignored, during the wrapping only; any other warning
+    (and this one, raised by anything else) is seen."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        yield
 
 
 def _checkpoint_activations(model: Any) -> None:

@@ -9,7 +9,7 @@ from typing import Any
 from multitune import config
 from multitune.config.schema import RunConfig
 from multitune.errors import UserError
-from multitune.models import load
+from multitune.models import adapters, load
 
 
 def read_run_config(run_dir: str | Path) -> RunConfig:
@@ -28,13 +28,11 @@ def load_run(run_dir: str | Path) -> tuple[Any, Any, RunConfig]:
     tokenizer = load.load_tokenizer(str(adapter_dir), cfg.model)
     adapter_cfg = adapter_dir / "adapter_config.json"
     if adapter_cfg.is_file():
-        from peft import PeftModel
-
         base_name = json.loads(adapter_cfg.read_text())["base_model_name_or_path"]
         if cfg.model.name == "tiny" and not Path(base_name).is_dir():
             raise UserError(f"the tiny base model this adapter was trained on is gone from the cache ({base_name})",
                             fix="train the run again to rebuild it (MULTITUNE_CACHE must point at the same cache)")
-        model = PeftModel.from_pretrained(load.load_model(base_name, cfg.model), str(adapter_dir))
+        model = adapters.load_adapter(load.load_model(base_name, cfg.model), adapter_dir)
     else:
         model = load.load_model(str(adapter_dir), cfg.model)
     return model.eval(), tokenizer, cfg

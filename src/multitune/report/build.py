@@ -4,13 +4,11 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from multitune.io import read_jsonl, write_text_atomic
+from multitune.io import read_jsonl, write_bytes_atomic, write_text_atomic
 from multitune.report import plots
 from multitune.report.html import ReportInputs, TaskSection, render
 from multitune.report.results import load_details, load_predictions, load_summary
@@ -27,7 +25,7 @@ def write_report(run_dir: str | Path, eval_dir: str = "eval") -> Path:
     for name, caption, png in (("loss", "Loss", plots.loss_curves(rows)),
                                ("metrics", "Validation metrics", plots.metric_curves(rows))):
         if png is not None:
-            _write_bytes(run_dir / "plots" / f"{name}.png", png)
+            write_bytes_atomic(run_dir / "plots" / f"{name}.png", png)
             curves.append((caption, png))
     kinds = _kinds(run_dir)
     sections = []
@@ -35,7 +33,7 @@ def write_report(run_dir: str | Path, eval_dir: str = "eval") -> Path:
         section = task_section(task, kinds.get(task, ""), load_details(run_dir, task, eval_dir),
                                load_predictions(run_dir, task, eval_dir))
         if section.confusion_png:
-            _write_bytes(run_dir / "plots" / f"confusion_{task}.png", section.confusion_png)
+            write_bytes_atomic(run_dir / "plots" / f"confusion_{task}.png", section.confusion_png)
         sections.append(section)
     inputs = ReportInputs(
         title=f"multitune report: {run_dir.resolve().name}",
@@ -93,16 +91,5 @@ def _read(path: Path) -> str:
     return path.read_text(encoding="utf-8") if path.is_file() else ""
 
 
-def _write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 

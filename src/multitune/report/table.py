@@ -1,10 +1,11 @@
-"""The before/after table printed at the end of a run and by `multitune eval`."""
+"""The before/after table printed at the end of a run and by `multitune eval`: its rows and its number
+format, which the HTML report and the model card use too."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 
-from multitune.eval.best import COUNTS
+from multitune.kinds import COUNTS
 
 Metrics = Mapping[str, Mapping[str, float | None]]
 
@@ -31,11 +32,16 @@ def before_after(before: Metrics | None, after: Metrics) -> str:
     """
     lines = [("task", "metric", "before", "after", "change")]
     for task, metric, old, new in rows(before, after):
-        change = "-" if old is None or new is None else f"{new - old:+.4f}"
-        lines.append((task, metric, _cell(old), _cell(new), change))
+        lines.append((task, metric, number(old), number(new), change(old, new)))
     widths = [max(len(row[i]) for row in lines) for i in range(5)]
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in lines)
 
 
-def _cell(value: float | None) -> str:
+def number(value: float | None) -> str:
+    """A metric as every table shows it: 4 decimals, "-" when missing."""
     return "-" if value is None else f"{value:.4f}"
+
+
+def change(old: float | None, new: float | None) -> str:
+    """`new - old` with its sign, "-" when either is missing."""
+    return "-" if old is None or new is None else f"{new - old:+.4f}"

@@ -3,7 +3,7 @@
 A checkpoint `output_dir/checkpoints/step-<N>/` holds:
 
     trainable.safetensors   the trainable weights (adapters, or every weight for full fine-tuning)
-    optimizer.pt            the optimizer state (tensors and numbers only: loads with weights_only=True)
+    optimizer.pt            the optimizer state, whole, keyed by parameter name (tensors and numbers only)
     scheduler.pt            the learning-rate schedule's state (likewise)
     rng-<rank>.pt           python, numpy and torch random states of each process
     state.json              step, tokens seen, best metric, tracker run id, bad-step counters, log sums
@@ -12,7 +12,11 @@ A checkpoint `output_dir/checkpoints/step-<N>/` holds:
     COMPLETE                written last, before the rename
 
 Nothing here unpickles arbitrary objects: weights are safetensors, the rest JSON or tensors loaded with
-`torch.load(weights_only=True)`.
+`torch.load(weights_only=True)`. That is why the format is our own rather than
+`torch.distributed.checkpoint`'s: its files load through pickle. Its state-dict functions do serve us:
+`get_optimizer_state_dict` / `set_optimizer_state_dict` with full state dicts gather the optimizer
+state whole (FSDP shards it like the weights) and put it back in the layout of the live parameters, so
+a checkpoint is the same file for CPU, DDP and FSDP runs.
 """
 
 from __future__ import annotations
@@ -27,10 +31,16 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_optimizer_state_dict,
+    set_optimizer_state_dict,
+)
 
 from multitune.errors import UserError
 from multitune.io import replace_dir_atomic, write_errors
-from multitune.models.adapters import full_tensor, gather_for_saving
+from multitune.models.adapters import gather_for_saving
+from multitune.train.collectives import any_process
 from multitune.train.state import TrainState
 
 DIRNAME = "checkpoints"
@@ -56,16 +66,18 @@ def save(
     # Gathered on every process first: under FSDP these are collectives that all processes must join.
     unwrapped = accelerator.unwrap_model(model, keep_torch_compile=False)
     weights = gather_for_saving(unwrapped, trainable_only=True)
-    opt_state = _full_optimizer_state(optimizer)
+    # Whole tensors on the CPU, on the main process (the others get an empty dict).
+    opt_state = get_optimizer_state_dict(unwrapped, optimizer, options=StateDictOptions(full_state_dict=True,
+                                                                                        cpu_offload=True))
     error: BaseException | None = None
     if accelerator.is_main_process:
         error = _attempt(lambda: _fresh_dir(tmp))
-    # Every process reaches each collective below whatever failed, so none is left waiting.
-    if not _any_failed(accelerator, error):
+    # Every process reaches each all-reduce below whatever failed, so none is left waiting.
+    if not any_process(error is not None, accelerator):
         error = _attempt(lambda: torch.save(_rng_state(), tmp / f"rng-{accelerator.process_index}.pt"))
         if accelerator.is_main_process and error is None:
             error = _attempt(lambda: _save_main(tmp, weights, opt_state, scheduler, state, config_yaml, meta))
-    if _any_failed(accelerator, error):
+    if any_process(error is not None, accelerator):
         if accelerator.is_main_process:
             shutil.rmtree(tmp, ignore_errors=True)
         raise UserError(
@@ -109,22 +121,15 @@ def _save_main(tmp: Path, weights: dict[str, torch.Tensor], opt_state: dict[str,
     (tmp / MARKER).write_text("")
 
 
-def _full_optimizer_state(optimizer: Any) -> dict[str, Any]:
-    """The optimizer's state with every tensor whole and on the CPU (FSDP shards it like the weights)."""
-    sd = optimizer.state_dict()
-    state = {i: {k: full_tensor(v) if torch.is_tensor(v) else v for k, v in s.items()} for i, s in sd["state"].items()}
-    return {"state": state, "param_groups": sd["param_groups"]}
-
-
-def _shard_like_params(optimizer: Any, sd: dict[str, Any]) -> dict[str, Any]:
-    """Put saved whole optimizer tensors back in the layout of the live parameters: sharded like a
-    DTensor parameter under FSDP, on its device otherwise. State index i is the i-th parameter."""
-    params = [p for group in optimizer.param_groups for p in group["params"]]
-    state = {}
-    for i, s in sd["state"].items():
-        p = params[int(i)]
-        state[i] = {k: _like(v, p) if torch.is_tensor(v) and v.shape == p.shape else v for k, v in s.items()}
-    return {"state": state, "param_groups": sd["param_groups"]}
+def _keyed_by_name(sd: dict[str, Any], optimizer: Any, model: Any) -> dict[str, Any]:
+    """A saved optimizer state keyed by parameter name. Checkpoints written before multitune used
+    `get_optimizer_state_dict` key it by position, the i-th parameter of the optimizer's groups."""
+    if all(isinstance(k, str) for k in sd["state"]):
+        return sd
+    names = {id(p): n for n, p in model.named_parameters()}
+    order = [names[id(p)] for group in optimizer.param_groups for p in group["params"]]
+    return {"state": {order[int(i)]: s for i, s in sd["state"].items()},
+            "param_groups": [{**g, "params": [order[int(i)] for i in g["params"]]} for g in sd["param_groups"]]}
 
 
 def _like(value: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
@@ -133,11 +138,6 @@ def _like(value: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
 
         return distribute_tensor(value.to(param.device), param.device_mesh, param.placements)
     return value.to(param.device)
-
-
-def _any_failed(accelerator: Any, error: BaseException | None) -> bool:
-    flag = torch.tensor([1.0 if error else 0.0], device=accelerator.device)
-    return bool(accelerator.reduce(flag, "max").item() > 0)
 
 
 def _fsync_dir_files(folder: Path) -> None:
@@ -211,11 +211,18 @@ def load(path: Path, accelerator: Any, model: Any, optimizer: Any, scheduler: An
     plain = accelerator.unwrap_model(model, keep_torch_compile=False)
     params = {n: p for n, p in plain.named_parameters() if p.requires_grad}
     _check_fit(weights, params)
+    try:
+        opt_state = _keyed_by_name(opt_state, optimizer, plain)
+    except (KeyError, IndexError, ValueError) as e:
+        raise ValueError(f"the optimizer state does not fit the model ({type(e).__name__}: {e})") from None
+    if not opt_state["state"].keys() <= params.keys():
+        raise ValueError(f"the optimizer state names parameters the model does not train: "
+                         f"{sorted(opt_state['state'].keys() - params.keys())[:3]}")
     # Everything was read and checked above: from here on nothing fails half-way through.
     with torch.no_grad():
         for name, p in params.items():
             p.copy_(_like(weights[name].to(p.dtype), p))
-    optimizer.load_state_dict(_shard_like_params(optimizer, opt_state))
+    set_optimizer_state_dict(plain, optimizer, opt_state, options=StateDictOptions(full_state_dict=True))
     scheduler.load_state_dict(sched_state)
     if rng is not None:  # a process count change leaves some ranks without one; resume refuses that anyway
         _set_rng_state(rng)

@@ -1,4 +1,6 @@
-"""The training loop: one loop for CPU, one GPU, DDP and FSDP; the topology comes from accelerate.
+"""The mathematics of one optimizer step, for CPU, one GPU, DDP and FSDP alike (the topology comes from
+accelerate): the batch geometry of a run (`make_plan`), the micro-batches of step N (`batches_for_step`)
+and the step itself (`train_step`). The loop that runs the steps is in the training recipe.
 
 A step runs the process's micro-batches, each one's loss a sum over answer tokens divided by the answer
 tokens of the whole step on all processes, so gradient accumulation and data parallelism give the same
@@ -8,8 +10,7 @@ gradient as one big batch (DESIGN.md #3).
 from __future__ import annotations
 
 import contextlib
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,8 +22,7 @@ from multitune.data.mixture import cached_mixture_order, step_micro_batches, ste
 from multitune.data.packing import RowLengths, epoch_rows, pack_batch, planned_rows_per_epoch
 from multitune.data.prepare import Prepared
 from multitune.errors import UserError
-from multitune.tracking import Trackers
-from multitune.train.loss import (
+from multitune.loss import (
     answer_positions,
     answer_token_count,
     logits_to_keep_argument,
@@ -30,7 +30,7 @@ from multitune.train.loss import (
     token_losses,
     token_losses_at,
 )
-from multitune.train.state import StepResult, TrainState, interval_row, record
+from multitune.train.state import StepResult
 
 
 def forward_loss(model: Any, batch: dict[str, torch.Tensor], answer_logits_only: bool) -> torch.Tensor:
@@ -159,60 +159,3 @@ def batches_for_step(
         groups = step_micro_batches(range(len(rows)), *geometry, RowLengths(rows, prepared.lengths))
         batches = [pack_batch([[prepared.train[i] for i in rows[r]] for r in g], pad_id) for g in groups]
     return [{k: v.to(device) for k, v in b.items()} for b in batches]
-
-
-class NonFiniteTraining(UserError):
-    """Too many consecutive steps with a NaN or infinite loss or gradient norm."""
-
-
-def train_loop(
-    model: Any, optimizer: Any, scheduler: Any, accelerator: Any, prepared: Prepared, plan: Plan,
-    cfg: TrainConfig, seed: int, pad_id: int, trackers: Trackers, log_every_steps: int, state: TrainState,
-    after_step: Callable[[TrainState], None] = lambda state: None,
-) -> None:
-    """Run optimizer steps from `state.step` to `plan.total_steps`, logging every `log_every_steps`.
-
-    `after_step(state)` runs after each step (evaluation, checkpoints and preemption hang there).
-    """
-    from tqdm.auto import tqdm
-
-    names = prepared.task_names
-    bar = tqdm(total=plan.total_steps, initial=state.step, disable=not accelerator.is_main_process,
-               desc="train", unit="step", dynamic_ncols=True)
-    if not state.interval_task_sums:
-        state.reset_interval(len(names))
-    started = time.perf_counter()
-    model.train()
-    while state.step < plan.total_steps:
-        batches = batches_for_step(prepared, plan, state.step, seed, accelerator.process_index, pad_id,
-                                   accelerator.device)
-        lr = scheduler.get_last_lr()[0]
-        result = train_step(model, optimizer, scheduler, accelerator, batches, cfg.max_grad_norm, len(names),
-                            cfg.answer_logits_only)
-        record(state, result)
-        bar.update(1)
-        if not result.finite:
-            _report_bad_step(state, result, trackers, cfg.max_bad_steps, accelerator)
-        if state.step % log_every_steps == 0 or state.step == plan.total_steps:
-            row = interval_row(state, names, started)
-            bar.set_postfix(loss=f"{row['train/loss']:.4f}", lr=f"{lr:.2e}", tok_s=f"{row['tokens_per_s']:.0f}")
-            trackers.log({**row, "lr": lr, "grad_norm": result.grad_norm,
-                          "epoch": state.step / plan.steps_per_epoch}, step=state.step)
-            state.reset_interval(len(names))
-            started = time.perf_counter()
-        after_step(state)
-    bar.close()
-
-
-def _report_bad_step(state: TrainState, result: StepResult, trackers: Trackers, max_bad: int, accelerator: Any) -> None:
-    trackers.log({"skipped_non_finite": 1, "bad_steps": state.bad_steps, "loss": result.loss,
-                  "grad_norm": result.grad_norm}, step=state.step)
-    accelerator.print(f"\nwarning: step {state.step} skipped: loss {result.loss}, gradient norm {result.grad_norm} "
-                      f"({state.consecutive_bad_steps} in a row, {state.bad_steps} in all)")
-    if state.consecutive_bad_steps >= max_bad:
-        raise NonFiniteTraining(
-            f"training stopped: {state.consecutive_bad_steps} consecutive steps (up to step {state.step}) had a "
-            "NaN or infinite loss or gradient norm",
-            fix="lower train.learning_rate, keep train.max_grad_norm set, check the data for empty or broken "
-                "rows, or use bf16 instead of fp16; the last checkpoint was saved before these steps and is intact",
-        )

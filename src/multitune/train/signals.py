@@ -1,30 +1,33 @@
 """Preemption: SIGTERM or SIGINT asks the run to stop at the next step boundary with a checkpoint.
 
 Spot instances and pod schedulers send SIGTERM and wait a little before SIGKILL; Ctrl-C sends SIGINT.
-The first one only sets a flag, which the loop polls after each step (all processes agree through an
-all-reduce, so they stop at the same step and save the same checkpoint). A second SIGINT aborts at
-once: the last complete checkpoint is untouched because checkpoints are written atomically.
+The first one only sets a flag, which the training recipe polls after each step (all processes agree
+through an all-reduce, so they stop at the same step and save the same checkpoint), then ends the loop
+and returns a `Stopped`. A second SIGINT aborts at once: the last complete checkpoint is untouched
+because checkpoints are written atomically.
 """
 
 from __future__ import annotations
 
 import signal
 import threading
+from dataclasses import dataclass
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
-import torch
 
+@dataclass(frozen=True)
+class Stopped:
+    """Training stopped on a signal after saving a checkpoint (the command exits with EXIT_PREEMPTED)."""
 
-class Preempted(Exception):
-    """Training stopped on a signal after saving a checkpoint."""
+    signal_name: str
+    step: int
+    checkpoint: Path
 
-    def __init__(self, signal_name: str, step: int, checkpoint: str):
-        self.signal_name, self.step, self.checkpoint = signal_name, step, checkpoint
-        super().__init__(
-            f"stopped by {signal_name} after step {step}; checkpoint saved to {checkpoint}.\n"
-            "Run the same command again to resume from it."
-        )
+    def message(self) -> str:
+        return (f"stopped by {self.signal_name} after step {self.step}; checkpoint saved to {self.checkpoint}.\n"
+                "Run the same command again to resume from it.")
 
 
 class StopRequests:
@@ -53,8 +56,3 @@ class StopRequests:
         if self.is_main:
             print(f"\n{name} received: saving a checkpoint after this step, then stopping "
                   "(Ctrl-C again to abort at once)", flush=True)
-
-    def agreed(self, accelerator: Any) -> bool:
-        """True on every process when any process received a stop signal."""
-        flag = torch.tensor([1.0 if self.received else 0.0], device=accelerator.device)
-        return bool(accelerator.reduce(flag, "max").item() > 0)

@@ -1,5 +1,7 @@
-"""Token-level losses. The step loss is a sum over answer tokens divided by the step's answer-token
-count (DESIGN.md #3): every answer token weighs the same whatever micro-batch or process it lands in."""
+"""Token-level losses, shared by training (the step loss) and evaluation (validation loss, scoring), so
+both floors read one definition and `eval/` never imports `train/`. The step loss is a sum over answer
+tokens divided by the step's answer-token count (DESIGN.md #3): every answer token weighs the same
+whatever micro-batch or process it lands in."""
 
 from __future__ import annotations
 

@@ -1,9 +1,7 @@
-"""Metric names per task kind, each task's primary metric, and the best-metric rule that picks the best
-checkpoint. Pure and torch-free: the config imports it to validate `eval.best_metric`.
-
-Closed-answer kinds (`classification`, `multiple_choice`) are scored; every other kind (`instruction`,
-and `chat`, `summarization` or any kind added later) is a generation task, judged by ROUGE/BLEU/chrF on
-greedy answers and by perplexity on the references.
+"""The best-metric rule (`eval.best_metric`): which names may pick the best checkpoint of a run, the
+value one evaluation gives it, and the best evaluation so far. Pure and torch-free, next to the table of
+task kinds it reads: the config validates `eval.best_metric` with it, and the training recipe keeps the
+best with it.
 """
 
 from __future__ import annotations
@@ -12,37 +10,7 @@ import difflib
 import math
 from collections.abc import Mapping, Sequence
 
-CLOSED_KINDS = ("classification", "multiple_choice")
-LOWER_IS_BETTER = frozenset({"loss", "perplexity", "gen_invalid_rate"})
-COUNTS = frozenset({"rows", "gen_rows"})  # bookkeeping, not quality: left out of tables and curves
-GENERATED_CLOSED = ("gen_accuracy", "gen_macro_f1", "gen_exact_match", "gen_invalid_rate")
-GENERATED_OPEN = ("rouge1", "rouge2", "rougeL", "bleu", "chrf")
-
-
-def is_closed(kind: str) -> bool:
-    return kind in CLOSED_KINDS
-
-
-def primary_metric(kind: str) -> str:
-    """The one number that says how good a task is: accuracy for closed kinds, ROUGE-L for the rest."""
-    return "accuracy" if is_closed(kind) else "rougeL"
-
-
-def higher_is_better(metric: str) -> bool:
-    return metric not in LOWER_IS_BETTER
-
-
-def metric_names(kind: str, *, generated: bool, choice_texts: bool = False) -> list[str]:
-    """The metrics an evaluation of a task of this kind reports (`generated`: with generation on)."""
-    if kind == "classification":
-        names = ["loss", "accuracy", "macro_f1", "weighted_f1"]
-    elif kind == "multiple_choice":
-        names = ["loss", "accuracy"] + (["choice_acc", "choice_acc_norm"] if choice_texts else [])
-    else:
-        names = ["loss", "perplexity"]
-    if generated:
-        names += list(GENERATED_CLOSED if is_closed(kind) else GENERATED_OPEN)
-    return names
+from multitune.kinds import higher_is_better, metric_names, primary_metric
 
 
 def best_metric_problems(
@@ -107,11 +75,6 @@ def improves(value: float, best: float | None, higher: bool) -> bool:
     if best is None or math.isnan(best):
         return True
     return value > best if higher else value < best
-
-
-def primary_metrics(tasks: Sequence[tuple[str, str]]) -> dict[str, str]:
-    """task name -> its primary metric, from (task name, kind) pairs."""
-    return {name: primary_metric(kind) for name, kind in tasks}
 
 
 def update_best(

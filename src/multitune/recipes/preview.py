@@ -3,6 +3,7 @@
 Renders the first training examples of each task exactly as training tokenises them (the model's chat
 template, truncation included) with the trained tokens marked, then the per-task statistics of the
 run. It fills the tokenised cache, so the `multitune train` that follows does not tokenise again.
+A recipe: it loads the tokenizer (`models`), so it sits above `data`, on the recipes' floor.
 """
 
 from __future__ import annotations

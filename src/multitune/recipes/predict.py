@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from multitune import tasks
+from multitune import kinds, tasks
 from multitune.config.schema import RunConfig
 from multitune.data.sources import load_rows
 from multitune.data.tokenize import prompt_ids
@@ -24,11 +24,12 @@ def predict_file(run_dir: str | Path, input_path: str | Path, output_path: str |
     fields plus `prediction`, and `score`, the answer's log-likelihood, for closed-answer tasks).
     Returns the number of rows written."""
     task_cfg = _pick_task(read_run_config(run_dir), task)
-    labels = _trained_labels(Path(run_dir), task_cfg.name) if task_cfg.kind == "classification" else None
+    spec = kinds.kind(task_cfg.kind)
+    labels = _trained_labels(Path(run_dir), task_cfg.name) if spec.labels else None
     rows = load_rows(task_cfg.model_copy(update={"source": str(input_path), "split": "train", "max_rows": None}))
     examples = tasks.examples(task_cfg, rows, labelled=False, labels=labels)
     model, tokenizer, _ = load_run(run_dir)
-    if examples[0].candidates is not None:
+    if spec.closed:  # scored: the most likely candidate, with its log-likelihood
         records = score_examples(model, tokenizer, examples)
         extra = [{"prediction": r["prediction"], "score": r["score"]} for r in records]
     else:

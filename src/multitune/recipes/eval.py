@@ -7,7 +7,8 @@ or the base model alone, on the run's tasks or any task config, and write the ev
     multitune eval exports/merged --config configs/b77.yaml          # a merged model folder
 
 Results go to RUN_DIR/eval (or --output-dir) in the format of `report/results.py`; with the run's own
-eval folder the report is rebuilt.
+eval folder the report is rebuilt. A recipe (the `eval` verb from end to end): it uses the evaluation
+library in `multitune.eval` and the report, and nothing below imports it.
 """
 
 from __future__ import annotations
@@ -18,15 +19,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 from multitune import config as config_mod
-from multitune import tasks
+from multitune import kinds, tasks
 from multitune.config.schema import RunConfig
 from multitune.data.prepare import load_splits, training_conversations
 from multitune.data.sources import load_rows
 from multitune.errors import UserError
-from multitune.eval.best import primary_metrics
 from multitune.eval.items import EvalSet, build_eval_set
 from multitune.eval.runner import TaskResult, evaluate
-from multitune.models import load
+from multitune.models import adapters, load
 from multitune.report.results import Summary, load_summary, write_results
 
 Which = Literal["trained", "base"]
@@ -77,7 +77,7 @@ def run_eval(
     summary = Summary(
         after={k: r.metrics for k, r in after.items()},
         before=None if before is None else {k: r.metrics for k, r in before.items()},
-        primary=primary_metrics([(t.name, t.kind) for t in cfg.tasks]),
+        primary=kinds.primary_metrics([(t.name, t.kind) for t in cfg.tasks]),
         best=previous.best if previous and rows == "val" else None,
         final_step=previous.final_step if previous else None, model=kind,
     )
@@ -119,10 +119,8 @@ def _load_model(run_dir: Path, kind: str, model_dir: Path, run_cfg: RunConfig, c
     if kind == "base":
         return load.load_model(_base_name(run_dir, run_cfg), cfg.model).eval()
     if (model_dir / "adapter_config.json").is_file():
-        from peft import PeftModel
-
         base = load.load_model(_base_name(run_dir, run_cfg), cfg.model)
-        return PeftModel.from_pretrained(base, str(model_dir)).eval()
+        return adapters.load_adapter(base, model_dir).eval()
     return load.load_model(str(model_dir), cfg.model).eval()
 
 
@@ -131,12 +129,13 @@ def _eval_sets(tokenizer: Any, cfg: RunConfig, rows: Rows, trained: dict[str, li
     out = []
     splits = load_splits(cfg) if rows == "val" else None
     for task_id, task_cfg in enumerate(cfg.tasks):
-        labels = trained.get(task_cfg.name) if task_cfg.kind == "classification" else None
+        spec = kinds.kind(task_cfg.kind)
+        labels = trained.get(task_cfg.name) if spec.labels else None
         if splits is not None:
             examples, labels = splits[task_id].val, labels or splits[task_id].labels
         else:
             examples = tasks.examples(task_cfg, load_rows(task_cfg), labels=labels)
-            labels = labels or (list(examples[0].candidates or ()) if task_cfg.kind == "classification" else None)
+            labels = labels or (list(examples[0].candidates or ()) if spec.labels else None)
         out.append(build_eval_set(tokenizer, task_cfg.name, task_cfg.kind, examples, task_id, cfg.data.max_seq_len,
                                   cfg.data.truncation, labels))
     return out
