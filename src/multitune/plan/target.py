@@ -1,0 +1,74 @@
+"""Where a plan is for: a GPU of the table (or given by its numbers), this machine's GPU, or this CPU."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from multitune.plan.activations import Precision
+from multitune.plan.gpus import Gpu, find_gpu
+
+# No vendor publishes a CPU's "peak" for this; a plan on a CPU is calibrated with --measure. This rate is
+# what training the tiny and SmolLM2-135M models measured per core here (docs/benchmarks.md).
+CPU_GFLOPS_PER_CORE = 20.0
+DEFAULT_MFU = {"full": 0.40, "lora": 0.35, "dora": 0.25, "qlora": 0.25}
+"""Assumed model FLOPs utilisation on a GPU: what well-tuned bf16 training reaches, lower for small
+adapter matmuls, DoRA's weight norms and QLoRA's dequantisation. `--mfu` overrides it."""
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    memory_bytes: float
+    tflops: float
+    gpus: int = 1
+    on_gpu: bool = True
+    bf16: bool = True
+    assumed_rate: bool = False
+    """True for a CPU, whose rate is an assumption until `--measure` calibrates it."""
+
+
+def choose_target(gpu: str | None, memory_gib: float | None, tflops: float | None, gpus: int) -> Target:
+    """The named or described GPU; else this machine's CUDA GPU; else this CPU (its memory, an assumed rate)."""
+    import torch
+
+    if gpu is not None or memory_gib is not None or tflops is not None:
+        g = find_gpu(gpu) if gpu else Gpu("GPU", 0.0, 0.0)
+        mem, tf = memory_gib or g.memory_gib, tflops or g.tflops
+        if not mem or not tf:
+            from multitune.errors import UserError
+
+            raise UserError("a GPU needs both its memory and its bf16 TFLOPS", where="--gpu-memory / --gpu-tflops",
+                            fix="give both, e.g. --gpu-memory 80 --gpu-tflops 312, or a name: --gpu A100-80GB")
+        return Target(g.name if gpu else f"{mem:g} GiB, {tf:g} TF", mem * 1024**3, tf, gpus, True, g.bf16)
+    if torch.cuda.is_available():
+        props = torch.cuda.get_device_properties(0)
+        known = next((g for g in _table() if g.name.split("-")[0].lower() in props.name.lower()), None)
+        return Target(props.name, float(props.total_memory), known.tflops if known else 100.0, gpus, True,
+                      torch.cuda.is_bf16_supported(), assumed_rate=known is None)
+    import psutil
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return Target(f"this CPU ({cores} cores)", float(psutil.virtual_memory().total),
+                  cores * CPU_GFLOPS_PER_CORE / 1000, 1, False, True, assumed_rate=True)
+
+
+def _table() -> list[Gpu]:
+    from multitune.plan.gpus import GPUS
+
+    return GPUS
+
+
+def precision_for(cfg, target: Target) -> Precision:
+    """Bytes per element on the target, as `models/load.py` and the loop would choose them: `auto` weights
+    are bfloat16 on a GPU with bf16, else float32; QLoRA computes in its compute dtype; mixed precision
+    makes activations 16-bit."""
+    sizes = {"float32": 4, "bfloat16": 2, "float16": 2}
+    if cfg.model.dtype == "auto":
+        weights = 2 if target.on_gpu and target.bf16 else 4
+    else:
+        weights = sizes[cfg.model.dtype]
+    if cfg.adapter.method == "qlora":
+        weights = sizes[cfg.quantization.compute_dtype]
+    act = 2 if cfg.train.mixed_precision in ("bf16", "fp16") else weights
+    return Precision(act=act, weights=weights, adapter=4)
