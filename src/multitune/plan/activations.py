@@ -30,6 +30,9 @@ class Precision:
     act: int
     weights: int
     adapter: int = 4
+    autocast: bool = False
+    """Mixed precision: the adapter's matmul runs in the 16-bit compute dtype, so the copy of its input
+    that it keeps is 16-bit too (without autocast it is the adapter's float32)."""
 
     @property
     def adapter_cast(self) -> bool:
@@ -49,7 +52,8 @@ def layer_saved_bytes(shape: ModelShape, prec: Precision, trained: Sequence[str]
     total += sum(a * width for group, width in inputs.items() if keeps & set(group))
     total += a * (q + 2 * kv + q) + 4 * shape.num_heads  # attention: q, k, v, output; log-sum-exp
     total += 3 * a * i  # SwiGLU: gate, SiLU(gate), up
-    extra = prec.adapter if prec.adapter_cast or dropout else 0
+    copy = prec.act if prec.autocast else prec.adapter
+    extra = copy if prec.adapter_cast or dropout else 0
     for lin in shape.linears:
         if lin.name in wrapped:
             total += lin.in_features * (extra + (1 if dropout else 0))  # cast/dropout copy and its mask

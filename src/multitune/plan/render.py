@@ -31,7 +31,7 @@ def render(plan: dict[str, Any]) -> str:
              f"saved modules {tr['saved_modules']:,}, base {tr['base']:,})",
              f"target     {t['gpus']} x {t['name']}: {gib(t['memory_bytes'])} each ({gib(t['usable_bytes'])} usable), "
              f"{t['tflops']:g} TFLOPS" + (" assumed" if t["assumed_rate"] else " dense bf16"), "",
-             f"memory per process{' (FSDP over %d)' % mem['shards'] if mem['shards'] > 1 else ''}"]
+             "memory per process" + (f" (FSDP over {mem['shards']})" if mem["shards"] > 1 else "")]
     rows = [(f"weights ({k})", v) for k, v in mem["weights"].items()]
     rows += [("trainable copies (adapters, modules_to_save)", mem["trainable"]), ("gradients", mem["gradients"]),
              ("AdamW states (2 per trainable)", mem["optimizer"])]

@@ -70,5 +70,5 @@ def precision_for(cfg, target: Target) -> Precision:
         weights = sizes[cfg.model.dtype]
     if cfg.adapter.method == "qlora":
         weights = sizes[cfg.quantization.compute_dtype]
-    act = 2 if cfg.train.mixed_precision in ("bf16", "fp16") else weights
-    return Precision(act=act, weights=weights, adapter=4)
+    autocast = cfg.train.mixed_precision in ("bf16", "fp16")
+    return Precision(act=2 if autocast else weights, weights=weights, adapter=4, autocast=autocast)
