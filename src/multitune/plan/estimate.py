@@ -47,7 +47,7 @@ def budget(shape: ModelShape, s: Setup, prec: Precision, mb: MicroBatch, fixed: 
     head_trains = full or "lm_head" in s.modules_to_save
     trained = [lin.name for lin in shape.linears] if full else []
     per_layer = layer_saved_bytes(shape, prec, trained, [] if full else s.targets, full=full,
-                                  dropout=s.dropout and not full, dora=s.method == "dora")
+                                  dropout=s.dropout and not full, dora=s.method == "dora", r=s.r)
     acts = activation_bytes(shape, prec, mb, per_layer, s.checkpointing, head_trains, full)
     largest = max(lin.in_features * lin.out_features for lin in shape.linears)
     largest = max(largest, shape.embedding_params) if full or s.modules_to_save else largest
@@ -58,7 +58,7 @@ def budget(shape: ModelShape, s: Setup, prec: Precision, mb: MicroBatch, fixed: 
         weights=weight_bytes(shape, s.method, prec.weights, s.double_quant),
         trainable=trainable_bytes if not full else 0.0, gradients=trainable_bytes, optimizer=2 * trainable_bytes,
         activations=acts, step_temporary=adamw_temporary(trainable_bytes, largest * param_bytes, s.on_gpu),
-        gather=gather, fixed=fixed, grads_during_backward=s.grad_accum_steps > 1, shards=s.shards,
+        gather=gather, fixed=fixed, retained=0.0 if s.on_gpu else sum(acts.values()), grads_during_backward=s.grad_accum_steps > 1, shards=s.shards,
     )
 
 

@@ -63,3 +63,14 @@ def mean_causal_context(lengths: list[int]) -> float:
 def seconds(flops: float, gpus: int, peak_tflops: float, mfu: float) -> float:
     """Wall time of `flops` on `gpus` devices of `peak_tflops` dense peak at utilisation `mfu`."""
     return flops / (gpus * peak_tflops * 1e12 * mfu)
+
+
+UPDATE_PASSES = 16
+"""Passes over a trainable-sized tensor per optimizer step: AdamW's element-wise updates one tensor at a
+time (moments, square root, division, the update), the clipping norm and scale, and the new gradient's
+first touch. Memory-bound: negligible against a GPU's FLOPs, not on a CPU."""
+
+
+def update_bytes(trainable_params: int, param_bytes: int) -> float:
+    """Memory traffic of one optimizer step (AdamW, clipping, fresh gradients)."""
+    return float(trainable_params * param_bytes * UPDATE_PASSES)

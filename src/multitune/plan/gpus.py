@@ -17,24 +17,26 @@ class Gpu:
     tflops: float
     bf16: bool = True
     note: str = ""
+    bandwidth_gbs: float = 1000.0
+    """Memory bandwidth in GB/s: the optimizer step's element-wise updates are bound by it."""
 
 
 GPUS = [
-    Gpu("H200", 140.4, 989.0, note="SXM, 141 GB HBM3e"),
-    Gpu("H100-80GB", 79.6, 989.0, note="SXM"),
-    Gpu("H100-PCIe", 79.6, 756.0),
-    Gpu("A100-80GB", 80.0, 312.0),
-    Gpu("A100-40GB", 40.0, 312.0),
-    Gpu("L40S", 44.4, 362.0),
-    Gpu("A6000", 48.0, 154.8, note="RTX A6000"),
-    Gpu("RTX6000-Ada", 48.0, 364.2),
-    Gpu("A40", 44.9, 149.7),
-    Gpu("L4", 22.5, 121.0),
-    Gpu("A10G", 22.5, 70.0, note="AWS g5; a cut-down A10"),
-    Gpu("RTX4090", 24.0, 165.2),
-    Gpu("RTX3090", 24.0, 71.0),
-    Gpu("V100-32GB", 32.0, 125.0, bf16=False, note="fp16 only"),
-    Gpu("T4", 15.0, 65.0, bf16=False, note="fp16 only"),
+    Gpu("H200", 140.4, 989.0, note="SXM, 141 GB HBM3e", bandwidth_gbs=4800),
+    Gpu("H100-80GB", 79.6, 989.0, note="SXM", bandwidth_gbs=3350),
+    Gpu("H100-PCIe", 79.6, 756.0, bandwidth_gbs=2000),
+    Gpu("A100-80GB", 80.0, 312.0, bandwidth_gbs=2039),
+    Gpu("A100-40GB", 40.0, 312.0, bandwidth_gbs=1555),
+    Gpu("L40S", 44.4, 362.0, bandwidth_gbs=864),
+    Gpu("A6000", 48.0, 154.8, note="RTX A6000", bandwidth_gbs=768),
+    Gpu("RTX6000-Ada", 48.0, 364.2, bandwidth_gbs=960),
+    Gpu("A40", 44.9, 149.7, bandwidth_gbs=696),
+    Gpu("L4", 22.5, 121.0, bandwidth_gbs=300),
+    Gpu("A10G", 22.5, 70.0, note="AWS g5; a cut-down A10", bandwidth_gbs=600),
+    Gpu("RTX4090", 24.0, 165.2, bandwidth_gbs=1008),
+    Gpu("RTX3090", 24.0, 71.0, bandwidth_gbs=936),
+    Gpu("V100-32GB", 32.0, 125.0, bf16=False, note="fp16 only", bandwidth_gbs=900),
+    Gpu("T4", 15.0, 65.0, bf16=False, note="fp16 only", bandwidth_gbs=320),
 ]
 ALIASES = {"H100": "H100-80GB", "H100-SXM": "H100-80GB", "A100": "A100-80GB", "4090": "RTX4090",
            "3090": "RTX3090", "RTX-4090": "RTX4090", "RTX-3090": "RTX3090", "RTX-A6000": "A6000"}
@@ -68,6 +70,6 @@ def _key(s: str) -> str:
 
 
 def gpu_table() -> str:
-    rows = [f"{'GPU':<13} {'memory':>9} {'bf16 TF':>8}  note"]
-    rows += [f"{g.name:<13} {g.memory_gib:>5.1f} GiB {g.tflops:>8.1f}  {g.note}" for g in GPUS]
+    rows = [f"{'GPU':<13} {'memory':>9} {'bf16 TF':>8} {'GB/s':>6}  note"]
+    rows += [f"{g.name:<13} {g.memory_gib:>5.1f} GiB {g.tflops:>8.1f} {g.bandwidth_gbs:>6.0f}  {g.note}" for g in GPUS]
     return "\n".join(rows)

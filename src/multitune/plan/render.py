@@ -38,7 +38,8 @@ def render(plan: dict[str, Any]) -> str:
     mb = mem["micro_batch"]
     rows += [(f"activations: {k.replace('_', ' ')}", v) for k, v in mem["activations"].items()]
     rows += [("optimizer step temporaries", mem["step_temporary"]), ("FSDP all-gather buffers", mem["fsdp_gather"]),
-             ("process (Python, torch, libraries, data; measured)", mem["fixed"])]
+             ("process (Python, torch, libraries, data; measured)", mem["fixed"]),
+             ("CPU allocator: freed blocks kept (~1 micro-batch)", mem.get("allocator_retained", 0.0))]
     lines += [f"  {label:<52} {gib(v):>12}" for label, v in rows if v]
     lines += [f"  {'micro-batch for activations':<52} {mb['rows']} x {mb['width']} positions, "
               f"{mb['logit_positions']} with logits",
@@ -72,7 +73,8 @@ def _time_lines(c: dict[str, Any]) -> list[str]:
              f"{c['mean_attention_context']:.0f}, head {f['head'] / 1e9:.3g} on {c['logit_share']:.1%} of positions"
              + (f", recompute {f['recompute'] / 1e9:.3g}" if f["recompute"] else "") + ")",
              f"time       {duration(c['seconds_per_step'])} per step, {duration(c['seconds_per_epoch'])} per epoch, "
-             f"{duration(c['hours'] * 3600)} for {c['epochs']:g} epochs at an assumed MFU of {c['mfu']:.0%}"]
+             f"{duration(c['hours'] * 3600)} for {c['epochs']:g} epochs at an assumed MFU of {c['mfu']:.0%}"
+             + (f" (optimizer step {duration(c['update_s_per_step'])})" if c["update_s_per_step"] >= 0.01 else "")]
     if c.get("calibrated_hours") is not None:
         lines.append(f"           calibrated by the measurement: {duration(c['calibrated_hours'] * 3600)} for the run")
     if c["cost"] is not None:

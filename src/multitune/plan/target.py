@@ -11,6 +11,8 @@ from multitune.plan.gpus import Gpu, find_gpu
 # No vendor publishes a CPU's "peak" for this; a plan on a CPU is calibrated with --measure. This rate is
 # what training the tiny and SmolLM2-135M models measured per core here (docs/benchmarks.md).
 CPU_GFLOPS_PER_CORE = 20.0
+CPU_BANDWIDTH_GBS = 4.0
+"""What one CPU process's element-wise updates stream, measured likewise (an assumption until --measure)."""
 DEFAULT_MFU = {"full": 0.40, "lora": 0.35, "dora": 0.25, "qlora": 0.25}
 """Assumed model FLOPs utilisation on a GPU: what well-tuned bf16 training reaches, lower for small
 adapter matmuls, DoRA's weight norms and QLoRA's dequantisation. `--mfu` overrides it."""
@@ -24,6 +26,7 @@ class Target:
     gpus: int = 1
     on_gpu: bool = True
     bf16: bool = True
+    bandwidth_gbs: float = 1000.0
     assumed_rate: bool = False
     """True for a CPU, whose rate is an assumption until `--measure` calibrates it."""
 
@@ -40,23 +43,31 @@ def choose_target(gpu: str | None, memory_gib: float | None, tflops: float | Non
 
             raise UserError("a GPU needs both its memory and its bf16 TFLOPS", where="--gpu-memory / --gpu-tflops",
                             fix="give both, e.g. --gpu-memory 80 --gpu-tflops 312, or a name: --gpu A100-80GB")
-        return Target(g.name if gpu else f"{mem:g} GiB, {tf:g} TF", mem * 1024**3, tf, gpus, True, g.bf16)
+        return Target(g.name if gpu else f"{mem:g} GiB, {tf:g} TF", mem * 1024**3, tf, gpus, True, g.bf16,
+                      g.bandwidth_gbs if gpu else 1000.0)
     if torch.cuda.is_available():
         props = torch.cuda.get_device_properties(0)
-        known = next((g for g in _table() if g.name.split("-")[0].lower() in props.name.lower()), None)
+        known = _match(props.name, props.total_memory / 1024**3)
         return Target(props.name, float(props.total_memory), known.tflops if known else 100.0, gpus, True,
-                      torch.cuda.is_bf16_supported(), assumed_rate=known is None)
+                      torch.cuda.is_bf16_supported(), known.bandwidth_gbs if known else 1000.0,
+                      assumed_rate=known is None)
     import psutil
 
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     return Target(f"this CPU ({cores} cores)", float(psutil.virtual_memory().total),
-                  cores * CPU_GFLOPS_PER_CORE / 1000, 1, False, True, assumed_rate=True)
+                  cores * CPU_GFLOPS_PER_CORE / 1000, 1, False, True, CPU_BANDWIDTH_GBS, assumed_rate=True)
 
 
-def _table() -> list[Gpu]:
+def _match(device_name: str, memory_gib: float) -> Gpu | None:
+    """The table's entry for a CUDA device name such as 'NVIDIA H100 80GB HBM3' or 'NVIDIA GeForce RTX
+    4090': the same model name (spaces and dashes ignored) and the closest memory."""
     from multitune.plan.gpus import GPUS
 
-    return GPUS
+    name = device_name.upper().replace(" ", "").replace("-", "")
+    found = [g for g in GPUS if g.name.split("-")[0].upper().replace("-", "") in name]
+    if "PCIE" in name:
+        found = [g for g in found if "PCIe" in g.name] or found
+    return min(found, key=lambda g: abs(g.memory_gib - memory_gib), default=None)
 
 
 def precision_for(cfg, target: Target) -> Precision:
