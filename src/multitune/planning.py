@@ -89,7 +89,7 @@ def _compute(cfg: RunConfig, shape: ModelShape, batches: list[Batch], plan: Any,
              price: float | None) -> dict[str, Any]:
     positions = sum(b.shape.positions for b in batches)
     logit_share = sum(b.shape.logit_positions for b in batches) / max(positions, 1)
-    context = fl.mean_causal_context([n for b in batches for n in b.lengths])
+    context = fl.attended_context([(b.shape.rows, b.shape.width) for b in batches])
     full = cfg.adapter.method == "full"
     from multitune.plan.memory import trainable_params
 
@@ -136,8 +136,11 @@ def _model_json(cfg: RunConfig, shape: ModelShape, setup: Any, prec: Any) -> dic
 
 
 def _memory_json(mem: Budget, mb: MicroBatch) -> dict[str, Any]:
-    return {"weights": mem.weights, "trainable": mem.trainable, "gradients": mem.gradients,
-            "optimizer": mem.optimizer, "activations": mem.activations, "step_temporary": mem.step_temporary,
+    """Per process: FSDP's shards of weights, trainable copies, gradients and states (`shards` of them)."""
+    n = mem.shards
+    return {"weights": {k: v / n for k, v in mem.weights.items()}, "trainable": mem.trainable / n,
+            "gradients": mem.gradients / n, "optimizer": mem.optimizer / n, "activations": mem.activations,
+            "step_temporary": mem.step_temporary / n,
             "fsdp_gather": mem.gather, "fixed": mem.fixed, "allocator_retained": mem.retained, "shards": mem.shards,
             "micro_batch": asdict(mb), "backward_peak": mem.backward_peak, "step_peak": mem.step_peak,
             "peak": mem.peak}
@@ -165,12 +168,15 @@ def advice(shape: ModelShape, setup: Any, prec: Any, worst: MicroBatch, capacity
         if n:
             out.append(f"train.gradient_checkpointing=true fits up to micro_batch_size {n} (about 30% slower)")
     if setup.method in ("lora", "dora") and target.on_gpu:
-        q = setup.with_(method="qlora")
-        from multitune.plan.activations import Precision
+        from dataclasses import replace
 
-        qprec = Precision(act=2, weights=2, adapter=4)
-        if budget(shape, q, qprec, scaled(worst, 1), fixed).peak <= capacity:
-            out.append("adapter.method=qlora (4-bit base) fits at micro_batch_size 1")
+        q, qprec = setup.with_(method="qlora"), replace(prec, weights=2)
+        for s, how in [(q, ""), (q.with_(checkpointing=True), " with gradient checkpointing")]:
+            n = largest_fitting(capacity, lambda n, s=s: budget(shape, s, qprec, scaled(worst, n), fixed).peak,
+                                max(worst.rows, 64))
+            if n:
+                out.append(f"adapter.method=qlora (4-bit NF4 base){how} fits up to micro_batch_size {n}")
+                break
     if target.on_gpu:
         gpus = smallest_fitting(capacity, lambda g: budget(shape, setup.with_(shards=g), prec, scaled(worst, 1),
                                                             fixed).peak, [2, 4, 8, 12, 16, 24, 32, 48, 64])
@@ -241,7 +247,7 @@ def _flops(cfg: RunConfig, shape: ModelShape, batches: list[Batch], on_gpu: bool
     positions = sum(b.shape.positions for b in batches)
     per = fl.flops_per_token(
         shape, full, 0 if full else trainable_params(shape, setup.method, setup.r, setup.targets).lora,
-        fl.mean_causal_context([n for b in batches for n in b.lengths]),
+        fl.attended_context([(b.shape.rows, b.shape.width) for b in batches]),
         sum(b.shape.logit_positions for b in batches) / max(positions, 1),
         head_trains=full or "lm_head" in setup.modules_to_save, checkpointing=setup.checkpointing)
     return per.total * positions

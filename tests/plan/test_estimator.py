@@ -8,7 +8,7 @@ from multitune.errors import UserError
 from multitune.plan.activations import MicroBatch, Precision, activation_bytes, layer_saved_bytes
 from multitune.plan.budget import Budget, largest_fitting
 from multitune.plan.estimate import Setup, budget
-from multitune.plan.flops import flops_per_token, mean_causal_context
+from multitune.plan.flops import attended_context, flops_per_token
 from multitune.plan.gpus import find_gpu
 from multitune.plan.memory import nf4_bytes, resolve_targets, trainable_params, weight_bytes
 from multitune.plan.shapes import from_hf_config, llama_shape
@@ -95,7 +95,7 @@ def test_flops_per_token_frozen_base_is_about_4n_trained_6n():
     assert full.body == 6 * LLAMA_8B.linear_params
     att = flops_per_token(LLAMA_8B, True, 0, 1024.5, 0.0)
     assert att.attention == 3 * 4 * 32 * 4096 * 1024.5
-    assert mean_causal_context([2048]) == 1024.5
+    assert attended_context([(2, 2048)]) == 2048.0  # masked kernels compute the whole row
 
 
 def test_gpus_by_name_numbers_and_unknown_names_list_the_table():
@@ -105,3 +105,20 @@ def test_gpus_by_name_numbers_and_unknown_names_list_the_table():
     with pytest.raises(UserError) as e:
         find_gpu("B9000")
     assert "A100-80GB" in str(e.value) and "RTX4090" in str(e.value)
+
+
+def test_cuda_device_names_find_their_table_entry():
+    from multitune.plan.target import _match
+
+    assert _match("NVIDIA H100 80GB HBM3", 79.6).name == "H100-80GB"
+    assert _match("NVIDIA H100 PCIe", 79.6).name == "H100-PCIe"
+    assert _match("NVIDIA A100-SXM4-40GB", 39.5).name == "A100-40GB"
+    assert _match("NVIDIA GeForce RTX 4090", 23.6).name == "RTX4090"
+    assert _match("NVIDIA L40S", 44.4).name == "L40S" and _match("NVIDIA L4", 22.0).name == "L4"
+    assert _match("Some Future Accelerator", 99.0) is None
+
+
+def test_optimizer_step_traffic_counts_sixteen_passes_over_the_trainable_weights():
+    from multitune.plan.flops import update_bytes
+
+    assert update_bytes(1_000, 4) == 64_000.0 and update_bytes(1_000, 2) == 32_000.0

@@ -4,8 +4,8 @@ A matrix multiply costs 2 FLOPs per weight per token forward. Backward costs twi
 trains (the input's gradient and the weight's) and once when it is frozen (the input's gradient only).
 So training every weight costs about 6N per token, and a frozen base with adapters about 4N plus 6 per
 adapter weight; gradient checkpointing adds one more forward (2N). Attention's scores and weighted sum
-add 4 x layers x attention width x the mean causal context per token forward, 3 times that for
-training; the output head costs 2 x vocabulary x hidden only where logits are computed.
+add 4 x layers x attention width x the attended context per token forward (`attended_context`: the
+row's width, as masked kernels skip nothing), 3 times that for training; the output head costs 2 x vocabulary x hidden only where logits are computed.
 """
 
 from __future__ import annotations
@@ -49,15 +49,18 @@ def flops_per_token(shape: ModelShape, base_trains: bool, adapter_params: int, m
     return FlopsPerToken(body, 3.0 * attention_forward, head, recompute)
 
 
-def mean_causal_context(lengths: list[int]) -> float:
-    """Mean number of positions a token attends to, over sequences of these lengths: (n + 1) / 2 for a
-    sequence of n, weighted by n (a packed row's sequences attend only within themselves).
+def attended_context(micro_batches: list[tuple[int, int]]) -> float:
+    """Mean number of positions each computed position attends to, over micro-batches of (rows, width).
 
-    >>> mean_causal_context([3, 1])  # (1 + 2 + 3 + 1) / 4
-    1.75
+    transformers passes sdpa a mask for padded and packed rows, and with a mask the kernels compute every
+    (query, key) pair of the row: no causal half is skipped, and a packed row's sequences cost as much as
+    one sequence of the row's width. So the context of a position is its row's width.
+
+    >>> attended_context([(2, 10), (1, 40)])  # (2*10*10 + 1*40*40) / (2*10 + 1*40)
+    30.0
     """
-    tokens = sum(lengths)
-    return sum(n * (n + 1) / 2 for n in lengths) / tokens if tokens else 0.0
+    positions = sum(rows * width for rows, width in micro_batches)
+    return sum(rows * width * width for rows, width in micro_batches) / positions if positions else 0.0
 
 
 def seconds(flops: float, gpus: int, peak_tflops: float, mfu: float) -> float:

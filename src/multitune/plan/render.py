@@ -31,7 +31,8 @@ def render(plan: dict[str, Any]) -> str:
              f"saved modules {tr['saved_modules']:,}, base {tr['base']:,})",
              f"target     {t['gpus']} x {t['name']}: {gib(t['memory_bytes'])} each ({gib(t['usable_bytes'])} usable), "
              f"{t['tflops']:g} TFLOPS" + (" assumed" if t["assumed_rate"] else " dense bf16"), "",
-             "memory per process" + (f" (FSDP over {mem['shards']})" if mem["shards"] > 1 else "")]
+             "memory per process" + (f" (FSDP: weights, gradients and states are 1/{mem['shards']} shards)"
+                                      if mem["shards"] > 1 else "")]
     rows = [(f"weights ({k})", v) for k, v in mem["weights"].items()]
     rows += [("trainable copies (adapters, modules_to_save)", mem["trainable"]), ("gradients", mem["gradients"]),
              ("AdamW states (2 per trainable)", mem["optimizer"])]
@@ -70,7 +71,7 @@ def _time_lines(c: dict[str, Any]) -> list[str]:
     f = c["flops_per_token"]
     lines = ["", f"compute    {f['total'] / 1e9:.3g} GFLOP per position = {f['per_parameter']:.2f} x parameters "
              f"(decoder {f['body'] / 1e9:.3g}, attention {f['attention'] / 1e9:.3g} at mean context "
-             f"{c['mean_attention_context']:.0f}, head {f['head'] / 1e9:.3g} on {c['logit_share']:.1%} of positions"
+             f"{c['mean_attention_context']:.0f} (masked rows: all computed), head {f['head'] / 1e9:.3g} on {c['logit_share']:.1%} of positions"
              + (f", recompute {f['recompute'] / 1e9:.3g}" if f["recompute"] else "") + ")",
              f"time       {duration(c['seconds_per_step'])} per step, {duration(c['seconds_per_epoch'])} per epoch, "
              f"{duration(c['hours'] * 3600)} for {c['epochs']:g} epochs at an assumed MFU of {c['mfu']:.0%}"
