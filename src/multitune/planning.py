@@ -22,6 +22,7 @@ from multitune.plan.activations import MicroBatch
 from multitune.plan.budget import Budget, largest_fitting, smallest_fitting
 from multitune.plan.estimate import budget, scaled, setup_from, worst_batch
 from multitune.plan.geometry import Batch, epoch_batches
+from multitune.plan.memory import trainable_params
 from multitune.plan.read import read_shape
 from multitune.plan.shapes import ModelShape
 from multitune.plan.target import DEFAULT_MFU, Target, precision_for
@@ -91,8 +92,6 @@ def _compute(cfg: RunConfig, shape: ModelShape, batches: list[Batch], plan: Any,
     logit_share = sum(b.shape.logit_positions for b in batches) / max(positions, 1)
     context = fl.attended_context([(b.shape.rows, b.shape.width) for b in batches])
     full = cfg.adapter.method == "full"
-    from multitune.plan.memory import trainable_params
-
     setup = setup_from(cfg, shape, target.on_gpu)
     adapter = trainable_params(shape, cfg.adapter.method, cfg.adapter.r, setup.targets).lora if not full else 0
     per_token = fl.flops_per_token(shape, full, adapter, context, logit_share,
@@ -117,16 +116,12 @@ def _compute(cfg: RunConfig, shape: ModelShape, batches: list[Batch], plan: Any,
 
 def _update_bytes(cfg: RunConfig, shape: ModelShape, setup: Any, target: Target) -> float:
     """The optimizer step's memory traffic: the trainable parameters in their dtype (adapters float32)."""
-    from multitune.plan.memory import trainable_params
-
     t = trainable_params(shape, setup.method, setup.r, setup.targets, setup.modules_to_save)
     prec = precision_for(cfg, target)
     return fl.update_bytes(t.lora + t.dora, prec.adapter) + fl.update_bytes(t.saved_modules + t.base, prec.weights)
 
 
 def _model_json(cfg: RunConfig, shape: ModelShape, setup: Any, prec: Any) -> dict[str, Any]:
-    from multitune.plan.memory import trainable_params
-
     t = trainable_params(shape, setup.method, setup.r, setup.targets, setup.modules_to_save)
     return {"name": cfg.model.name, "source": shape.source, "parameters": shape.total_params,
             "layers": shape.num_layers, "hidden_size": shape.hidden_size, "vocab_size": shape.vocab_size,
@@ -240,8 +235,6 @@ def measured_vs_estimate(cfg: RunConfig, shape: ModelShape, prepared: Prepared, 
 
 
 def _flops(cfg: RunConfig, shape: ModelShape, batches: list[Batch], on_gpu: bool) -> float:
-    from multitune.plan.memory import trainable_params
-
     setup = setup_from(cfg, shape, on_gpu)
     full = cfg.adapter.method == "full"
     positions = sum(b.shape.positions for b in batches)
