@@ -105,30 +105,38 @@ def estimate(cfg: RunConfig, shape: ModelShape, prepared: Prepared, target: Targ
 
 def _compute(cfg: RunConfig, shape: ModelShape, batches: list[Batch], plan: Any, target: Target, mfu: float,
              price: float | None) -> dict[str, Any]:
-    positions = sum(b.shape.positions for b in batches)
-    logit_share = sum(b.shape.logit_positions for b in batches) / max(positions, 1)
-    context = fl.attended_context([(b.shape.rows, b.shape.width) for b in batches])
-    full = cfg.adapter.method == "full"
-    setup = setup_from(cfg, shape, target.on_gpu)
-    adapter = trainable_params(shape, cfg.adapter.method, cfg.adapter.r, setup.targets).lora if not full else 0
-    per_token = fl.flops_per_token(shape, full, adapter, context, logit_share,
-                                   head_trains=full or "lm_head" in setup.modules_to_save,
-                                   checkpointing=cfg.train.gradient_checkpointing)
+    """FLOPs, time and cost of the run on the target, from the epoch's micro-batches."""
+    per_token, positions = _per_token(cfg, shape, batches, target.on_gpu)
     epoch_flops = per_token.total * positions
-    update = _update_bytes(cfg, shape, setup, target)
+    update = _update_bytes(cfg, shape, setup_from(cfg, shape, target.on_gpu), target)
     update_s = update / (target.bandwidth_gbs * 1e9) / (target.gpus if target.gpus > 1 else 1)
     epoch_s = fl.seconds(epoch_flops, target.gpus, target.tflops, mfu) + update_s * plan.steps_per_epoch
     epochs = plan.total_steps / plan.steps_per_epoch
     hours = epoch_s * epochs / 3600
     return {
-        "flops_per_token": asdict(per_token) | {"total": per_token.total, "per_parameter": per_token.total / shape.total_params},
-        "mean_attention_context": context, "logit_share": logit_share,
+        "flops_per_token": asdict(per_token) | {"total": per_token.total,
+                                                "per_parameter": per_token.total / shape.total_params},
+        "mean_attention_context": fl.attended_context([(b.shape.rows, b.shape.width) for b in batches]),
+        "logit_share": sum(b.shape.logit_positions for b in batches) / max(positions, 1),
         "positions_per_epoch": positions, "real_tokens_per_epoch": sum(b.real_tokens for b in batches),
-        "flops_per_epoch": epoch_flops, "update_bytes_per_step": update, "update_s_per_step": update_s, "mfu": mfu, "seconds_per_epoch": epoch_s,
-        "seconds_per_step": epoch_s / plan.steps_per_epoch, "epochs": epochs, "hours": hours,
-        "gpu_hours": hours * target.gpus if target.on_gpu else None,
+        "flops_per_epoch": epoch_flops, "update_bytes_per_step": update, "update_s_per_step": update_s,
+        "mfu": mfu, "seconds_per_epoch": epoch_s, "seconds_per_step": epoch_s / plan.steps_per_epoch,
+        "epochs": epochs, "hours": hours, "gpu_hours": hours * target.gpus if target.on_gpu else None,
         "cost": hours * target.gpus * price if price is not None else None, "price_per_gpu_hour": price,
     }
+
+
+def _per_token(cfg: RunConfig, shape: ModelShape, batches: list[Batch], on_gpu: bool) -> tuple[fl.FlopsPerToken, int]:
+    """FLOPs per computed position over these micro-batches, and how many positions they compute."""
+    setup = setup_from(cfg, shape, on_gpu)
+    full = cfg.adapter.method == "full"
+    positions = sum(b.shape.positions for b in batches)
+    per = fl.flops_per_token(
+        shape, full, 0 if full else trainable_params(shape, setup.method, setup.r, setup.targets).lora,
+        fl.attended_context([(b.shape.rows, b.shape.width) for b in batches]),
+        sum(b.shape.logit_positions for b in batches) / max(positions, 1),
+        head_trains=full or "lm_head" in setup.modules_to_save, checkpointing=setup.checkpointing)
+    return per, positions
 
 
 def _update_bytes(cfg: RunConfig, shape: ModelShape, setup: Any, target: Target) -> float:
@@ -252,14 +260,7 @@ def measured_vs_estimate(cfg: RunConfig, shape: ModelShape, prepared: Prepared, 
 
 
 def _flops(cfg: RunConfig, shape: ModelShape, batches: list[Batch], on_gpu: bool) -> float:
-    setup = setup_from(cfg, shape, on_gpu)
-    full = cfg.adapter.method == "full"
-    positions = sum(b.shape.positions for b in batches)
-    per = fl.flops_per_token(
-        shape, full, 0 if full else trainable_params(shape, setup.method, setup.r, setup.targets).lora,
-        fl.attended_context([(b.shape.rows, b.shape.width) for b in batches]),
-        sum(b.shape.logit_positions for b in batches) / max(positions, 1),
-        head_trains=full or "lm_head" in setup.modules_to_save, checkpointing=setup.checkpointing)
+    per, positions = _per_token(cfg, shape, batches, on_gpu)
     return per.total * positions
 
 

@@ -47,7 +47,7 @@ def render(plan: dict[str, Any]) -> str:
               f"  {'peak (max of backward and optimizer step)':<52} {gib(mem['peak']):>12}   "
               + ("fits" if plan["fits"] else "DOES NOT FIT"), ""]
     lines += _data_lines(d, c)
-    lines += _time_lines(c)
+    lines += _time_lines(c, t)
     if plan.get("measured"):
         lines += _measured_lines(plan["measured"])
     if plan["advice"]:
@@ -67,14 +67,16 @@ def _data_lines(d: dict[str, Any], c: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _time_lines(c: dict[str, Any]) -> list[str]:
+def _time_lines(c: dict[str, Any], t: dict[str, Any]) -> list[str]:
     f = c["flops_per_token"]
     lines = ["", f"compute    {f['total'] / 1e9:.3g} GFLOP per position = {f['per_parameter']:.2f} x parameters "
              f"(decoder {f['body'] / 1e9:.3g}, attention {f['attention'] / 1e9:.3g} at mean context "
              f"{c['mean_attention_context']:.0f} (masked rows: all computed), head {f['head'] / 1e9:.3g} on {c['logit_share']:.1%} of positions"
              + (f", recompute {f['recompute'] / 1e9:.3g}" if f["recompute"] else "") + ")",
              f"time       {duration(c['seconds_per_step'])} per step, {duration(c['seconds_per_epoch'])} per epoch, "
-             f"{duration(c['hours'] * 3600)} for {c['epochs']:g} epochs at an assumed MFU of {c['mfu']:.0%}"
+             f"{duration(c['hours'] * 3600)} for {c['epochs']:g} epochs "
+             + (f"at an assumed MFU of {c['mfu']:.0%}" if t["on_gpu"] else
+                f"at an assumed {t['tflops'] * 1000 * c['mfu']:.0f} GFLOP/s (--measure calibrates it)")
              + (f" (optimizer step {duration(c['update_s_per_step'])})" if c["update_s_per_step"] >= 0.01 else "")]
     if c.get("calibrated_hours") is not None:
         lines.append(f"           calibrated by the measurement: {duration(c['calibrated_hours'] * 3600)} for the run")

@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 from multitune.plan.activations import Precision
 from multitune.plan.gpus import Gpu, find_gpu
 
-# No vendor publishes a CPU's "peak" for this; a plan on a CPU is calibrated with --measure. This rate is
-# what training the tiny and SmolLM2-135M models measured per core here (docs/benchmarks.md).
-CPU_GFLOPS_PER_CORE = 20.0
+# No vendor publishes a CPU's "peak" for this; a plan on a CPU is calibrated with --measure. These rates
+# are what bench/bench_plan.py calibrated on this project's 2-core machine with one thread per process:
+# 23-25 GFLOP/s of training matmuls per thread, and about 4 GB/s for the optimizer step's element-wise
+# updates of SmolLM2's 134M float32 weights (docs/benchmarks.md).
+CPU_GFLOPS_PER_THREAD = 24.0
 CPU_BANDWIDTH_GBS = 4.0
-"""What one CPU process's element-wise updates stream, measured likewise (an assumption until --measure)."""
 DEFAULT_MFU = {"full": 0.40, "lora": 0.35, "dora": 0.25, "qlora": 0.25}
 """Assumed model FLOPs utilisation on a GPU: what well-tuned bf16 training reaches, lower for small
 adapter matmuls, DoRA's weight norms and QLoRA's dequantisation. `--mfu` overrides it."""
@@ -53,9 +53,9 @@ def choose_target(gpu: str | None, memory_gib: float | None, tflops: float | Non
                       assumed_rate=known is None)
     import psutil
 
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return Target(f"this CPU ({cores} cores)", float(psutil.virtual_memory().total),
-                  cores * CPU_GFLOPS_PER_CORE / 1000, 1, False, True, CPU_BANDWIDTH_GBS, assumed_rate=True)
+    threads = torch.get_num_threads()  # what training will use: OMP_NUM_THREADS, else the cores
+    return Target(f"this CPU ({threads} thread{'s' if threads > 1 else ''})", float(psutil.virtual_memory().total),
+                  threads * CPU_GFLOPS_PER_THREAD / 1000, 1, False, True, CPU_BANDWIDTH_GBS, assumed_rate=True)
 
 
 def _match(device_name: str, memory_gib: float) -> Gpu | None:
