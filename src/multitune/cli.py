@@ -78,6 +78,8 @@ def _parser() -> argparse.ArgumentParser:
                     help="mark trained tokens in colour (auto: when printing to a terminal)")
     pv.set_defaults(func=_data_preview)
 
+    _plan_command(sub)
+
     e = sub.add_parser("eval", help="evaluate a run's model (or its base, or a merged model) on any task config")
     e.add_argument("run_dir", help="a run's output_dir, or a merged model's folder (with --config)")
     e.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
@@ -92,6 +94,22 @@ def _parser() -> argparse.ArgumentParser:
 
     _shipping_commands(sub)
     return p
+
+
+def _plan_command(sub: argparse._SubParsersAction) -> None:
+    pl = sub.add_parser("plan", help="memory, time and cost of a run before renting GPUs (--measure: checked here)")
+    pl.add_argument("config", help="path of the run's YAML config")
+    pl.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="override config keys, as for train")
+    pl.add_argument("--gpu", help="a GPU of the table (--gpu list shows it), or its numbers: 80GB,312TF "
+                                  "(default: this machine)")
+    pl.add_argument("--gpu-memory", type=float, help="GPU memory in GiB (instead of a name)")
+    pl.add_argument("--gpu-tflops", type=float, help="dense bf16 TFLOPS per GPU (instead of a name)")
+    pl.add_argument("--gpus", type=int, default=1, help="GPUs in all: FSDP shards over them (default 1)")
+    pl.add_argument("--price", type=float, help="price per GPU-hour, for the cost")
+    pl.add_argument("--mfu", type=float, help="assumed model FLOPs utilisation (default by method, stated)")
+    pl.add_argument("--measure", type=int, default=0, metavar="N", help="also run N real training steps here")
+    pl.add_argument("--output", help="where to write plan.json (default: the run's output_dir)")
+    pl.set_defaults(func=_plan)
 
 
 def _shipping_commands(sub: argparse._SubParsersAction) -> None:
@@ -139,6 +157,26 @@ def _train(args: argparse.Namespace) -> int:
 
     result = run(config.load(args.config, args.overrides), force=args.force)
     return EXIT_PREEMPTED if result.stopped else 0
+
+
+def _plan(args: argparse.Namespace) -> int:
+    from multitune import config
+    from multitune.plan.gpus import gpu_table
+    from multitune.plan.render import render
+    from multitune.plan.target import choose_target
+    from multitune.planning import run_plan
+
+    if args.gpu == "list":
+        print(gpu_table())
+        return 0
+    if args.gpus < 1 or (args.measure or 0) < 0:
+        raise UserError("--gpus must be 1 or more and --measure 0 or more", fix="e.g. --gpus 4 --measure 5")
+    cfg = config.load(args.config, args.overrides)
+    target = choose_target(args.gpu, args.gpu_memory, args.gpu_tflops, args.gpus)
+    plan, path = run_plan(cfg, target, args.price, args.mfu, args.measure, args.output)
+    print(render(plan))
+    print(f"\nplan: {path}")
+    return 0
 
 
 def _doctor(args: argparse.Namespace) -> int:
