@@ -123,6 +123,8 @@ def _shipping_commands(sub: argparse._SubParsersAction) -> None:
                     "(default: hub.repo_id of the run's config)")
     pu.add_argument("--merged", action="store_true", default=None, help="merge first and upload the full model")
     pu.add_argument("--private", action="store_true", default=None, help="create the repository private")
+    pu.add_argument("--gguf", nargs="?", const="f16", choices=["f16", "bf16", "q8_0"],
+                    help="also upload the model as a GGUF file (default type f16) and an Ollama Modelfile")
     pu.set_defaults(func=_push)
 
     c = sub.add_parser("chat", help="chat with a trained run in the terminal")
@@ -215,7 +217,7 @@ def _export(args: argparse.Namespace) -> int:
 def _push(args: argparse.Namespace) -> int:
     from multitune.export.hub import push_run
 
-    r = push_run(args.run_dir, args.repo_id, merged=args.merged, private=args.private)
+    r = push_run(args.run_dir, args.repo_id, merged=args.merged, private=args.private, gguf=args.gguf)
     if r.merge is not None:
         print(f"merged: largest logit difference vs base + adapter {r.merge.max_abs_diff:.3g} "
               f"(tolerance {r.merge.tolerance:.3g})")

@@ -171,3 +171,28 @@ def test_other_architectures_and_existing_outputs_are_refused(run_dir, tmp_path)
 
         export_gguf(run_dir, tmp_path / "model.bin")
     assert (tmp_path / "there.gguf").read_text() == "keep me"
+
+
+def test_push_gguf_uploads_the_gguf_and_modelfile_beside_the_adapter_and_the_card_says_how_to_run_them(
+        run_dir, tmp_path, monkeypatch):
+    import shutil
+
+    from gguf import GGUFReader
+
+    from export.fake_hub import FakeHub
+    from multitune.export import hub
+
+    client = FakeHub()
+    monkeypatch.setenv("HF_TOKEN", "hf_FAKEtoken0123456789abcdefSECRET")
+    monkeypatch.setattr(hub, "default_client", lambda get_token=None: client)
+    run = shutil.copytree(run_dir, tmp_path / "run")
+    assert main(["push", str(run), "--repo-id", "alice/tiny-demo", "--gguf", "q8_0"]) == 0
+    (files,) = client.uploads
+    assert {"adapter_model.safetensors", "tiny-demo-Q8_0.gguf", "Modelfile", "README.md"} <= set(files)
+    assert not any(name.startswith(".") for name in files)  # no temporary merge left in the upload
+    assert "FROM ./tiny-demo-Q8_0.gguf\n" in files["Modelfile"].decode()
+    (tmp_path / "up.gguf").write_bytes(files["tiny-demo-Q8_0.gguf"])
+    assert GGUFReader(tmp_path / "up.gguf").get_tensor(0).tensor_type.name in ("Q8_0", "F32")
+    card = files["README.md"].decode()
+    assert "## Run it with llama.cpp or Ollama" in card and "llama-cli -m tiny-demo/tiny-demo-Q8_0.gguf" in card
+    assert "ollama create tiny-demo -f Modelfile" in card

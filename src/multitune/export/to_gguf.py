@@ -62,6 +62,16 @@ def export_gguf(run_dir: str | Path, output: str | Path, type: str = "f16") -> G
     return GgufExport(written, path, made, merge)
 
 
+def gguf_file_name(repo_id: str, type: str) -> str:
+    """The GGUF's name in a Hub repository: NAME-TYPE.gguf, the convention Ollama and llama.cpp's `-hf` read
+    the type from.
+
+    >>> gguf_file_name("alice/claims-bot", "q8_0")
+    'claims-bot-Q8_0.gguf'
+    """
+    return f"{repo_id.split('/')[-1]}-{type.upper()}.gguf"
+
+
 def system_prompts(cfg: RunConfig) -> list[str | None]:
     """The system prompt each task trained with (None: no system turn), in the config's task order."""
     from multitune.tasks import KINDS
