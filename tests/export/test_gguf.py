@@ -9,7 +9,7 @@ import torch
 
 from multitune.cli import main
 from multitune.errors import UserError
-from multitune.export.gguf import check_architecture, permute_qk, write_gguf
+from multitune.export.gguf import check_architecture, llama3_rope_factors, permute_qk, write_gguf
 from multitune.export.modelfile import modelfile
 from multitune.models.trained import load_run
 
@@ -196,3 +196,22 @@ def test_push_gguf_uploads_the_gguf_and_modelfile_beside_the_adapter_and_the_car
     card = files["README.md"].decode()
     assert "## Run it with llama.cpp or Ollama" in card and "llama-cli -m tiny-demo/tiny-demo-Q8_0.gguf" in card
     assert "ollama create tiny-demo -f Modelfile" in card
+
+
+def test_llama3_rope_scaling_becomes_llama_cpps_frequency_divisors():
+    from transformers import LlamaConfig
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    rope = {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 32.0, "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}
+    config = LlamaConfig(hidden_size=256, num_attention_heads=4, max_position_embeddings=131072,
+                         rope_parameters=rope)
+    check_architecture(config)  # accepted
+    factors = llama3_rope_factors(config)
+    base = 1.0 / (500000.0 ** (torch.arange(0, 64, 2, dtype=torch.int64).float() / 64))  # head_dim 64
+    scaled, _ = ROPE_INIT_FUNCTIONS["llama3"](config, "cpu")
+    assert factors.shape == (32,) and factors[0] == 1.0 and factors[-1] == 32.0  # short waves kept, long divided
+    np.testing.assert_allclose(base.numpy() / factors, scaled.numpy(), rtol=1e-5)
+    config.rope_parameters = {**rope, "rope_type": "yarn"}
+    with pytest.raises(UserError, match="rope scaling 'yarn'"):
+        check_architecture(config)

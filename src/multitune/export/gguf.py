@@ -10,6 +10,9 @@ chat template. Two things differ from the Hugging Face layout and are easy to ge
 - A tied output head has no tensor of its own: `output.weight` is left out and llama.cpp reuses
   `token_embd.weight`, which is also how a reader tells the head is tied.
 
+Llama 3.1-3.3's rotary scaling (`rope_type: llama3`) is written as llama.cpp's converter writes it: one
+`rope_freqs.weight` tensor of per-frequency divisors (`llama3_rope_factors`).
+
 Norm weights stay float32 in every type, as llama.cpp's own converter keeps them (they are 1-D and small).
 """
 
@@ -59,7 +62,7 @@ def check_architecture(config: Any) -> None:
                             "model), or use `multitune merge` and llama.cpp's convert_hf_to_gguf.py")
     rope = rope_parameters(config)
     problems = [f"{flag}: true" for flag in ("attention_bias", "mlp_bias") if getattr(config, flag, False)]
-    if rope["rope_type"] != "default":
+    if rope["rope_type"] not in ("default", "llama3"):
         problems.append(f"rope scaling {rope['rope_type']!r}")
     if getattr(config, "hidden_act", "silu") != "silu":
         problems.append(f"hidden_act {config.hidden_act!r}")
@@ -78,6 +81,22 @@ def rope_parameters(config: Any) -> dict[str, Any]:
 
 def head_dim(config: Any) -> int:
     return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+
+
+def llama3_rope_factors(config: Any) -> np.ndarray:
+    """llama.cpp's `rope_freqs.weight` for Llama 3.1's rotary scaling: the divisor of each of the head's
+    head_dim / 2 rotary frequencies (1 for short wavelengths, `factor` for long ones, smoothed between), so
+    that the default frequencies divided by these are transformers' llama3 frequencies."""
+    p = rope_parameters(config)
+    dim = head_dim(config)
+    freqs = 1.0 / (p["rope_theta"] ** (torch.arange(0, dim, 2, dtype=torch.int64).float() / dim))
+    factor, low, high = p["factor"], p["low_freq_factor"], p["high_freq_factor"]
+    old_context = p["original_max_position_embeddings"]
+    wavelen = 2 * np.pi / freqs.double().numpy()
+    smooth = (old_context / wavelen - low) / (high - low)
+    factors = np.where(wavelen < old_context / high, 1.0,
+                       np.where(wavelen > old_context / low, factor, 1 / ((1 - smooth) / factor + smooth)))
+    return factors.astype(np.float32)
 
 
 def permute_qk(weight: np.ndarray, n_head: int) -> np.ndarray:
@@ -151,6 +170,9 @@ def write_gguf(model: Any, tokenizer: Any, path: str | Path, type: str = "f16", 
         _write_hyperparameters(writer, config, name or path.stem, type)
         write_vocab(writer, tokenizer, config.vocab_size)
         written, kept_f16, tied = _add_tensors(writer, model.state_dict(), config, type)
+        if rope_parameters(config)["rope_type"] == "llama3":
+            writer.add_tensor("rope_freqs.weight", llama3_rope_factors(config))
+            written += 1
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file()

@@ -3,7 +3,8 @@ Ollama `Modelfile` beside it.
 
 The adapter is merged by `multitune merge` (into a temporary folder, with its logit check against base +
 adapter), then the merged model is written by `gguf.write_gguf`. A fully fine-tuned run is written as it is.
-The architecture is checked before anything is merged, so an unsupported model is refused in seconds.
+The architecture and the tokenizer are checked before anything is merged, so an unsupported model is refused
+in seconds.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 from multitune.config.schema import RunConfig
 from multitune.errors import UserError, hub_error
 from multitune.export.gguf import GgufWritten, check_architecture, write_gguf
+from multitune.export.gguf_vocab import vocab_fields
 from multitune.export.merge import MergeResult, merge_run
 from multitune.export.modelfile import Modelfile, modelfile
 from multitune.models import load
@@ -48,7 +50,9 @@ def export_gguf(run_dir: str | Path, output: str | Path, type: str = "f16") -> G
     is_adapter = (adapter_dir / "adapter_config.json").is_file()
     base = json.loads((adapter_dir / "adapter_config.json").read_text())["base_model_name_or_path"] \
         if is_adapter else str(adapter_dir)
-    check_architecture(_config(base, cfg))
+    base_config = _config(base, cfg)
+    check_architecture(base_config)
+    vocab_fields(load.load_tokenizer(str(adapter_dir), cfg.model), base_config.vocab_size)  # refuses early too
     output.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=output.parent, prefix=f".{output.stem}.merge.") as tmp:
         merge = merge_run(run_dir, Path(tmp) / "merged") if is_adapter else None
