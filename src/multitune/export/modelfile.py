@@ -68,11 +68,12 @@ def derive_template(tokenizer: Any, system: str | None) -> tuple[str, str] | Non
     head = [{"role": "system", "content": PROBE_SYSTEM}] if system else []
     rendered = [tokenizer.apply_chat_template([*head, *p], tokenize=False, add_generation_prompt=True)
                 for p in PROBES]
-    bos = tokenizer.bos_token or ""
-    prefix = bos if bos and all(r.startswith(bos) for r in rendered) else ""
-    for name, (template, python) in FORMATS.items():
-        if all(r == prefix + python([*head, *p]) for r, p in zip(rendered, PROBES, strict=True)):
-            return name, prefix + template
+    # A template that writes the begin-of-text token itself (Llama 3's) needs it in the Go template too; SmolLM2's
+    # begin-of-text token is `<|im_start|>`, which ChatML writes anyway.
+    for prefix in dict.fromkeys(["", tokenizer.bos_token or ""]):
+        for name, (template, python) in FORMATS.items():
+            if all(r == prefix + python([*head, *p]) for r, p in zip(rendered, PROBES, strict=True)):
+                return name, prefix + template
     return None
 
 
