@@ -153,6 +153,8 @@ def test_modelfile_of_a_chatml_model_stops_at_im_end_and_a_template_it_cannot_ma
                             "{{ '<|im_start|>assistant\n' }}{% endif %}")
     made = modelfile("m.gguf", chatml, ["Be brief."])
     assert made.template == "chatml" and made.stop == ["<|im_end|>", "<|eot_id|>"]
+    chatml.bos_token = "<|im_start|>"  # as SmolLM2's: every rendering starts with it, and ChatML writes it anyway
+    assert modelfile("m.gguf", chatml, ["Be brief."]).template == "chatml"
     chatml.chat_template = chatml.chat_template.replace("'\n' }}{% endfor", "'\n\n' }}{% endfor")
     made = modelfile("m.gguf", chatml, ["Be brief."])
     assert made.template is None and "TEMPLATE" not in made.text.replace("# No TEMPLATE", "")

@@ -58,7 +58,10 @@ def export_gguf(run_dir: str | Path, output: str | Path, type: str = "f16") -> G
         merge = merge_run(run_dir, Path(tmp) / "merged") if is_adapter else None
         folder = str(merge.output_dir) if merge else str(adapter_dir)
         tokenizer = load.load_tokenizer(folder, cfg.model)
-        model = load.load_model(folder, cfg.model.model_copy(update={"dtype": "float32"}))
+        # In the merge's dtype (16-bit for a 16-bit base): a float32 copy of a large model would double the
+        # memory, and write_gguf converts one tensor at a time anyway.
+        dtype = str(merge.dtype).removeprefix("torch.") if merge else "float32"
+        model = load.load_model(folder, cfg.model.model_copy(update={"dtype": dtype}))
         written = write_gguf(model, tokenizer, output, type, name=run_dir.resolve().name)
     made = modelfile(output.name, tokenizer, system_prompts(cfg))
     path = output.parent / MODELFILE
