@@ -146,8 +146,25 @@ def _llama3_rope_case(tokenizer, work: Path, stops: list[int]) -> dict:
             "max_new_tokens": 8}
 
 
-def llamacpp_side(cases: list[dict]) -> list[dict]:
-    """Under the llama-cpp-python interpreter: every comparison of every case (only stdlib, numpy, llama_cpp)."""
+def llamacpp_side(cases: list[dict]) -> dict:
+    """Under the other interpreter: every comparison of every case, with llama-cpp-python when it is installed
+    there, else xllamacpp (llama.cpp's own server code, prebuilt; the same comparisons through its API)."""
+    try:
+        import llama_cpp
+    except ImportError:
+        import xllamacpp
+
+        return {"engine": f"xllamacpp {_version('xllamacpp')}", "cases": [_server_case(xllamacpp, c) for c in cases]}
+    return {"engine": f"llama-cpp-python {llama_cpp.__version__}", "cases": _llama_cpp_python(cases)}
+
+
+def _version(package: str) -> str:
+    from importlib.metadata import version
+
+    return version(package)
+
+
+def _llama_cpp_python(cases: list[dict]) -> list[dict]:
     from llama_cpp import Llama
     from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
@@ -194,18 +211,72 @@ def _compare(llm, formatter, p: dict, case: dict) -> dict:
             "chat_match": chat.strip() == p["answer"].strip(), "chat": chat, "answer": p["answer"]}
 
 
-def _report(run_dir: Path, results: list[dict]) -> None:
-    print(f"run: {run_dir}\n")
-    print("| file | prompts | tokens same | template same | next-token top-1 same | largest logit diff "
-          "(of largest logit) | greedy answers identical | chat text identical |")
+def _server_case(xllamacpp, case: dict) -> dict:
+    """One GGUF in llama.cpp's server code (no HTTP: its request handlers, called in-process)."""
+    params = xllamacpp.CommonParams()
+    params.model.path = case["gguf"]
+    params.n_ctx, params.n_parallel, params.use_jinja = 512, 1, True
+    params.cpuparams.n_threads = 1
+    server = xllamacpp.Server(params)
+    return {"name": case["name"], "gguf": Path(case["gguf"]).name,
+            "rows": [_server_compare(server, p, case) for p in case["prompts"]]}
+
+
+def _server_compare(server, p: dict, case: dict) -> dict:
+    """As `_compare`, through requests: the prompt ids, then the prompt text, then the chat messages, one slot
+    with prompt caching, so that the tokens the server reuses from the ids request (`cache_n`) show how much
+    of its own tokenisation (and of its chat template's rendering) agrees with transformers' ids."""
+    import math
+
+    ids, n = p["ids"], case["max_new_tokens"]
+    ask = {"n_predict": n, "temperature": 0.0, "repeat_penalty": 1.0, "n_probs": 5, "cache_prompt": True}
+    by_ids = server.handle_completions({**ask, "prompt": ids})
+    by_text = server.handle_completions({**ask, "prompt": p["text"]})
+    chat = server.handle_chat_completions({"messages": p["messages"], "max_tokens": n, "temperature": 0.0,
+                                           "repeat_penalty": 1.0})
+    steps = by_ids["choices"][0]["logprobs"]["content"]
+    greedy = [s["id"] for s in steps]
+    greedy = greedy[: next((i for i, t in enumerate(greedy) if t in case["stops"]), len(greedy))]
+    ref = p["logits"]  # plain Python: xllamacpp's venv has no numpy
+    top = max(ref)
+    log_total = top + math.log(sum(math.exp(x - top) for x in ref))
+    first = steps[0]["top_logprobs"]
+    text_first = by_text["choices"][0]["logprobs"]["content"][0]["top_logprobs"]
+    pairs = list(zip(greedy, p["greedy"], strict=False))
+    content = chat["choices"][0]["message"]["content"]
+    # The text's tokens reuse all but the last of the ids' (the server always evaluates one), and the same
+    # next-token distribution follows (up to float noise, larger in q8_0: 1 token evaluated instead of the
+    # whole prompt, so other kernels), which a different last token would change.
+    same_next = text_first[0]["id"] == first[0]["id"] and abs(text_first[0]["logprob"] - first[0]["logprob"]) < 1e-2
+    return {"tokens_match": by_text["usage"]["prompt_tokens"] == len(ids)
+            and by_text["timings"]["cache_n"] == len(ids) - 1 and same_next,
+            "template_match": chat["usage"]["prompt_tokens"] == len(ids)
+            and chat["timings"]["cache_n"] == len(ids) - 1,
+            "logprob_diff": max(abs(t["logprob"] - (ref[t["id"]] - log_total)) for t in first),
+            "top1_match": first[0]["id"] == ref.index(top),
+            "greedy_match": greedy == p["greedy"],
+            "greedy_agree": next((i for i, (a, b) in enumerate(pairs) if a != b), len(pairs)),
+            "greedy_len": len(p["greedy"]), "chat_match": content.strip() == p["answer"].strip(),
+            "chat": content, "answer": p["answer"]}
+
+
+def _report(run_dir: Path, results: dict) -> None:
+    engine, results = results["engine"], results["cases"]
+    print(f"run: {run_dir}; llama.cpp through {engine}\n")
+    print("| file | prompts | tokens same | template same | next-token top-1 same | largest difference after "
+          "the prompt | greedy answers identical | chat text identical |")
     print("|---|---|---|---|---|---|---|---|")
     for r in results:
         rows = r["rows"]
         n = len(rows)
-        worst = max(rows, key=lambda x: x["logit_diff"] / max(1.0, x["logit_scale"]))
+        if "logit_diff" in rows[0]:  # llama-cpp-python: every logit
+            worst = max(rows, key=lambda x: x["logit_diff"] / max(1.0, x["logit_scale"]))
+            diff = f"logits {worst['logit_diff']:.3g} (largest {worst['logit_scale']:.3g})"
+        else:  # the server: the top-5 log-probabilities
+            diff = f"top-5 log-probs {max(x['logprob_diff'] for x in rows):.3g}"
         print(f"| {r['gguf']} | {n} | {sum(x['tokens_match'] for x in rows)}/{n} | "
               f"{sum(x['template_match'] for x in rows)}/{n} | {sum(x['top1_match'] for x in rows)}/{n} | "
-              f"{worst['logit_diff']:.3g} ({worst['logit_scale']:.3g}) | "
+              f"{diff} | "
               f"{sum(x['greedy_match'] for x in rows)}/{n} (agree {sum(x['greedy_agree'] for x in rows)}/"
               f"{sum(x['greedy_len'] for x in rows)} tokens) | {sum(x['chat_match'] for x in rows)}/{n} |")
     for r in results:
