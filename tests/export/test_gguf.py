@@ -217,3 +217,30 @@ def test_llama3_rope_scaling_becomes_llama_cpps_frequency_divisors():
     config.rope_parameters = {**rope, "rope_type": "yarn"}
     with pytest.raises(UserError, match="rope scaling 'yarn'"):
         check_architecture(config)
+
+
+def test_vocab_pads_unused_rows_marks_added_tokens_and_refuses_an_unknown_pre_tokenizer(exported):
+    import copy
+
+    from tokenizers import pre_tokenizers
+
+    from multitune.export.gguf_vocab import CONTROL, UNUSED, USER_DEFINED, pre_tokenizer_name, vocab_fields
+
+    _, _, tokenizer = exported
+    tok = copy.deepcopy(tokenizer)
+    tok.add_tokens(["<think>"])  # an added token that is not special
+    size = len(tok) + 2  # an embedding with two rows no token uses
+    f = vocab_fields(tok, size)
+    assert f["pre"] == "llama-bpe" and f["add_bos"] is False and len(f["tokens"]) == size
+    assert f["tokens"][-2:] == [f"[PAD{size - 2}]", f"[PAD{size - 1}]"] and f["token_types"][-2:] == [UNUSED] * 2
+    assert f["token_types"][tok.convert_tokens_to_ids("<think>")] == USER_DEFINED
+    assert f["token_types"][tok.convert_tokens_to_ids("<|eot_id|>")] == CONTROL
+    assert f["merges"][0].count(" ") == 1 and f["eos_token_id"] == tok.convert_tokens_to_ids("<|eot_id|>")
+    smollm = {"type": "Sequence", "pretokenizers": [{"type": "Digits", "individual_digits": True},
+                                                    {"type": "ByteLevel", "add_prefix_space": False,
+                                                     "use_regex": True}]}
+    assert pre_tokenizer_name(smollm) == "smollm"
+    assert pre_tokenizer_name({"type": "Whitespace"}) is None
+    tok.backend_tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    with pytest.raises(UserError, match="knows no pre-tokenizer"):
+        vocab_fields(tok, size)
