@@ -49,7 +49,10 @@ def stop_tokens(tokenizer: Any) -> list[str]:
     """The special token that ends an assistant turn in the chat template (`<|eot_id|>`, `<|im_end|>`), then
     the tokenizer's end-of-sequence token when it is another one."""
     answer = "ANSWER-PROBE-1"
-    text = tokenizer.apply_chat_template([*PROBES[0], {"role": "assistant", "content": answer}], tokenize=False)
+    try:
+        text = tokenizer.apply_chat_template([*PROBES[0], {"role": "assistant", "content": answer}], tokenize=False)
+    except Exception:  # a template may refuse a conversation ending on an answer; the eos token still stops
+        text = answer
     after = text[text.rindex(answer) + len(answer):]
     specials = sorted(tokenizer.all_special_tokens, key=len, reverse=True)
     stops = [next(s for s in specials if after.startswith(s))] if any(after.startswith(s) for s in specials) else []
@@ -66,8 +69,11 @@ def derive_template(tokenizer: Any, system: str | None) -> tuple[str, str] | Non
     like SmolLM2's, then matches no format and is left to the GGUF's chat template).
     """
     head = [{"role": "system", "content": PROBE_SYSTEM}] if system else []
-    rendered = [tokenizer.apply_chat_template([*head, *p], tokenize=False, add_generation_prompt=True)
-                for p in PROBES]
+    try:
+        rendered = [tokenizer.apply_chat_template([*head, *p], tokenize=False, add_generation_prompt=True)
+                    for p in PROBES]
+    except Exception:  # a template that refuses a probe (no system role, say) matches no known format
+        return None
     # A template that writes the begin-of-text token itself (Llama 3's) needs it in the Go template too; SmolLM2's
     # begin-of-text token is `<|im_start|>`, which ChatML writes anyway.
     for prefix in dict.fromkeys(["", tokenizer.bos_token or ""]):
