@@ -1,6 +1,7 @@
 """Run an exported GGUF in llama.cpp itself and compare it with transformers on the same prompts.
 
-    # once, outside the project's venv (compiles llama.cpp: minutes on 2 cores)
+    # once, outside the project's venv (compiles llama.cpp: 42 minutes at nice 19 on the shared 2 cores;
+    # or `pip install xllamacpp`, a prebuilt wheel of llama.cpp's server code, into a venv of its own)
     python3 -m venv /work/llamacpp-venv && nice -n 19 /work/llamacpp-venv/bin/pip install llama-cpp-python
     # a finished run, e.g. the quickstart or the tiny demo run this script builds when given none
     OMP_NUM_THREADS=1 PYTHONPATH=src python bench/llamacpp_check.py [RUN_DIR] --llamacpp-python /work/llamacpp-venv/bin/python
@@ -8,7 +9,8 @@
 Two interpreters, because llama-cpp-python is never installed in the project's venv: this script exports
 the run (`multitune export --format gguf`, f16 and q8_0), computes transformers' answers with the run
 (base + adapter, float32) and writes them to a JSON file, then runs itself under the llama-cpp-python
-interpreter (`--llamacpp-side`), which loads each GGUF with llama.cpp and compares, per prompt:
+interpreter (`--llamacpp-side`), which loads each GGUF with llama.cpp (llama-cpp-python if it has it, else
+xllamacpp, whose server API gives top-5 log-probs instead of logits) and compares, per prompt:
 
 - tokens: llama.cpp's tokenisation of the rendered chat prompt (special tokens parsed) against the ids
   transformers' tokenizer gives;
