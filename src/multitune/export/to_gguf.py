@@ -65,7 +65,7 @@ def export_gguf(run_dir: str | Path, output: str | Path, type: str = "f16") -> G
         written = write_gguf(model, tokenizer, output, type, name=run_dir.resolve().name)
     made = modelfile(output.name, tokenizer, system_prompts(cfg))
     path = output.parent / MODELFILE
-    path.write_text(made.text)
+    path.write_text(made.text, encoding="utf-8")
     return GgufExport(written, path, made, merge)
 
 
