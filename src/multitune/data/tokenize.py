@@ -2,7 +2,8 @@
 
 The conversation is rendered with the tokenizer's own chat template, then cut into segments at every
 assistant turn: the text the template puts before an answer (system, user, headers) is not trained;
-the answer and the template's end-of-turn token after it are. Each segment is tokenised on its own and
+the answer and the template's end-of-turn token after it are, and nothing after that token (ChatML puts a
+newline after `<|im_end|>`: the model never has to produce it, since generation stops at the end of turn). Each segment is tokenised on its own and
 the ids concatenated, so an answer is encoded exactly as the model will produce it after the prompt
 at inference time (a BPE merge across the prompt/answer boundary can never leak prompt tokens into the
 labels, or answer tokens into the prompt).
@@ -10,6 +11,7 @@ labels, or answer tokens into the prompt).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -65,13 +67,34 @@ def segments(tokenizer: Any, messages: Sequence[Message]) -> list[tuple[str, boo
     return out
 
 
+@functools.lru_cache(maxsize=16)
+def end_of_turn_id(tokenizer: Any) -> int | None:
+    """The special token the chat template closes an assistant turn with (`<|eot_id|>` in Llama 3,
+    `<|im_end|>` in ChatML), read off a rendered probe conversation; None when the template closes a
+    turn with ordinary text only."""
+    probe = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Yes"}]
+    closing = segments(tokenizer, probe)[-1][0]
+    closing = closing[closing.rfind("Yes") + len("Yes"):]
+    special = set(tokenizer.all_special_ids) | {int(i) for i in getattr(tokenizer, "added_tokens_decoder", {})}
+    ids = tokenizer(closing, add_special_tokens=False)["input_ids"]
+    return next((i for i in ids if i in special), None)
+
+
+def through_end_of_turn(tokenizer: Any, ids: Sequence[int]) -> int:
+    """How many of an answer segment's `ids` are trained: up to and including the end-of-turn token;
+    all of them when it is absent."""
+    eot = end_of_turn_id(tokenizer)
+    return ids.index(eot) + 1 if eot is not None and eot in ids else len(ids)
+
+
 def encode_segments(tokenizer: Any, pieces: Sequence[tuple[str, bool]], task_id: int) -> Tokenized:
     ids: list[int] = []
     labels: list[int] = []
     encoded = tokenizer([text for text, _ in pieces], add_special_tokens=False)["input_ids"]
     for (_, trained), piece in zip(pieces, encoded, strict=True):
         ids.extend(piece)
-        labels.extend(piece if trained else [IGNORE] * len(piece))
+        n = through_end_of_turn(tokenizer, piece) if trained else 0
+        labels.extend([*piece[:n], *[IGNORE] * (len(piece) - n)])
     return Tokenized(ids, labels, task_id)
 
 
@@ -93,8 +116,7 @@ def fit_length(example: Tokenized, max_seq_len: int, policy: str, where: str) ->
         )
     if policy == "drop":
         return None
-    last_answer_start = _last_answer_start(example.labels)
-    if 1 + excess > last_answer_start:
+    if 1 + excess > last_answer_start(example.labels):
         return None
     ids = example.input_ids[:1] + example.input_ids[1 + excess:]
     labels = example.labels[:1] + example.labels[1 + excess:]
@@ -103,8 +125,16 @@ def fit_length(example: Tokenized, max_seq_len: int, policy: str, where: str) ->
     return Tokenized(ids, labels, example.task_id)
 
 
-def _last_answer_start(labels: Sequence[int]) -> int:
+def last_answer_start(labels: Sequence[int]) -> int:
+    """Index of the first token of the last trained run of tokens (the final answer); untrained tokens
+    after it (a template's newline after the end of turn) are skipped.
+
+    >>> last_answer_start([-100, -100, 5, 6, -100, 7, 8, -100])
+    5
+    """
     i = len(labels)
+    while i > 0 and labels[i - 1] == IGNORE:
+        i -= 1
     while i > 0 and labels[i - 1] != IGNORE:
         i -= 1
     return i
@@ -168,6 +198,8 @@ def prompt_ids(tokenizer: Any, prompt: Sequence[Message]) -> list[int]:
 
 
 def answer_ids(tokenizer: Any, prompt: Sequence[Message], answer: str) -> list[int]:
-    """Token ids of `answer` as the final assistant turn after `prompt`, end-of-turn token included."""
+    """Token ids of `answer` as the final assistant turn after `prompt`, through its end-of-turn token
+    (the ids training puts a loss on)."""
     pieces = segments(tokenizer, [*prompt, {"role": "assistant", "content": answer}])
-    return tokenizer(pieces[-1][0], add_special_tokens=False)["input_ids"]
+    ids = tokenizer(pieces[-1][0], add_special_tokens=False)["input_ids"]
+    return ids[: through_end_of_turn(tokenizer, ids)]

@@ -11,7 +11,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from multitune.data.tokenize import IGNORE, Tokenized, answer_ids, encode_segments, fit_length, segments
+from multitune.data.tokenize import (
+    Tokenized,
+    answer_ids,
+    encode_segments,
+    fit_length,
+    last_answer_start,
+    segments,
+)
 from multitune.eval.best import is_closed
 from multitune.eval.scoring import CandidateTrie
 from multitune.tasks.base import Example
@@ -85,17 +92,3 @@ def choice_text_tries(tokenizer: Any, items: Sequence[EvalItem]) -> list[Candida
             raise ValueError(f"row {item.example.row} has no choice texts")
         out.append(CandidateTrie.build([answer_ids(tokenizer, item.example.prompt, t) for t in texts]))
     return out
-
-
-def last_answer_start(labels: Sequence[int]) -> int:
-    """Index of the first token of the last trained run of tokens (the final answer).
-
-    >>> last_answer_start([-100, -100, 5, 6, -100, 7, 8])
-    5
-    """
-    i = len(labels)
-    while i > 0 and labels[i - 1] == IGNORE:
-        i -= 1
-    while i > 0 and labels[i - 1] != IGNORE:
-        i -= 1
-    return i

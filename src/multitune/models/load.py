@@ -11,16 +11,20 @@ import torch
 
 from multitune.config.schema import ModelConfig, QuantizationConfig, RunConfig
 from multitune.errors import UserError, hub_error
+from multitune.models import gguf
 from multitune.tasks.base import Message
 
 
 def resolve(cfg: ModelConfig, conversations: Sequence[Sequence[Message]], seed: int) -> str:
     """The name `from_pretrained` should load: the tiny model's cache folder (built from the training
-    conversations if needed), a local folder, or the Hub id as given."""
+    conversations if needed), the folder converted from a GGUF file (`models/gguf.py`), a local folder,
+    or the Hub id as given."""
     if cfg.name == "tiny":
         from multitune.models import tiny
 
         return str(tiny.build_or_load(cfg.tiny, conversations, seed))
+    if cfg.is_gguf:
+        return str(gguf.converted_folder(cfg))
     path = Path(cfg.name).expanduser()
     if path.exists():
         if not (path / "config.json").is_file():
@@ -44,7 +48,27 @@ def load_tokenizer(name: str, cfg: ModelConfig) -> Any:
             f"the tokenizer of {name!r} has no chat template",
             fix="use an instruct/chat model (e.g. meta-llama/Llama-3.1-8B-Instruct), whose tokenizer has one",
         )
+    if cfg.template_system_prompt == "suppress":
+        tokenizer.chat_template = suppress_default_system(tokenizer.chat_template)
     return tokenizer
+
+
+# Prepended to a chat template: a conversation without a system turn gets an empty one, so a template that
+# supplies its own default system prompt has nothing to fill in. The rule travels inside the template, so
+# the tokenizer saved with the adapter (chat, serve, merge, a GGUF export) applies it too.
+SUPPRESS_DEFAULT_SYSTEM = (
+    "{%- if messages and messages[0]['role'] != 'system' -%}"
+    "{%- set messages = [{'role': 'system', 'content': ''}] + messages -%}"
+    "{%- endif -%}"
+)
+
+
+def suppress_default_system(template: Any) -> str:
+    """`template` with `SUPPRESS_DEFAULT_SYSTEM` in front (once)."""
+    if not isinstance(template, str):
+        raise UserError("model.template_system_prompt=suppress needs a single chat template; this tokenizer "
+                        "has several named ones", fix="set model.template_system_prompt=keep")
+    return template if template.startswith(SUPPRESS_DEFAULT_SYSTEM) else SUPPRESS_DEFAULT_SYSTEM + template
 
 
 def pad_id(tokenizer: Any) -> int:
@@ -113,6 +137,8 @@ def load_model(name: str, cfg: ModelConfig, quantization: QuantizationConfig | N
     from transformers import AutoModelForCausalLM
 
     kwargs: dict[str, Any] = {"dtype": torch_dtype(cfg)}
+    if quantization is not None and (device is None or device.type == "cpu"):
+        _refuse_shapes_the_cpu_4bit_kernel_cannot_take(name, cfg)
     if quantization is not None:
         kwargs.update(quantization_config=quantization_config(quantization), dtype=getattr(torch, quantization.compute_dtype),
                       device_map={"": device if device is not None else "cpu"})
@@ -123,3 +149,33 @@ def load_model(name: str, cfg: ModelConfig, quantization: QuantizationConfig | N
         )
     except Exception as e:
         raise hub_error(e, "model", name) from None
+
+
+# bitsandbytes' CPU 4-bit kernel repacks each quantised weight for evaluation in blocks of 32 output rows
+# and asserts (`N must be divisible by block_n`) on any other layer width.
+CPU_4BIT_BLOCK = 32
+
+
+def _refuse_shapes_the_cpu_4bit_kernel_cannot_take(name: str, cfg: ModelConfig) -> None:
+    """QLoRA on a CPU: refuse, before any weight loads, a model with a layer width the kernel cannot take."""
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(name, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
+    except Exception as e:
+        raise hub_error(e, "model", name) from None
+    heads = getattr(config, "num_attention_heads", 0) or 0
+    head_dim = getattr(config, "head_dim", None) or (config.hidden_size // heads if heads else 0)
+    widths = {
+        "hidden_size": getattr(config, "hidden_size", 0),
+        "intermediate_size": getattr(config, "intermediate_size", 0),
+        "num_attention_heads x head_dim": heads * head_dim,
+        "num_key_value_heads x head_dim": (getattr(config, "num_key_value_heads", None) or heads) * head_dim,
+    }
+    odd = [f"{k} = {v}" for k, v in widths.items() if v and v % CPU_4BIT_BLOCK]
+    if odd:
+        raise UserError(
+            f"adapter.method=qlora on a CPU cannot quantise this model: bitsandbytes' CPU 4-bit kernel needs "
+            f"every layer width to be a multiple of {CPU_4BIT_BLOCK}, and {', '.join(odd)}",
+            where=f"model {name}", fix="train with adapter.method=lora on this CPU, or run QLoRA on a CUDA GPU",
+        )

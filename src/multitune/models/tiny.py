@@ -38,6 +38,7 @@ from pathlib import Path
 import torch
 
 from multitune.config.schema import TinyModelConfig
+from multitune.io import cache_root
 from multitune.tasks.base import Message
 
 BUILD_VERSION = 2  # bump when the build below changes, so stale caches are not reused
@@ -59,10 +60,6 @@ CHAT_TEMPLATE = (
     "{%- endfor %}"
     "{%- if add_generation_prompt %}{{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{%- endif %}"
 )
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("MULTITUNE_CACHE", Path.home() / ".cache" / "multitune"))
 
 
 def build_or_load(cfg: TinyModelConfig, conversations: Sequence[Sequence[Message]], seed: int) -> Path:

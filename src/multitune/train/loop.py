@@ -25,6 +25,7 @@ from multitune.tracking import Trackers
 from multitune.train.loss import (
     answer_positions,
     answer_token_count,
+    logits_to_keep_argument,
     per_task_sums,
     token_losses,
     token_losses_at,
@@ -38,8 +39,9 @@ def forward_loss(model: Any, batch: dict[str, torch.Tensor], answer_logits_only:
         logits = model(**model_inputs(batch), use_cache=False).logits  # (B, T, V)
         return token_losses(logits, batch["labels"])
     keep = answer_positions(batch["labels"])  # (B, T)
-    logits = model(**model_inputs(batch), use_cache=False, logits_to_keep=keep).logits  # (N, V)
-    return token_losses_at(logits, batch["labels"], keep)
+    to_keep, pick = logits_to_keep_argument(keep)
+    logits = model(**model_inputs(batch), use_cache=False, logits_to_keep=to_keep).logits  # (N, V) or (B, K, V)
+    return token_losses_at(logits if pick is None else logits[pick], batch["labels"], keep)
 
 
 def accumulate_gradients(

@@ -60,6 +60,29 @@ def answer_positions(labels: torch.Tensor) -> torch.Tensor:
     return keep
 
 
+def logits_to_keep_argument(keep: torch.Tensor, mask_supported: bool | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """What to pass a model as `logits_to_keep` for the positions `keep` (B, T), and the (B, K) mask that
+    picks them out of the logits it returns (None when it returns them already picked, as (N, V)).
+
+    transformers from 5.2x takes the boolean mask itself; 5.17 (the GPU images' version) takes only
+    positions shared by every row, so there the columns any row keeps are asked for, (B, K, V), and the
+    mask picks the kept ones in the same row-major order. `mask_supported` None asks transformers.
+
+    >>> keep = torch.tensor([[False, True, False], [True, False, False]])
+    >>> arg, pick = logits_to_keep_argument(keep, mask_supported=False)
+    >>> arg.tolist(), pick.tolist()
+    ([0, 1], [[False, True], [True, False]])
+    """
+    if mask_supported is None:
+        from transformers import modeling_utils
+
+        mask_supported = hasattr(modeling_utils, "slice_logits_to_keep")
+    if mask_supported:
+        return keep, None
+    columns = keep.any(dim=0).nonzero().squeeze(1)  # (K,)
+    return columns, keep[:, columns]
+
+
 def token_losses_at(logits: torch.Tensor, labels: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
     """`token_losses` from logits computed only at the `keep` positions.
 

@@ -22,10 +22,11 @@ from multitune.eval.runner import TaskResult, build_eval_sets, evaluate
 from multitune.export import hub
 from multitune.export.checkpoints import CheckpointPusher, pusher_for
 from multitune.io import replace_dir_atomic, write_errors, write_json_atomic, write_text_atomic
-from multitune.models import adapters, load
+from multitune.models import adapters, gguf, load
 from multitune.report.build import write_report
 from multitune.report.results import Summary, write_results
 from multitune.report.table import before_after
+from multitune.runtime import configure_cpu_threads
 from multitune.tracking import Trackers, make_trackers
 from multitune.train import checkpoint, loop, optim, resume
 from multitune.train.signals import Preempted, StopRequests
@@ -42,6 +43,7 @@ class TrainResult:
 def run(cfg: RunConfig, force: bool = False) -> TrainResult:
     """Train, evaluate and save one run as the config says, resuming it if `output_dir` holds a
     checkpoint (`checkpoint.resume`). `force` resumes even when the config or data changed."""
+    cfg = gguf.pin(cfg)  # a GGUF base's hash goes into config.yaml
     accelerator, config_yaml = _start(cfg, force)
     say = accelerator.print  # only the main process prints
     out = Path(cfg.output_dir)
@@ -104,8 +106,11 @@ def _start(cfg: RunConfig, force: bool) -> tuple[Any, str]:
     hub.preflight(cfg)  # a push that cannot happen fails now, not after hours of training
     # cpu=True on a machine without CUDA makes torchrun's processes one gloo group (DDP on CPUs); the
     # topology otherwise comes from the launcher and its accelerate config, never from this code.
+    threads = configure_cpu_threads()  # before the first parallel region fixes the pool
     accelerator = Accelerator(mixed_precision=cfg.train.mixed_precision, cpu=not torch.cuda.is_available(),
                               dynamo_plugin=_dynamo(cfg))
+    if threads:
+        accelerator.print(threads)
     set_seed(cfg.seed)
     out = Path(cfg.output_dir)
     config_yaml = config_mod.dump(cfg)

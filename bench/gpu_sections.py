@@ -1,0 +1,205 @@
+"""The sections of bench/gpu_check.py, one method each on `Check`, which holds what they share (the token
+streams, the model folders, the measured peak) so that each is built once and only when needed."""
+
+from __future__ import annotations
+
+import importlib.util
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import gpu_launch
+import gpu_shapes
+import torch
+from gpu_data import Streams, build_streams, peer_rows
+from gpu_shapes import SKIP_CUDA, Shape, free_memory
+from gpu_steps import Method, measure
+
+
+class Check:
+    def __init__(self, cpu_smoke: bool, data_dir: Path, work: Path, wanted: list[str]) -> None:
+        self.shape: Shape = gpu_shapes.SMOKE if cpu_smoke else gpu_shapes.LLAMA3_8B
+        self.data_dir, self.work, self.wanted = data_dir, work, wanted
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self._peaks: dict[str, Any] | None = None
+        self._streams: Streams | None = None
+        self._folders: dict[int, str] = {}
+        self._background: dict[str, Future] = {}
+        self._pool = ThreadPoolExecutor(max_workers=2)  # threads that wait on launched subprocesses
+
+    def in_background(self, section: str) -> bool:
+        return section in self._background
+
+    def after(self, section: str) -> None:
+        """On a CPU the single-process launch needs nothing the timed sections do: it starts once the data
+        is ready and runs beside them (a second core), as subprocesses."""
+        if section == "data" and not torch.cuda.is_available() and "launch_single" in self.wanted:
+            self._start_launch("single")
+
+    @property
+    def peaks(self) -> dict[str, Any]:
+        """The measured and datasheet bf16 peaks, measured once (under a second) by whichever section needs
+        them first: a rerun of a few sections still gets its MFU."""
+        if self._peaks is None:
+            self._peaks = gpu_shapes.matmul_peak()
+        return self._peaks
+
+    @property
+    def streams(self) -> Streams:
+        if self._streams is None:
+            self.data()
+        assert self._streams is not None
+        return self._streams
+
+    def folder(self, layers: int) -> str:
+        """A saved random model of `layers` layers with the tokenizer (QLoRA's quantising load and the
+        launched runs read one), written once."""
+        if layers not in self._folders:
+            path = self.work / f"llama-{layers}-layers"
+            info = gpu_shapes.save_model_folder(self.shape, layers, self.streams.tokenizer, path, self.device)
+            print(f"saved {info}", flush=True)
+            self._folders[layers] = str(path)
+        return self._folders[layers]
+
+    # --- sections -------------------------------------------------------------------------------------
+
+    def environment(self) -> dict[str, Any]:
+        return {**gpu_shapes.environment(), "peak": self.peaks, "shape": gpu_shapes.describe(self.shape)}
+
+    def data(self) -> dict[str, Any]:
+        self._streams, stats = build_streams(self.shape, self.data_dir)
+        return stats
+
+    def lora(self) -> dict[str, Any]:
+        return measure(self.shape, Method("lora", self.shape.layers), self.streams, self.peaks)
+
+    def qlora(self) -> dict[str, Any]:
+        folder = self.folder(self.shape.layers)
+        # bitsandbytes' CPU 4-bit kernels take seconds a step even at the toy size: one layout there.
+        layouts = ("packed", "padded") if torch.cuda.is_available() else ("packed",)
+        return measure(self.shape, Method("qlora", self.shape.layers, layouts=layouts), self.streams, self.peaks, folder)
+
+    def dora(self) -> dict[str, Any]:
+        return measure(self.shape, Method("dora", self.shape.layers), self.streams, self.peaks)
+
+    def full(self) -> dict[str, Any]:
+        """Full fine-tuning at the most layers that fit: each weight, its gradient and AdamW's two states."""
+        too_big: list[int] = []
+        for layers in self.shape.full_layers:
+            free_memory()  # here, not in the except block: the traceback held the failed try's tensors
+            try:
+                return {**measure(self.shape, Method("full", layers), self.streams, self.peaks),
+                        "out_of_memory_at_layers": too_big}
+            except torch.cuda.OutOfMemoryError:
+                too_big.append(layers)
+        raise RuntimeError(f"full fine-tuning ran out of memory at every size tried: {too_big} layers")
+
+    def lora_checkpointing(self) -> dict[str, Any]:
+        return measure(self.shape, Method("lora", self.shape.layers, gradient_checkpointing=True), self.streams,
+                       self.peaks)
+
+    def trl(self) -> dict[str, Any]:
+        """TRL's SFTTrainer + PEFT on the same shape, rows and LoRA settings (peers.py)."""
+        if importlib.util.find_spec("trl") is None:
+            return {"status": "skipped: trl not installed (pip install 'multitune[bench]')"}
+        import peers
+
+        shape, streams = self.shape, self.streams
+        rows = peer_rows(streams.examples)
+        out: dict[str, Any] = {"layers": shape.layers}
+        for layout, micro, packing in [("packed", shape.packed_micro_batch, True),
+                                       ("padded", shape.padded_micro_batch, False)]:
+            model = gpu_shapes.random_model(shape, shape.layers, streams.tokenizer, self.device)
+            try:
+                out[layout] = peers.trl_lora_steps(
+                    model, streams.tokenizer, rows, peers.LoraSettings(r=shape.lora_r, alpha=shape.lora_alpha),
+                    micro_batch_size=micro, learning_rate=shape.learning_rate,
+                    steps=shape.warmup_steps + shape.timed_steps, warmup_steps=shape.warmup_steps,
+                    max_length=shape.pack_len, packing=packing, output_dir=str(self.work / f"trl-{layout}"))
+            finally:
+                del model
+                free_memory()
+            if out[layout]["peak_memory_gib"] is None:
+                out[layout]["peak_memory_gib"] = SKIP_CUDA
+        return out
+
+    def _start_launch(self, topology: str) -> None:
+        layers = self.shape.small_layers
+        folder = self.folder(layers)  # written here, before any thread: one writer
+        self._background[f"launch_{topology}"] = self._pool.submit(
+            gpu_launch.check_topology, topology, self.shape, layers, folder, self.data_dir, self.work / "launch")
+
+    def _launch(self, topology: str) -> dict[str, Any]:
+        if topology != "single" and not torch.cuda.is_available():
+            return {"status": SKIP_CUDA + " (accelerate runs FSDP only on GPUs)"}
+        if f"launch_{topology}" not in self._background:
+            self._start_launch(topology)
+        return {"layers": self.shape.small_layers, **self._background[f"launch_{topology}"].result()}
+
+    def launch_single(self) -> dict[str, Any]:
+        if torch.cuda.is_available():  # the GPU's minutes go to FSDP; the CPU suite runs this one
+            return {"status": "skipped: on a GPU the FSDP launches cover this path"}
+        return self._launch("single")
+
+    def launch_fsdp(self) -> dict[str, Any]:
+        """FSDP, with FSDP + QLoRA beside it on the same GPU (nothing is timed while they run)."""
+        if torch.cuda.is_available() and "launch_fsdp_qlora" in self.wanted:
+            self._start_launch("fsdp_qlora")
+        return self._launch("fsdp")
+
+    def launch_fsdp_qlora(self) -> dict[str, Any]:
+        return self._launch("fsdp_qlora")
+
+    def compile(self) -> dict[str, Any]:
+        """`train.compile: true` (inductor, as the recipe sets it) against eager, LoRA on packed rows. The
+        CPU smoke compiles with aot_eager: the same dynamo capture and autograd split without a C++ build."""
+        backend = "inductor" if torch.cuda.is_available() else "eager"
+        layers = self.shape.small_layers
+        eager = measure(self.shape, Method("lora", layers, layouts=("packed",)), self.streams, self.peaks)
+        compiled = measure(self.shape, Method("lora", layers, compile_backend=backend, layouts=("packed",)),
+                           self.streams, self.peaks)
+        e, c = eager["packed"], compiled["packed"]
+        return {"layers": layers, "backend": backend, "eager": eager, "compiled": compiled,
+                "compile_s": round(c["first_step_s"] - c["step_s"], 2),
+                "speedup": round(c["tokens_per_s"] / e["tokens_per_s"], 3)}
+
+    def logits(self) -> dict[str, Any]:
+        """Answer-only logits against the plain loss (logits at every position) at the model's vocabulary."""
+        layers = self.shape.small_layers
+        out: dict[str, Any] = {"layers": layers, "vocab": self.shape.vocab}
+        for name, answer_only in [("answer_only", True), ("plain", False)]:
+            out[name] = measure(self.shape, Method("lora", layers, answer_logits_only=answer_only), self.streams,
+                                self.peaks)
+        liger = importlib.util.find_spec("liger_kernel") is not None
+        out["liger"] = ("installed, but multitune has no Liger or chunked cross-entropy path to measure" if liger
+                        else "skipped: liger-kernel not installed (and multitune has no fused or chunked "
+                             "cross-entropy path: answer-only logits is its only one)")
+        return out
+
+
+def add_ratios(report: dict[str, Any]) -> None:
+    """The issue's targets, from what was measured: LoRA MFU, QLoRA's memory against LoRA's, multitune
+    against TRL. A target whose inputs are missing says so."""
+    s = report["sections"]
+
+    def get(section: str, layout: str, key: str) -> Any:
+        value = s.get(section, {}).get(layout, {})
+        return value.get(key) if isinstance(value, dict) else None
+
+    targets: dict[str, Any] = {}
+    mfu = get("lora", "packed", "mfu_datasheet_peak")
+    targets["lora_mfu_datasheet_packed >= 0.40"] = _verdict(mfu, mfu >= 0.40 if isinstance(mfu, float) else None)
+    lora_mem, qlora_mem = get("lora", "packed", "peak_memory_gib"), get("qlora", "packed", "peak_memory_gib")
+    ratio = qlora_mem / lora_mem if isinstance(lora_mem, float) and isinstance(qlora_mem, float) else None
+    targets["qlora_peak_over_lora_peak <= 0.5"] = _verdict(ratio, ratio <= 0.5 if ratio is not None else None)
+    for layout in ("packed", "padded"):
+        ours, theirs = get("lora", layout, "tokens_per_s"), get("trl", layout, "tokens_per_s")
+        r = ours / theirs if ours and theirs else None
+        targets[f"multitune_over_trl_tokens_per_s_{layout} >= 1.5"] = _verdict(r, r >= 1.5 if r is not None else None)
+    report["targets"] = targets
+
+
+def _verdict(value: Any, met: bool | None) -> dict[str, Any]:
+    if met is None:
+        return {"value": value if value is not None else "not measured", "met": "not measured"}
+    return {"value": round(value, 4), "met": met}

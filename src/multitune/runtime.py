@@ -1,0 +1,44 @@
+"""CPU threads: no oversubscription when several processes share a machine's cores.
+
+PyTorch's CPU kernels run on an OpenMP pool of one thread per core, whose idle threads spin-wait for the
+next parallel region. Two such processes on the same cores fight: measured here, a SmolLM2 training step
+took 41 s instead of 2.6 s with two runs on 2 cores, and 3.2 s with `OMP_WAIT_POLICY=PASSIVE`. So:
+
+- several processes on one machine (torchrun, `accelerate launch --cpu --num_processes N`) each get an
+  equal share of the cores, as torchrun does, unless `OMP_NUM_THREADS` says otherwise;
+- idle OpenMP threads sleep instead of spinning (`OMP_WAIT_POLICY=PASSIVE`) unless the environment says
+  otherwise; it must be set before the OpenMP runtime starts, so `cli.main` calls `passive_openmp()` first.
+  docs/benchmarks.md has what this costs a run alone on the machine.
+"""
+
+from __future__ import annotations
+
+import os
+
+
+def passive_openmp() -> None:
+    """Idle OpenMP threads sleep (unless `OMP_WAIT_POLICY` is set). Call before torch is imported."""
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
+def cpu_threads_per_process(cores: int, local_processes: int) -> int:
+    """Each process's share of the machine's cores, at least one.
+
+    >>> cpu_threads_per_process(16, 4), cpu_threads_per_process(2, 2), cpu_threads_per_process(2, 3)
+    (4, 1, 1)
+    """
+    return max(1, cores // max(1, local_processes))
+
+
+def configure_cpu_threads() -> str | None:
+    """On a machine without CUDA, set torch's thread count to this process's share of the cores, unless
+    `OMP_NUM_THREADS` is set. Returns what it did, for the run's log (None when it left things alone)."""
+    import torch
+
+    if torch.cuda.is_available() or "OMP_NUM_THREADS" in os.environ:
+        return None
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    threads = cpu_threads_per_process(cores, local)
+    torch.set_num_threads(threads)
+    return f"CPU threads: {threads} per process ({cores} cores, {local} process{'es' if local > 1 else ''} here)"
