@@ -7,7 +7,7 @@
 #       serve /workspace/runs/my-run --host 0.0.0.0                                              # serve
 #
 # docs/deploy.md has the RunPod steps. The install mirrors the package's own (Makefile): torch pinned and
-# installed first, then multitune with its extras, at the versions in docker/constraints.txt.
+# installed first, then multitune with its extras, at the versions in constraints.txt (the pins the test suite passed with).
 
 ARG CUDA_IMAGE=nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04
 FROM ${CUDA_IMAGE}
@@ -39,9 +39,9 @@ RUN pip install "torch==${TORCH_VERSION}" --index-url "${TORCH_INDEX_URL}"
 
 WORKDIR /opt/multitune
 COPY pyproject.toml README.md ./
-COPY docker/constraints.txt docker/constraints.txt
+COPY constraints.txt constraints.txt
 COPY src src
-RUN pip install --constraint docker/constraints.txt ".[${EXTRAS}]" \
+RUN pip install --constraint constraints.txt ".[${EXTRAS}]" \
  && python -c "import multitune, torch, transformers, peft, accelerate; print('multitune', multitune.__version__, 'torch', torch.__version__)"
 COPY configs configs
 COPY docker/entrypoint.sh /usr/local/bin/multitune-entrypoint

@@ -26,7 +26,7 @@ def _dockerfile_arg(name: str) -> str:
 
 
 def _pins() -> dict[str, str]:
-    lines = (REPO / "docker" / "constraints.txt").read_text().splitlines()
+    lines = (REPO / "constraints.txt").read_text().splitlines()
     pins = [line.split("==") for line in lines if line and not line.startswith("#")]
     return {name.lower().replace("_", "-"): version for name, version in pins}
 
@@ -41,7 +41,7 @@ def test_image_installs_what_the_package_declares_at_the_tested_versions():
     pins = _pins()
     for spec in map(Requirement, wanted):
         name = spec.name.lower().replace("_", "-")
-        assert name in pins, f"{name} is not pinned in docker/constraints.txt"
+        assert name in pins, f"{name} is not pinned in constraints.txt"
         assert spec.specifier.contains(pins[name]), f"{name}=={pins[name]} does not satisfy {spec}"
 
 
