@@ -121,12 +121,22 @@ def _shipping_commands(sub: argparse._SubParsersAction) -> None:
     m.add_argument("--device", default="cpu", help="where to merge and check: cpu (default) or cuda")
     m.set_defaults(func=_merge)
 
+    x = sub.add_parser("export", help="merge a run and write it as one GGUF file for llama.cpp and Ollama")
+    x.add_argument("run_dir", help="a run's output_dir")
+    x.add_argument("--format", required=True, choices=["gguf"], help="gguf: llama.cpp / Ollama (Llama models)")
+    x.add_argument("--output", required=True, help="the GGUF file to write (new); a Modelfile goes beside it")
+    x.add_argument("--type", default="f16", choices=["f16", "bf16", "q8_0"],
+                   help="weight type: f16 (default), bf16, or q8_0 (8-bit, about half the size)")
+    x.set_defaults(func=_export)
+
     pu = sub.add_parser("push", help="upload a run's adapter (or merged model) to the Hugging Face Hub with a model card")
     pu.add_argument("run_dir", help="a run's output_dir")
     pu.add_argument("--repo-id", help="OWNER/NAME of the model repository, created if missing "
                     "(default: hub.repo_id of the run's config)")
     pu.add_argument("--merged", action="store_true", default=None, help="merge first and upload the full model")
     pu.add_argument("--private", action="store_true", default=None, help="create the repository private")
+    pu.add_argument("--gguf", nargs="?", const="f16", choices=["f16", "bf16", "q8_0"],
+                    help="also upload the model as a GGUF file (default type f16) and an Ollama Modelfile")
     pu.set_defaults(func=_push)
 
     c = sub.add_parser("chat", help="chat with a trained run in the terminal")
@@ -223,10 +233,23 @@ def _merge(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export(args: argparse.Namespace) -> int:
+    from multitune.export.to_gguf import export_gguf
+
+    r = export_gguf(args.run_dir, args.output, type=args.type)
+    if r.merge is not None:
+        print(f"merged: largest logit difference vs base + adapter {r.merge.max_abs_diff:.3g} "
+              f"(tolerance {r.merge.tolerance:.3g})")
+    print(f"wrote {r.gguf.path} ({args.type}, {r.gguf.tensor_count} tensors, "
+          f"{r.gguf.path.stat().st_size / 2**20:.1f} MiB) and {r.modelfile_path}")
+    print(f"run it: llama-cli -m {r.gguf.path} -cnv   or   cd {r.gguf.path.parent} && ollama create NAME -f Modelfile")
+    return 0
+
+
 def _push(args: argparse.Namespace) -> int:
     from multitune.export.hub import push_run
 
-    r = push_run(args.run_dir, args.repo_id, merged=args.merged, private=args.private)
+    r = push_run(args.run_dir, args.repo_id, merged=args.merged, private=args.private, gguf=args.gguf)
     if r.merge is not None:
         print(f"merged: largest logit difference vs base + adapter {r.merge.max_abs_diff:.3g} "
               f"(tolerance {r.merge.tolerance:.3g})")

@@ -73,10 +73,11 @@ def default_client(get_token: Callable[[], str | None] | None = None) -> HubClie
 
 
 def push_run(run_dir: str | Path, repo_id: str | None = None, merged: bool | None = None,
-             private: bool | None = None, client: HubClient | None = None) -> PushResult:
+             private: bool | None = None, client: HubClient | None = None, gguf: str | None = None) -> PushResult:
     """Create the repository if needed and upload the run's adapter (or merged model) with its card; on
     success record the push in `run_dir/hub_push.json`. What is not given comes from the run's `hub`
-    section, else: no merge, and a new repository gets its owner's default visibility."""
+    section, else: no merge, and a new repository gets its owner's default visibility. `gguf` (f16, bf16,
+    q8_0) also uploads the run exported as a GGUF file of that type and its Ollama `Modelfile`."""
     run_dir = Path(run_dir)
     hub = read_run_config(run_dir).hub
     repo_id = repo_id or (hub.repo_id if hub else None)
@@ -86,7 +87,7 @@ def push_run(run_dir: str | Path, repo_id: str | None = None, merged: bool | Non
         raise UserError(f"no repository to push to (got {repo_id!r}): it must be OWNER/NAME",
                         fix="give --repo-id alice/my-model, or set hub.repo_id in the run's config")
     client = client or default_client()
-    with staged(run_dir, repo_id, merged) as (folder, merge):
+    with staged(run_dir, repo_id, merged, gguf) as (folder, merge):
         assert_no_secrets(folder)
         files = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
         try:
@@ -108,7 +109,8 @@ def _what(run_dir: Path, merge: MergeResult | None) -> str:
 
 
 @contextmanager
-def staged(run_dir: Path, repo_id: str, merged: bool) -> Iterator[tuple[Path, MergeResult | None]]:
+def staged(run_dir: Path, repo_id: str, merged: bool, gguf: str | None = None
+           ) -> Iterator[tuple[Path, MergeResult | None]]:
     """A temporary folder (inside the run folder, so files are hard links, not copies) holding exactly
     what the repository receives; removed afterwards."""
     cfg = read_run_config(run_dir)
@@ -124,7 +126,14 @@ def staged(run_dir: Path, repo_id: str, merged: bool) -> Iterator[tuple[Path, Me
                 _link(run_dir / source, folder / name)
         if (run_dir / "plots").is_dir():
             _link_tree(run_dir / "plots", folder / "plots")
-        (folder / "README.md").write_text(model_card(run_dir, repo_id, merged=merge is not None), encoding="utf-8")
+        gguf_file = None
+        if gguf is not None:  # after the merge, which wants the folder empty
+            from multitune.export.to_gguf import export_gguf, gguf_file_name
+
+            gguf_file = gguf_file_name(repo_id, gguf)
+            export_gguf(run_dir, folder / gguf_file, gguf)
+        (folder / "README.md").write_text(model_card(run_dir, repo_id, merged=merge is not None, gguf_file=gguf_file),
+                                          encoding="utf-8")
         yield folder, merge
     finally:
         shutil.rmtree(folder, ignore_errors=True)

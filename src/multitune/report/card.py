@@ -48,9 +48,13 @@ def dataset_licence(source: str) -> str:
     return KNOWN_LICENCES.get(source, UNKNOWN_LICENCE)
 
 
-def model_card(run_dir: str | Path, repo_id: str | None = None, merged: bool = False) -> str:
+def model_card(run_dir: str | Path, repo_id: str | None = None, merged: bool = False,
+               gguf_file: str | None = None) -> str:
     """The card of the run in `run_dir` as Markdown with YAML metadata. `repo_id` fills the loading
-    examples (a placeholder when None); `merged` describes the merged full model instead of the adapter."""
+    examples (a placeholder when None); `merged` describes the merged full model instead of the adapter;
+    `gguf_file`, the name of an exported GGUF beside it, adds how to run that with llama.cpp and Ollama."""
+    from multitune.report.card_gguf import gguf_section
+
     run_dir = Path(run_dir)
     cfg = read_run_config(run_dir)
     stats = _read_stats(run_dir)
@@ -66,6 +70,7 @@ def model_card(run_dir: str | Path, repo_id: str | None = None, merged: bool = F
         _metrics_section(metrics, cfg),
         _use_section(cfg),
         _loading_section(cfg, repo, full_model),
+        *([gguf_section(repo, gguf_file)] if gguf_file else []),
         _versions_section(),
     ]
     return "\n\n".join(p.strip() for p in parts) + "\n"
