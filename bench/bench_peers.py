@@ -78,6 +78,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     unknown = [m for m in args.models if m not in MODELS]
     if unknown:
         p.error(f"unknown model(s) {unknown}: choose from {list(MODELS)}")
+    if args.steps is not None and args.steps <= args.warmup:
+        p.error(f"--steps ({args.steps}) must exceed --warmup ({args.warmup}) to time anything")
     if args.threads is None:
         args.threads = int(os.environ.get("OMP_NUM_THREADS") or len(os.sched_getaffinity(0)))
     return args
@@ -85,9 +87,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def side_env(threads: int) -> dict[str, str]:
     """The same environment for every side: its threads, idle OpenMP threads asleep (as `multitune` sets
-    them), offline, and bench/ + src/ importable."""
+    them), no GPU (a CPU comparison: on a GPU TRL would switch to bf16 and multitune would not), offline,
+    and bench/ + src/ importable."""
     path = os.pathsep.join([str(REPO / "src"), str(REPO / "bench"), os.environ.get("PYTHONPATH", "")])
-    return {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
+    return {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "CUDA_VISIBLE_DEVICES": "",
             "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE"), "HF_HUB_OFFLINE": "1",
             "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": path}
 
