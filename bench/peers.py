@@ -34,13 +34,16 @@ class LoraSettings:
 def trl_lora_steps(model: Any, tokenizer: Any, rows: list[dict[str, Any]], lora: LoraSettings, *,
                    micro_batch_size: int, learning_rate: float, steps: int, warmup_steps: int, max_length: int,
                    packing: bool, gradient_checkpointing: bool = False, output_dir: str | None = None,
-                   seed: int = 0) -> dict[str, Any]:
+                   seed: int = 0, sampling: str = "random") -> dict[str, Any]:
     """Train `model` (a transformers model or a folder) with LoRA through TRL's SFTTrainer for `steps`
     optimizer steps of `micro_batch_size` rows (packed rows of `max_length` tokens when `packing`).
 
     `rows` are conversational prompt/completion rows: {"prompt": [messages], "completion": [assistant]}.
+    `sampling` is the Trainer's `train_sampling_strategy`: "sequential" trains on `rows` in the order
+    given (bench/bench_peers.py hands over multitune's own order, so both train on the same batches).
     Returns tokens_per_s, real_tokens_per_step, step_s (median), peak_memory_gib (None without CUDA),
-    losses (one per step), trainable_params and setup_s (SFTTrainer's tokenising and packing).
+    losses (one per step), loss_tokens (the tokens each step's loss averages over), trainable_params and
+    setup_s (SFTTrainer's tokenising and packing).
     """
     from datasets import Dataset
     from peft import LoraConfig
@@ -56,13 +59,14 @@ def trl_lora_steps(model: Any, tokenizer: Any, rows: list[dict[str, Any]], lora:
         lr_scheduler_type="constant", warmup_steps=0, logging_steps=1, save_strategy="no", report_to="none",
         bf16=cuda, use_cpu=not cuda, gradient_checkpointing=gradient_checkpointing, seed=seed,
         max_length=max_length, packing=packing, dataloader_num_workers=0, disable_tqdm=True,
+        train_sampling_strategy=sampling,
         model_init_kwargs={"dtype": torch.bfloat16 if cuda else torch.float32} if isinstance(model, str) else None,
     )
     peft_config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
                              target_modules=lora.target_modules, task_type="CAUSAL_LM")
     trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
                          peft_config=peft_config)
-    tokens = _count_tokens(trainer)
+    tokens, loss_tokens = _count_tokens(trainer)
     clock = _StepClock()
     trainer.add_callback(clock)
     setup_s = time.perf_counter() - started
@@ -75,6 +79,7 @@ def trl_lora_steps(model: Any, tokenizer: Any, rows: list[dict[str, Any]], lora:
     result = {
         "tokens_per_s": round(sum(tokens[timed]) / sum(seconds[timed]), 1),
         "real_tokens_per_step": round(statistics.mean(tokens[timed]), 1),
+        "loss_tokens": loss_tokens[:steps],
         "step_s": round(statistics.median(seconds[timed]), 4), "first_step_s": round(seconds[0], 3),
         "peak_memory_gib": peak, "losses": [round(float(x), 5) for x in losses],
         "trainable_params": trainable, "setup_s": round(setup_s, 2),
@@ -83,20 +88,23 @@ def trl_lora_steps(model: Any, tokenizer: Any, rows: list[dict[str, Any]], lora:
     return result
 
 
-def _count_tokens(trainer: Any) -> list[int]:
-    """Wrap the trainer's collator so each batch's real tokens are recorded, in order (the data loader
-    makes batch i before step i runs, whatever it prefetches)."""
+def _count_tokens(trainer: Any) -> tuple[list[int], list[int]]:
+    """Wrap the trainer's collator so each batch's real tokens and the tokens its loss is taken over
+    (labels other than -100, before the shift) are recorded, in order (the data loader makes batch i
+    before step i runs, whatever it prefetches)."""
     counts: list[int] = []
+    loss_counts: list[int] = []
     collate = trainer.data_collator
 
     def counting(examples: list[Any]) -> dict[str, Any]:
         batch = collate(examples)
         mask = batch.get("attention_mask")
         counts.append(int(mask.sum()) if mask is not None else int(batch["input_ids"].numel()))
+        loss_counts.append(int((batch["labels"] != -100).sum()) if "labels" in batch else 0)
         return batch
 
     trainer.data_collator = counting
-    return counts
+    return counts, loss_counts
 
 
 def _synchronize() -> None:
