@@ -17,7 +17,7 @@ FLOORS: list[set[str]] = [
     {"config"},
     {"tasks"},
     {"data"},
-    {"models", "loss", "tracking"},  # token-loss maths and the metric trackers, shared by train and eval
+    {"models", "loss", "tracking", "plan"},  # token-loss maths, trackers (shared by train and eval), the estimator
     {"train", "eval"},
     {"report", "export", "serve"},
     {"recipes"},  # one module per verb: the orchestration of one whole command

@@ -174,7 +174,7 @@ def _plan(args: argparse.Namespace) -> int:
     from multitune.plan.gpus import gpu_table
     from multitune.plan.render import render
     from multitune.plan.target import choose_target
-    from multitune.planning import run_plan
+    from multitune.recipes.plan import run_plan
 
     if args.gpu == "list":
         print(gpu_table())

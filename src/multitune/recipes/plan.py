@@ -220,7 +220,7 @@ def dumps(plan: dict[str, Any]) -> str:
 def run_plan(cfg: RunConfig, target: Target, price: float | None = None, mfu: float | None = None,
              measure_steps: int = 0, output: str | Path | None = None) -> tuple[dict[str, Any], Path]:
     """The whole verb: prepare, estimate for the target, optionally measure here, write plan.json."""
-    from multitune.measure import warm_up
+    from multitune.recipes.measure import warm_up
 
     model_name, tokenizer, prepared, shape, notes = prepare(cfg, convert=bool(measure_steps))
     fixed = 0.0 if target.on_gpu else warm_up(cfg)
@@ -239,7 +239,7 @@ def run_plan(cfg: RunConfig, target: Target, price: float | None = None, mfu: fl
 def measured_vs_estimate(cfg: RunConfig, shape: ModelShape, prepared: Prepared, model_name: str, tokenizer: Any,
                          steps: int) -> dict[str, Any]:
     """Measure `steps` steps here, and estimate the same steps' batches on this machine beside them."""
-    from multitune.measure import measure
+    from multitune.recipes.measure import measure
     from multitune.plan.target import choose_target
 
     here = choose_target(None, None, None, 1)
