@@ -239,8 +239,8 @@ def run_plan(cfg: RunConfig, target: Target, price: float | None = None, mfu: fl
 def measured_vs_estimate(cfg: RunConfig, shape: ModelShape, prepared: Prepared, model_name: str, tokenizer: Any,
                          steps: int) -> dict[str, Any]:
     """Measure `steps` steps here, and estimate the same steps' batches on this machine beside them."""
-    from multitune.recipes.measure import measure
     from multitune.plan.target import choose_target
+    from multitune.recipes.measure import measure
 
     here = choose_target(None, None, None, 1)
     ms = measure(cfg, model_name, tokenizer, prepared, steps)
