@@ -111,3 +111,13 @@ def test_qlora_trains_smollm2_on_this_cpu(smollm2_dir, tmp_path):
     assert all(torch.isfinite(torch.tensor(r["train/loss"])) for r in rows if "train/loss" in r)
     assert (out / "adapter" / "adapter_model.safetensors").is_file()
     assert 0.0 <= result.metrics["after"]["claims"]["accuracy"] <= 1.0
+
+
+def test_data_preview_shows_chatml_with_the_trained_tokens_marked(smollm2_dir, tmp_path):
+    from multitune.recipes.preview import preview
+
+    cfg = validate({"output_dir": str(tmp_path / "p"), "model": {"name": "smollm2-135m-instruct"},
+                    "tasks": [{"name": "claims", "kind": "classification", "source": "demo:claims", "max_rows": 20}]})
+    shown = preview(cfg, task=None, n=1, color=False)
+    assert "<|im_start|>assistant\n[[" in shown
+    assert "<|im_end|>]]\n" in shown  # the end of turn is trained, the newline after it is not

@@ -59,6 +59,31 @@ def test_qlora_trains_a_4bit_base_on_the_cpu_and_its_adapter_loads(tmp_path):
     assert torch.isfinite(loaded(input_ids=torch.tensor([[1, 20, 30]])).logits).all()
 
 
+def test_qlora_trains_the_quickstart_config_as_shipped(tmp_path):
+    # The quickstart's own tiny shape (width 256, intermediate 704) through bitsandbytes' CPU 4-bit kernel,
+    # which repacks weights in blocks of 32 rows for evaluation (688 used to end in its assertion).
+    pytest.importorskip("bitsandbytes")
+    from multitune import config
+
+    out = tmp_path / "quick-qlora"
+    result = run(config.load(REPO / "configs" / "quickstart.yaml", [
+        f"output_dir={out}", "adapter.method=qlora", "quantization.compute_dtype=float32",
+        "train.max_steps=2", "tasks.claims.max_rows=40", "tasks.intents.max_rows=40", "tasks.quiz.max_rows=40",
+        "tasks.instruct.max_rows=20", "eval.max_rows=4", "eval.generate=never", "eval.baseline=false",
+    ]))
+    assert set(result.metrics["after"]) == {"claims", "intents", "quiz", "instruct"}
+    assert (out / "adapter" / "adapter_model.safetensors").is_file()
+
+
+def test_qlora_on_a_cpu_refuses_a_width_its_kernel_cannot_take_before_loading(tmp_path):
+    pytest.importorskip("bitsandbytes")
+    raw = small(tmp_path / "odd", adapter={"method": "qlora"})
+    raw["model"]["tiny"] = {**SMALL_TINY, "intermediate_size": 100}
+    with pytest.raises(UserError, match=r"multiple of 32, and intermediate_size = 100"):
+        run(validate(raw))
+    assert not (tmp_path / "odd" / "checkpoints").exists()
+
+
 def test_dora_and_rslora_are_saved_in_the_adapter_and_reload_exactly(tmp_path):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
