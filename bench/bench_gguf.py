@@ -94,7 +94,7 @@ def convert(gguf_path: Path, folder: Path) -> Path:
 
 def train(out: Path, steps: int, model_name: str) -> Path:
     from multitune.config import validate
-    from multitune.train.recipe import run
+    from multitune.recipes.train import run
 
     run(validate({
         "output_dir": str(out),

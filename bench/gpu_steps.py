@@ -22,7 +22,7 @@ from gpu_shapes import SKIP_CUDA, Shape, free_memory, random_model, step_flops
 from multitune.config.schema import AdapterConfig, ModelConfig, QuantizationConfig, TrainConfig
 from multitune.models import adapters, load
 from multitune.train import loop, optim
-from multitune.train.loss import answer_positions
+from multitune.loss import answer_positions
 
 
 @dataclass(frozen=True)

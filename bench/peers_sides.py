@@ -159,7 +159,7 @@ def multitune_side(spec: Spec) -> dict[str, Any]:
     setup_s = time.perf_counter() - started
     losses, seconds, tokens, loss_tokens = [], [], [], []
     stamp = time.perf_counter()
-    for step in range(plan.total_steps):  # as train_loop runs them, without its logging and hooks
+    for step in range(plan.total_steps):  # as recipes/train.py runs them, without its logging, evaluation and checkpoints
         batches = loop.batches_for_step(prepared, plan, step, cfg.seed, 0, pad, accelerator.device)
         result = loop.train_step(model, optimizer, scheduler, accelerator, batches, cfg.train.max_grad_norm,
                                  n_tasks, cfg.train.answer_logits_only)

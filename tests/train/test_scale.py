@@ -175,7 +175,7 @@ def test_answer_only_logits_give_the_same_loss_and_gradients(model, tokenizer):
 def test_answer_only_logits_without_mask_support_give_the_same_loss_and_gradients(model, tokenizer, monkeypatch):
     """transformers 5.17 (the GPU images') takes no boolean `logits_to_keep`: the shared-columns path."""
     from multitune.train import loop
-    from multitune.train.loss import logits_to_keep_argument
+    from multitune.loss import logits_to_keep_argument
 
     monkeypatch.setattr(loop, "logits_to_keep_argument", lambda keep: logits_to_keep_argument(keep, False))
     batch = pad_batch(uneven(len(tokenizer)), tokenizer.pad_token_id)
