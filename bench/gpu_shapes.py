@@ -154,7 +154,7 @@ def versions() -> dict[str, str]:
 
 def environment() -> dict[str, Any]:
     """`multitune doctor`'s report, the versions that matter here and the GPU."""
-    from multitune import doctor
+    from multitune.recipes import doctor
 
     gpu: Any = SKIP_CUDA
     if torch.cuda.is_available():
