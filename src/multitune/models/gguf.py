@@ -13,6 +13,7 @@ vocabulary 49,152, tied embeddings, ChatML template) that reaches a machine with
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import shutil
@@ -67,8 +68,16 @@ def smollm2_file() -> Path:
 
 
 def sha256(path: Path) -> str:
+    """The file's SHA-256, read once per process for the same bytes on disk (a run asks for it to pin
+    the config and again to find the converted folder; an 8B GGUF takes seconds to hash)."""
+    stat = path.stat()
+    return _sha256_of(str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=8)
+def _sha256_of(path: str, size: int, mtime_ns: int) -> str:
     digest = hashlib.sha256()
-    with path.open("rb") as f:
+    with open(path, "rb") as f:
         while chunk := f.read(1 << 22):
             digest.update(chunk)
     return digest.hexdigest()
