@@ -9,7 +9,8 @@ template as multitune applies it).
 Each side then runs in a process of its own, started by the benchmark (`python bench/peers_sides.py SIDE
 SPEC RESULT`), so each one's peak resident memory is its own:
 
-- `multitune`: the real training code, step by step: `train.loop.make_plan`, `batches_for_step` (the
+- `multitune` / `multitune-padded`: the real training code (with its default shared-prefix rows, or
+  padded rows as before them), step by step: `train.loop.make_plan`, `batches_for_step` (the
   project's own collation) and `train_step`, on the model built as the `train` recipe builds it
   (`models.load.load_model`, `models.adapters.attach`, `train.optim`, accelerate's `prepare`);
 - `trl` / `trl-packed`: `peers.trl_lora_steps` (TRL's SFTTrainer + PEFT), loading nothing of multitune.
@@ -135,8 +136,9 @@ def render(spec: Spec) -> tuple[Spec, dict[str, Any]]:
     return done, info
 
 
-def multitune_side(spec: Spec) -> dict[str, Any]:
-    """multitune's real loop for `spec.steps` steps; tokens/s over the steps after the warm-up."""
+def multitune_side(spec: Spec, share_prefix: bool = True) -> dict[str, Any]:
+    """multitune's real loop for `spec.steps` steps; tokens/s over the steps after the warm-up. Its
+    default (`train.share_prefix` on: data/prefix.py), or padded micro-batches with `share_prefix` False."""
     import torch
     from accelerate import Accelerator
     from accelerate.utils import set_seed
@@ -150,7 +152,7 @@ def multitune_side(spec: Spec) -> dict[str, Any]:
     base = load.load_model(folder, cfg.model, None, accelerator.device)
     set_seed(cfg.seed)
     model = adapters.attach(base, cfg.adapter, cfg.train.gradient_checkpointing)
-    plan = loop.make_plan(cfg.train, prepared, cfg.seed, 1)
+    plan = loop.make_plan(cfg.train, prepared, cfg.seed, 1, share_prefix=share_prefix and cfg.shares_prefix)
     optimizer = optim.build_optimizer(model, cfg.train)
     scheduler = optim.build_scheduler(optimizer, cfg.train, plan.total_steps)
     model, optimizer = accelerator.prepare(model, optimizer)
@@ -211,8 +213,8 @@ def main(argv: list[str]) -> None:
 
     side, spec_file, result_file = argv
     spec = Spec(**json.loads(Path(spec_file).read_text()))
-    if side == "multitune":
-        result = multitune_side(spec)
+    if side in ("multitune", "multitune-padded"):
+        result = multitune_side(spec, share_prefix=side == "multitune")
     elif side in ("trl", "trl-packed"):
         result = trl_side(spec, packing=side == "trl-packed")
     else:

@@ -83,7 +83,7 @@ def test_toy_benchmark_has_both_sides_and_equal_losses(tmp_path):
     report = json.loads(out.read_text())
     assert report["threads"] == 1 and set(report["peaks"]) == {"float32", "bfloat16"}
     tiny = report["models"]["tiny"]
-    assert list(tiny["sides"]) == ["multitune", "trl", "trl-packed"] and tiny["steps"] == 3
+    assert list(tiny["sides"]) == ["multitune", "multitune-padded", "trl", "trl-packed"] and tiny["steps"] == 3
     for side in tiny["sides"].values():
         m, run = side["median"], side["rounds"][0]
         assert m["tokens_per_s"] > 0 and m["step_s"] > 0 and m["peak_rss_mib"] > 100
@@ -91,7 +91,9 @@ def test_toy_benchmark_has_both_sides_and_equal_losses(tmp_path):
         assert m["mfu_float32"] > 0 and m["mfu_bfloat16"] > 0
     ours, trl = tiny["sides"]["multitune"]["rounds"][0], tiny["sides"]["trl"]["rounds"][0]
     # The same rows in the same order, the same adapters from the same seed: the same step losses.
-    assert ours["real_tokens_per_step"] == trl["real_tokens_per_step"]
+    padded = tiny["sides"]["multitune-padded"]["rounds"][0]
+    assert ours["real_tokens_per_step"] == trl["real_tokens_per_step"] == padded["real_tokens_per_step"]
+    assert ours["losses"] == pytest.approx(padded["losses"], rel=1e-4)  # shared-prefix rows: the same maths
     assert ours["losses"] == pytest.approx(trl["losses"], rel=0.02) and abs(tiny["loss_gap_multitune_over_trl"]) < 0.02
     assert tiny["sides"]["trl"]["median"]["over_trl"] == 1.0
     assert tiny["flops_per_real_token"]["base"] == 4 * 2_818_048  # the default tiny model's shape

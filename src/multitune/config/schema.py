@@ -182,6 +182,11 @@ class TrainConfig(Section):
     answer_logits_only: bool = True
     """Project hidden states onto the vocabulary only at positions that predict an answer token. Exact,
     and on prompt-heavy data it removes most of the logits' memory (Llama 3's vocabulary is 128k wide)."""
+    share_prefix: bool | None = None
+    """Run the tokens the rows of a micro-batch start with (the template's header, a task's system prompt
+    and instruction) once instead of once per row, and drop the padding (data/prefix.py). Exact: the same
+    losses and gradients as padded rows. null: on for padded batches under sdpa or eager attention;
+    true: the same, and an error where it cannot apply (data.packing, flash_attention_2)."""
     max_bad_steps: int = Field(5, ge=1)
     """Stop after this many consecutive steps whose loss or gradient norm is NaN or infinite (each one
     is skipped: no weight update)."""
@@ -303,6 +308,11 @@ class RunConfig(Section):
         # A saved config.yaml spells out every default, so only a changed section is an error.
         if self.quantization != QuantizationConfig() and self.adapter.method != "qlora":
             problems.append("quantization applies only to adapter.method=qlora; remove it or set the method")
+        if self.train.share_prefix and self.data.packing:
+            problems.append("train.share_prefix applies to padded batches, not to data.packing: set one of them false")
+        if self.train.share_prefix and self.model.attn_implementation == "flash_attention_2":
+            problems.append("train.share_prefix needs an attention mask, which flash_attention_2 does not take: "
+                            "use model.attn_implementation=sdpa or set train.share_prefix false")
         if problems:
             raise ValueError("; ".join(problems))
         return self
@@ -318,6 +328,12 @@ class RunConfig(Section):
         if problems:
             raise ValueError("eval.best_metric: " + "; ".join(problems))
         return self
+
+    @property
+    def shares_prefix(self) -> bool:
+        """Whether training batches run a shared prefix once (`train.share_prefix`, resolved)."""
+        return self.train.share_prefix is not False and not self.data.packing and \
+            self.model.attn_implementation != "flash_attention_2"
 
     def task(self, name: str) -> TaskConfig:
         for t in self.tasks:

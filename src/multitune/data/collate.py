@@ -37,7 +37,10 @@ def model_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 def real_tokens(batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """Number of non-padding tokens in a batch (a 0-dim tensor): from the attention mask of a padded
-    batch, from the per-token task ids (-1 on padding) of a packed one, which has no attention mask."""
+    batch, from the per-token task ids (-1 on padding) of a packed one, which has no attention mask; a
+    shared-prefix batch (data/prefix.py) says how many its rows hold, each counting the prefix."""
+    if "row_tokens" in batch:
+        return batch["row_tokens"]
     if "attention_mask" in batch:
         return batch["attention_mask"].sum()
     return (batch["task_ids"] >= 0).sum()

@@ -316,7 +316,7 @@ def _model(cfg: RunConfig, accelerator: Any, model_name: str, prepared: Prepared
     trainable, total = adapters.count_parameters(model)
     accelerator.print(f"model {cfg.model.name} ({model_name}): {cfg.adapter.method}, "
                       f"{trainable:,} of {total:,} parameters trainable")
-    plan = loop.make_plan(cfg.train, prepared, cfg.seed, accelerator.num_processes)
+    plan = loop.make_plan(cfg.train, prepared, cfg.seed, accelerator.num_processes, share_prefix=cfg.shares_prefix)
     optimizer = optim.build_optimizer(model, cfg.train)
     scheduler = optim.build_scheduler(optimizer, cfg.train, plan.total_steps)
     model, optimizer = accelerator.prepare(model, optimizer)

@@ -20,6 +20,7 @@ from multitune.config.schema import TrainConfig
 from multitune.data.collate import model_inputs, pad_batch, real_tokens
 from multitune.data.mixture import cached_mixture_order, step_micro_batches, steps_per_epoch
 from multitune.data.packing import RowLengths, epoch_rows, pack_batch, planned_rows_per_epoch
+from multitune.data.prefix import ROW_TOKENS, shared_prefix_batch
 from multitune.data.prepare import Prepared
 from multitune.errors import UserError
 from multitune.loss import (
@@ -35,13 +36,28 @@ from multitune.train.state import StepResult
 
 def forward_loss(model: Any, batch: dict[str, torch.Tensor], answer_logits_only: bool) -> torch.Tensor:
     """Next-token loss per position of one micro-batch, 0 off the answers: (B, T-1)."""
+    inputs = model_inputs(batch)
+    mask = inputs.get("attention_mask")
+    if mask is not None and mask.dim() == 4 and _attention(model) == "eager":
+        # A shared-prefix batch's mask is boolean (what sdpa takes); eager attention adds its mask to the
+        # scores, so it gets 0 where a key is seen and float32's lowest value where it is not (eager takes
+        # the softmax in float32 whatever the weights' dtype).
+        inputs["attention_mask"] = torch.zeros(mask.shape, device=mask.device).masked_fill(
+            ~mask, torch.finfo(torch.float32).min)
     if not answer_logits_only:
-        logits = model(**model_inputs(batch), use_cache=False).logits  # (B, T, V)
+        logits = model(**inputs, use_cache=False).logits  # (B, T, V)
         return token_losses(logits, batch["labels"])
     keep = answer_positions(batch["labels"])  # (B, T)
     to_keep, pick = logits_to_keep_argument(keep)
-    logits = model(**model_inputs(batch), use_cache=False, logits_to_keep=to_keep).logits  # (N, V) or (B, K, V)
+    logits = model(**inputs, use_cache=False, logits_to_keep=to_keep).logits  # (N, V) or (B, K, V)
     return token_losses_at(logits if pick is None else logits[pick], batch["labels"], keep)
+
+
+def _attention(model: Any) -> str:
+    """The attention implementation of a (possibly wrapped: PEFT, DDP, FSDP, compiled) transformers model."""
+    while not hasattr(model, "config") and hasattr(model, "module"):
+        model = model.module
+    return getattr(getattr(model, "config", None), "_attn_implementation", "sdpa")
 
 
 def accumulate_gradients(
@@ -115,13 +131,16 @@ class Plan:
     steps_per_epoch: int
     total_steps: int
     packed: bool = False
+    share_prefix: bool = False  # padded micro-batches as shared-prefix rows (data/prefix.py)
 
     @property
     def global_batch_size(self) -> int:
         return self.micro_batch_size * self.grad_accum_steps * self.world_size
 
 
-def make_plan(cfg: TrainConfig, prepared: Prepared, seed: int, world_size: int) -> Plan:
+def make_plan(cfg: TrainConfig, prepared: Prepared, seed: int, world_size: int, share_prefix: bool = False) -> Plan:
+    """The run's batch geometry; `share_prefix` (the config's `shares_prefix`) lays padded micro-batches
+    out as shared-prefix rows."""
     global_batch = cfg.micro_batch_size * cfg.grad_accum_steps * world_size
     sizes, counts = tuple(prepared.task_sizes), tuple(prepared.epoch_counts)
     if prepared.pack_len is None:
@@ -139,21 +158,27 @@ def make_plan(cfg: TrainConfig, prepared: Prepared, seed: int, world_size: int) 
         )
     total = cfg.max_steps if cfg.max_steps is not None else per_epoch * cfg.epochs
     return Plan(cfg.micro_batch_size, cfg.grad_accum_steps, world_size, epoch_size, per_epoch, total,
-                packed=prepared.pack_len is not None)
+                packed=prepared.pack_len is not None, share_prefix=share_prefix and prepared.pack_len is None)
 
 
 def batches_for_step(
     prepared: Prepared, plan: Plan, step: int, seed: int, rank: int, pad_id: int, device: Any
 ) -> list[dict[str, torch.Tensor]]:
     """The micro-batches process `rank` runs at optimizer step `step` (a pure function of it): padded
-    examples, or packed rows when `data.packing` is on."""
+    examples, the same as shared-prefix rows when the plan says so, or packed rows when `data.packing` is
+    on."""
     epoch, step_in_epoch = divmod(step, plan.steps_per_epoch)
     sizes, counts = tuple(prepared.task_sizes), tuple(prepared.epoch_counts)
     geometry = (step_in_epoch, rank, plan.world_size, plan.micro_batch_size, plan.grad_accum_steps)
     if prepared.pack_len is None:
         order = cached_mixture_order(sizes, counts, seed, epoch)
         groups = step_micro_batches(order, *geometry, prepared.lengths)
-        batches = [pad_batch([prepared.train[i] for i in g], pad_id) for g in groups]
+        examples = [[prepared.train[i] for i in g] for g in groups]
+        if plan.share_prefix:
+            batches = [shared_prefix_batch(exs, pad_id, max(ROW_TOKENS, *(len(ex.input_ids) for ex in exs)))
+                       for exs in examples]
+        else:
+            batches = [pad_batch(exs, pad_id) for exs in examples]
     else:
         rows = epoch_rows(sizes, counts, prepared.lengths, prepared.pack_len, seed, epoch)
         groups = step_micro_batches(range(len(rows)), *geometry, RowLengths(rows, prepared.lengths))

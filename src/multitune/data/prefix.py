@@ -1,0 +1,190 @@
+"""Shared-prefix rows: the tokens every row of a micro-batch starts with are run once, not once per row.
+
+The rows of one task start with the same tokens: the chat template's header, the task's system prompt and
+instruction (24 of banking77's 52 tokens on average with SmolLM2's template). A padded micro-batch runs
+them once per row, and pads every row to the longest. Here a micro-batch becomes one row (or a few, each
+at most `max_len` long): each group of rows that share a prefix lays it down once, followed by every row's
+remaining tokens (its suffix), with no padding between them. A 4D attention mask lets each suffix token
+see its group's prefix and the earlier tokens of its own suffix, nothing else, and position ids continue
+from the prefix in every suffix.
+
+The maths is the padded layout's: causal attention means a prefix token's hidden states never depend on
+what follows it, so they are the same in every row that holds it; each suffix token sees exactly the
+tokens it saw in its own row, at the same positions. The prefix's gradient is the sum over the rows that
+use it, as before. Labels are unchanged: the prefix is cut before any row's first trained token's
+predecessor, so no trained position is shared. Only the order of floating-point sums differs
+(tests/data/test_prefix.py compares losses and gradients with the padded layout).
+
+It pays when the prefix is a good share of the rows (short classification prompts) and the attention over
+the whole row stays small next to the linear layers: `max_len` bounds the dense mask and that attention.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from multitune.data.tokenize import IGNORE, Tokenized
+
+ROW_TOKENS = 1024
+"""Longest shared-prefix row training lays down (a longer example gets a row of its own): it bounds the
+dense mask and the attention over the row, which pays for every pair of tokens in it."""
+
+MIN_PREFIX = 8
+"""Shorter common starts are not worth a group of their own: the rows are laid down whole instead."""
+
+
+@dataclass(frozen=True)
+class Group:
+    """Rows (indices into the micro-batch) sharing their first `prefix` tokens; 0 for a row on its own."""
+
+    rows: list[int]
+    prefix: int
+
+
+def common_length(a: Sequence[int], b: Sequence[int]) -> int:
+    """Length of the longest common start of two token lists.
+
+    >>> common_length([1, 2, 3], [1, 2, 4, 5]), common_length([7], [8])
+    (2, 0)
+    """
+    n = min(len(a), len(b))
+    for i in range(n):
+        if a[i] != b[i]:
+            return i
+    return n
+
+
+def shareable(ex: Tokenized) -> int:
+    """How many leading tokens of `ex` may be shared: up to the position before the one whose next token is
+    first trained (a shared position's logits are one for all rows, and a trained one has a row's own
+    target), and at least one token always stays the row's own."""
+    first_trained = next((i for i, label in enumerate(ex.labels) if label != IGNORE), len(ex.labels))
+    return max(0, min(first_trained - 1, len(ex.input_ids) - 1))
+
+
+def prefix_groups(examples: Sequence[Tokenized], min_prefix: int = MIN_PREFIX) -> list[Group]:
+    """Group the rows by common start: rows sorted by their tokens, cut where neighbours share fewer than
+    `min_prefix` tokens; each group shares the start all its rows have (capped by `shareable`).
+
+    >>> a, b, c = (Tokenized(ids, [IGNORE] * (len(ids) - 1) + [ids[-1]], 0) for ids in
+    ...            ([1] * 9 + [2, 3], [1] * 9 + [4, 5, 6], [7, 8, 9]))
+    >>> prefix_groups([a, c, b])
+    [Group(rows=[0, 2], prefix=9), Group(rows=[1], prefix=0)]
+    """
+    order = sorted(range(len(examples)), key=lambda i: examples[i].input_ids)
+    groups: list[list[int]] = []
+    for i in order:
+        if groups and common_length(examples[groups[-1][-1]].input_ids, examples[i].input_ids) >= min_prefix:
+            groups[-1].append(i)
+        else:
+            groups.append([i])
+    out = []
+    for rows in groups:
+        first = examples[rows[0]].input_ids
+        shared = min([shareable(examples[i]) for i in rows] + [common_length(first, examples[i].input_ids) for i in rows])
+        out.append(Group(sorted(rows), shared if len(rows) > 1 and shared >= min_prefix else 0))
+    return out
+
+
+@dataclass
+class _Row:
+    """One output row being laid down: its tokens and, per token, the segment it attends within."""
+
+    ids: list[int]
+    labels: list[int]
+    positions: list[int]
+    tasks: list[int]
+    segments: list[int]  # the token's own segment: a prefix's or a suffix's
+    prefix_of: list[int]  # the prefix segment a suffix token may also see; -1 for prefix tokens and rows alone
+
+
+def _layout(examples: Sequence[Tokenized], groups: Sequence[Group], max_len: int) -> list[_Row]:
+    """Lay the groups down into rows of at most `max_len` tokens (a row that is longer on its own gets a
+    row of its own), a prefix again at the start of every row its group continues into."""
+    rows: list[_Row] = []
+    segment = 0
+
+    def new_row() -> _Row:
+        rows.append(_Row([], [], [], [], [], []))
+        return rows[-1]
+
+    row = new_row()
+    for group in groups:
+        prefix_ids = examples[group.rows[0]].input_ids[:group.prefix]
+        prefix_segment = -1
+        for i in group.rows:
+            ex = examples[i]
+            need = len(ex.input_ids) - group.prefix + (group.prefix if prefix_segment < 0 else 0)
+            if row.ids and len(row.ids) + need > max_len:
+                row, prefix_segment = new_row(), -1
+            if group.prefix and prefix_segment < 0:  # the prefix, once in this row
+                prefix_segment, segment = segment, segment + 1
+                _extend(row, prefix_ids, [IGNORE] * group.prefix, 0, ex.task_id, prefix_segment, -1)
+            _extend(row, ex.input_ids[group.prefix:], ex.labels[group.prefix:], group.prefix, ex.task_id, segment,
+                    prefix_segment)
+            segment += 1
+    return rows
+
+
+def _extend(row: _Row, ids: Sequence[int], labels: Sequence[int], start: int, task: int, segment: int,
+            prefix: int) -> None:
+    n = len(ids)
+    row.ids += ids
+    row.labels += labels
+    row.positions += range(start, start + n)
+    row.tasks += [task] * n
+    row.segments += [segment] * n
+    row.prefix_of += [prefix] * n
+
+
+def shared_prefix_batch(examples: Sequence[Tokenized], pad_id: int, max_len: int) -> dict[str, torch.Tensor]:
+    """A micro-batch of examples as shared-prefix rows (module docstring).
+
+    Returns input_ids, labels, position_ids, task_ids (-1 on padding): (R, T); attention_mask: (R, 1, T, T)
+    bool, True where a query (row 2) may attend a key (row 3); row_tokens: the examples' own tokens (what
+    a padded batch would count as real), a 0-dim tensor.
+
+    >>> a = Tokenized([1] * 8 + [2, 3], [IGNORE] * 9 + [3], 0)
+    >>> b = Tokenized([1] * 8 + [4, 5, 6], [IGNORE] * 10 + [6], 0)
+    >>> out = shared_prefix_batch([a, b], pad_id=0, max_len=64)
+    >>> out["input_ids"].tolist(), out["position_ids"].tolist()
+    ([[1, 1, 1, 1, 1, 1, 1, 1, 2, 3, 4, 5, 6]], [[0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 8, 9, 10]])
+    >>> out["attention_mask"][0, 0, 10].int().tolist()  # b's first own token: the prefix and itself
+    [1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 1, 0, 0]
+    """
+    rows = _layout(examples, prefix_groups(examples), max_len)
+    width = max(len(r.ids) for r in rows)
+    shape = (len(rows), width)
+    ids = torch.full(shape, pad_id, dtype=torch.long)
+    labels = torch.full(shape, IGNORE, dtype=torch.long)
+    positions = torch.zeros(shape, dtype=torch.long)
+    tasks = torch.full(shape, -1, dtype=torch.long)
+    segments = torch.full(shape, -2, dtype=torch.long)  # padding: a segment of its own per token (below)
+    prefix_of = torch.full(shape, -1, dtype=torch.long)
+    for r, row in enumerate(rows):
+        n = len(row.ids)
+        ids[r, :n] = torch.tensor(row.ids)
+        labels[r, :n] = torch.tensor(row.labels)
+        positions[r, :n] = torch.tensor(row.positions)
+        tasks[r, :n] = torch.tensor(row.tasks)
+        segments[r, :n] = torch.tensor(row.segments)
+        prefix_of[r, :n] = torch.tensor(row.prefix_of)
+    return {"input_ids": ids, "labels": labels, "position_ids": positions, "task_ids": tasks,
+            "attention_mask": attention_mask(segments, prefix_of),
+            "row_tokens": torch.tensor(sum(len(ex.input_ids) for ex in examples))}
+
+
+def attention_mask(segments: torch.Tensor, prefix_of: torch.Tensor) -> torch.Tensor:
+    """(R, 1, T, T) bool from per-token segments (R, T): a query sees the earlier keys of its own segment
+    and of its prefix segment. A padding token (segment -2) sees only itself, so no softmax row is empty."""
+    q_seg, k_seg = segments[:, :, None], segments[:, None, :]
+    same = (q_seg == k_seg) & (q_seg >= 0)
+    own_prefix = (prefix_of[:, :, None] == k_seg) & (prefix_of[:, :, None] >= 0)
+    width = segments.shape[1]
+    causal = torch.ones(width, width, dtype=torch.bool).tril()
+    mask = (same | own_prefix) & causal
+    mask |= torch.eye(width, dtype=torch.bool)
+    return mask[:, None]

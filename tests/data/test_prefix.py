@@ -1,0 +1,106 @@
+"""Shared-prefix rows (data/prefix.py): the same losses and gradients as padded rows, less work."""
+
+import random
+
+import pytest
+import torch
+from accelerate import Accelerator
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from multitune.config import validate
+from multitune.data.collate import pad_batch, real_tokens
+from multitune.data.prefix import MIN_PREFIX, prefix_groups, shareable, shared_prefix_batch
+from multitune.data.tokenize import IGNORE, Tokenized
+from multitune.errors import UserError
+from multitune.train.loop import accumulate_gradients
+
+
+def with_prefixes(vocab: int, n: int, seed: int, prefixes: int = 2, longest: int = 20) -> list[Tokenized]:
+    """Rows starting with one of `prefixes` shared starts (two tasks' headers), then their own tokens and an
+    answer; one row in five has no shared start at all."""
+    rng = random.Random(seed)
+    starts = [[rng.randrange(10, vocab) for _ in range(rng.randint(MIN_PREFIX, 14))] for _ in range(prefixes)]
+    out = []
+    for i in range(n):
+        start = starts[i % prefixes] if i % 5 else []
+        own = [rng.randrange(10, vocab) for _ in range(rng.randint(2, longest))]
+        answer = rng.randint(1, min(3, len(own) - 1))
+        ids = start + own
+        out.append(Tokenized(ids, [IGNORE] * (len(ids) - answer) + ids[-answer:], task_id=i % prefixes))
+    return out
+
+
+def test_each_example_is_laid_down_whole_and_sees_what_it_saw_in_its_own_row():
+    seqs = with_prefixes(vocab=500, n=10, seed=0)
+    batch = shared_prefix_batch(seqs, pad_id=0, max_len=1024)
+    assert int(real_tokens(batch)) == sum(len(e.input_ids) for e in seqs)
+    ids, pos, mask = batch["input_ids"][0], batch["position_ids"][0], batch["attention_mask"][0, 0]
+    for ex in seqs:  # reassemble each example from the tokens its last token attends to, in position order
+        found = False
+        for q in range(ids.shape[0]):
+            seen = mask[q].nonzero().squeeze(1)
+            if ids[seen].tolist() == ex.input_ids and pos[seen].tolist() == list(range(len(ex.input_ids))):
+                found = True
+                break
+        assert found, ex.input_ids
+    # every trained token appears once, with its own label
+    assert sorted(batch["labels"][batch["labels"] != IGNORE].tolist()) == sorted(
+        t for e in seqs for t in e.labels if t != IGNORE)
+    assert batch["input_ids"].numel() < len(seqs) * max(len(e.input_ids) for e in seqs)  # less than padded
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(0, 10_000), st.integers(1, 12), st.integers(1, 3))
+def test_groups_share_only_what_every_row_holds_before_its_first_trained_position(seed, n, prefixes):
+    seqs = with_prefixes(vocab=50, n=n, seed=seed, prefixes=prefixes)
+    groups = prefix_groups(seqs)
+    assert sorted(i for g in groups for i in g.rows) == list(range(n))
+    for g in groups:
+        if g.prefix:
+            assert len(g.rows) > 1 and g.prefix >= MIN_PREFIX
+            head = seqs[g.rows[0]].input_ids[:g.prefix]
+            assert all(seqs[i].input_ids[:g.prefix] == head and g.prefix <= shareable(seqs[i]) for i in g.rows)
+
+
+def test_rows_longer_than_max_len_split_and_repeat_their_prefix():
+    seqs = with_prefixes(vocab=500, n=8, seed=3, prefixes=1)
+    batch = shared_prefix_batch(seqs, pad_id=0, max_len=40)
+    assert batch["input_ids"].shape[0] > 1
+    assert (batch["task_ids"] >= 0).sum(dim=1).max() <= 40
+    assert int(real_tokens(batch)) == sum(len(e.input_ids) for e in seqs)
+    padding = batch["task_ids"] < 0  # padding sees only itself
+    assert (batch["attention_mask"][:, 0].sum(-1)[padding] == 1).all()
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_shared_prefix_gradients_and_per_task_losses_equal_the_padded_ones(tiny_dir, tokenizer, attn):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_dir, attn_implementation=attn).train()
+    accelerator = Accelerator(cpu=True)
+    seqs = with_prefixes(len(tokenizer), 12, seed=4)
+    pad = tokenizer.pad_token_id
+
+    def grads_and_sums(micro_batches):
+        model.zero_grad(set_to_none=True)
+        counts, sums = accumulate_gradients(model, accelerator, micro_batches, n_tasks=2)
+        return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}, counts, sums
+
+    padded = grads_and_sums([pad_batch(seqs[:6], pad), pad_batch(seqs[6:], pad)])
+    shared = grads_and_sums([shared_prefix_batch(seqs[:6], pad, 1024), shared_prefix_batch(seqs[6:], pad, 1024)])
+    assert shared[1].tolist() == padded[1].tolist()  # the same answer tokens and real tokens in the step
+    torch.testing.assert_close(shared[2], padded[2], rtol=1e-4, atol=1e-4)  # per-task [loss sum, tokens]
+    for name, g in padded[0].items():
+        torch.testing.assert_close(shared[0][name], g, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_share_prefix_is_resolved_from_the_config_and_refused_where_it_cannot_apply():
+    base = {"tasks": [{"name": "t", "kind": "classification", "source": "x.jsonl"}]}
+    assert validate(base).shares_prefix
+    assert not validate({**base, "data": {"packing": True}}).shares_prefix
+    assert not validate({**base, "train": {"share_prefix": False}}).shares_prefix
+    with pytest.raises(UserError, match="share_prefix applies to padded batches"):
+        validate({**base, "data": {"packing": True}, "train": {"share_prefix": True}})
+    with pytest.raises(UserError, match="flash_attention_2"):
+        validate({**base, "model": {"attn_implementation": "flash_attention_2"}, "train": {"share_prefix": True}})
