@@ -53,8 +53,9 @@ def run_config(task: str, out: Path, steps: int) -> dict:
     }
 
 
-def trained_run(task: str, steps: int, work: Path, given: str | None) -> Path:
-    """A finished run of `task`: the one given, or a short full fine-tuning of the tiny model."""
+def trained_run(task: str, steps: int, work: Path, given: str | None, make_config=None) -> Path:
+    """A finished run of `task`: the one given, or a short run of `make_config(task, out, steps)` (by
+    default `run_config`: full fine-tuning of the tiny model), reused when its folder holds an adapter."""
     if given:
         return Path(given)
     from multitune.config import validate
@@ -62,7 +63,7 @@ def trained_run(task: str, steps: int, work: Path, given: str | None) -> Path:
 
     out = work / f"{task}-{steps}"
     if not (out / "adapter").is_dir():
-        run(validate(run_config(task, out, steps)))
+        run(validate((make_config or run_config)(task, out, steps)))
     return out
 
 
@@ -87,9 +88,7 @@ def speed(run_dir: Path, rows: int, repeats: int) -> dict:
 
     import torch
 
-    from multitune.eval.generate import greedy
-    from multitune.eval.metrics import parse_choice, parse_label
-    from multitune.eval.records import CLOSED_GENERATION_SLACK, score_items
+    from multitune.eval.records import score_items
     from multitune.eval.runner import evaluate, spread
     from multitune.eval.scoring import prefix_cache, shared_prefix_len
     from multitune.models import load as models
@@ -104,9 +103,6 @@ def speed(run_dir: Path, rows: int, repeats: int) -> dict:
     n = shared_prefix_len(prompts)
     out: dict = {"task": es.name, "rows": rows, "threads": torch.get_num_threads(), "repeats": repeats,
                  "prompt_tokens": sum(map(len, prompts)) / rows, "shared_prefix_tokens": n}
-    parse = parse_label if es.kind == "classification" else parse_choice
-    longest = max(len(c) for c in items[0].trie.candidates)
-
     def scoring() -> None:
         out["scoring_accuracy"] = evaluate(model, tokenizer, [es], eval_cfg, pad, generate=False)[es.name].metrics["accuracy"]
 
@@ -116,10 +112,7 @@ def speed(run_dir: Path, rows: int, repeats: int) -> dict:
             pass
 
     def generation() -> None:
-        answers = greedy(model, tokenizer, prompts, longest + CLOSED_GENERATION_SLACK, 16, pad)
-        parsed = [parse(a, it.example.candidates) for a, it in zip(answers, items, strict=True)]
-        out["generation_accuracy"] = sum(p == it.example.label for p, it in zip(parsed, items, strict=True)) / rows
-        out["generation_invalid_rate"] = sum(p is None for p in parsed) / rows
+        out["generation_accuracy"], out["generation_invalid_rate"] = greedy_parsed(model, tokenizer, es.kind, items, pad)
 
     def prompt_pass() -> None:
         prompt_forward(model, prompts, 16, pad)
@@ -142,6 +135,22 @@ def speed(run_dir: Path, rows: int, repeats: int) -> dict:
         out[f"{key}_examples_per_s"] = rows / out[f"{key}_s"]
     out["generation_over_scoring"] = out["generation_s"] / out["scoring_s"]
     return out
+
+
+def greedy_parsed(model, tokenizer, kind: str, items, pad_id: int, batch_size: int = 16) -> tuple[float, float]:
+    """Greedy answers to closed-answer `items` as the evaluation generates them (stopping at the end of
+    turn, at most the longest candidate + CLOSED_GENERATION_SLACK tokens), parsed into a label or a
+    letter: (accuracy, rate of answers that name no valid candidate)."""
+    from multitune.eval.generate import greedy
+    from multitune.eval.metrics import parse_choice, parse_label
+    from multitune.eval.records import CLOSED_GENERATION_SLACK
+
+    parse = parse_label if kind == "classification" else parse_choice
+    longest = max(len(c) for it in items for c in it.trie.candidates)
+    answers = greedy(model, tokenizer, [it.prompt for it in items], longest + CLOSED_GENERATION_SLACK, batch_size, pad_id)
+    parsed = [parse(a, it.example.candidates) for a, it in zip(answers, items, strict=True)]
+    correct = sum(p == it.example.label for p, it in zip(parsed, items, strict=True))
+    return correct / len(items), sum(p is None for p in parsed) / len(items)
 
 
 def prompt_forward(model, prompts, batch_size: int, pad_id: int) -> None:

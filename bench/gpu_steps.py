@@ -20,9 +20,9 @@ from gpu_data import SEED, Streams
 from gpu_shapes import SKIP_CUDA, Shape, free_memory, random_model, step_flops
 
 from multitune.config.schema import AdapterConfig, ModelConfig, QuantizationConfig, TrainConfig
+from multitune.loss import answer_positions
 from multitune.models import adapters, load
 from multitune.train import loop, optim
-from multitune.loss import answer_positions
 
 
 @dataclass(frozen=True)

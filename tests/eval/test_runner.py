@@ -4,12 +4,13 @@ import pytest
 from sklearn.metrics import accuracy_score, f1_score
 
 from multitune.config import validate
+from multitune.config.schema import EvalConfig
 from multitune.data.prepare import load_splits
 from multitune.data.tokenize import tokenize_examples
 from multitune.eval.items import build_eval_set
 from multitune.eval.metrics import text_metrics
 from multitune.eval.records import SEARCH_FROM_NODES, reference_losses, score_items
-from multitune.eval.runner import build_eval_sets, evaluate
+from multitune.eval.runner import baseline_config, baseline_notice, build_eval_sets, evaluate, spread
 from multitune.eval.scoring import prefix_cache, shared_prefix_len
 from multitune.tasks.base import Example, chat
 
@@ -68,6 +69,31 @@ def test_max_rows_limits_every_task(model, tokenizer, setup):
     small = cfg.eval.model_copy(update={"max_rows": 5})
     results = evaluate(model, tokenizer, sets, small, tokenizer.pad_token_id, generate=False)
     assert {name: r.metrics["rows"] for name, r in results.items()} == {"claims": 5.0, "quiz": 5.0, "instruct": 5.0}
+
+
+def test_the_smaller_of_max_rows_and_baseline_max_rows_caps_the_baseline():
+    caps = {(m, b): baseline_config(EvalConfig(max_rows=m, baseline_max_rows=b)).max_rows
+            for m in (None, 3, 8) for b in (None, 5)}
+    assert caps == {(None, None): None, (None, 5): 5, (3, None): 3, (3, 5): 3, (8, None): 8, (8, 5): 5}
+    assert EvalConfig().baseline_max_rows == 200
+
+
+def test_the_baseline_evaluates_the_rows_max_rows_spreading_picks_and_says_so(model, tokenizer, setup):
+    cfg, splits, sets = setup
+    sampled = cfg.eval.model_copy(update={"baseline_max_rows": 5})
+    results = evaluate(model, tokenizer, sets[:1], baseline_config(sampled), tokenizer.pad_token_id, generate=False)
+    picked = [p["index"] for p in results["claims"].predictions]
+    assert picked == [it.index for it in spread(sets[0].items, 5)] == [0, 2, 4, 7, 9]  # 5 of 12, spread
+    assert [p["row"] for p in results["claims"].predictions] == [splits[0].val[i].row for i in picked]
+    assert results["claims"].metrics["rows"] == 5.0
+    assert baseline_notice(sets, sampled) == (
+        "baseline: claims on 5 of 12 validation rows, quiz on 5 of 6 validation rows, instruct on 5 of 6 "
+        "validation rows, spread evenly (eval.baseline_max_rows: null evaluates all)")
+    capped = sampled.model_copy(update={"max_rows": 8})  # the other evaluations take 8 of claims' 12
+    assert baseline_notice(sets, capped).endswith("(eval.baseline_max_rows: null evaluates the 8 of eval.max_rows)")
+    assert baseline_notice(sets, sampled.model_copy(update={"max_rows": 4})) is None  # max_rows is smaller
+    assert baseline_notice(sets, sampled.model_copy(update={"baseline_max_rows": None})) is None
+    assert baseline_config(sampled.model_copy(update={"baseline_max_rows": None})).max_rows is None  # every row
 
 
 def test_search_and_full_scoring_agree_on_a_large_label_set(model, tokenizer):

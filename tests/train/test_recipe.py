@@ -39,3 +39,46 @@ def test_max_steps_overrides_epochs_and_grad_accum_counts_one_step(tmp_path):
                            logging={"every_steps": 1})))
     rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if "train/loss" in r] == [1, 2, 3, 4]
+
+
+def baseline_run(tmp_path, monkeypatch, capsys, baseline_max_rows):
+    """A run with a baseline; returns (its result, what was printed before the baseline evaluation began,
+    the evaluated row indices of each evaluation, the claims evaluation set, what was printed after)."""
+    from multitune.recipes import train as recipe
+
+    seen, real = [], recipe.evaluate
+
+    def spy(model, tokenizer, eval_sets, **kw):
+        printed = capsys.readouterr().out
+        results = real(model, tokenizer, eval_sets, **kw)
+        seen.append((printed, [p["index"] for p in results["claims"].predictions], eval_sets[0]))
+        return results
+
+    monkeypatch.setattr(recipe, "evaluate", spy)
+    result = run(validate(small_run(tmp_path, train={"max_steps": 1},
+                                    eval={"baseline": True, "baseline_max_rows": baseline_max_rows,
+                                          "generate": "never"})))
+    return result, seen[0][0], [indices for _, indices, _ in seen], seen[0][2], capsys.readouterr().out
+
+
+def test_a_sampled_baseline_is_said_before_it_runs_and_its_row_count_shown(tmp_path, monkeypatch, capsys):
+    from multitune.eval.runner import spread
+
+    result, before_baseline, indices, claims, after = baseline_run(tmp_path, monkeypatch, capsys, 5)
+    n = len(claims.items)
+    notice = f"baseline: claims on 5 of {n} validation rows, spread evenly (eval.baseline_max_rows: null evaluates all)"
+    assert n > 5 and notice in before_baseline.splitlines()
+    assert indices == [[it.index for it in spread(claims.items, 5)], list(range(n))]  # baseline, then final
+    metrics = result.metrics
+    assert metrics["before"]["claims"]["rows"] == 5.0 and metrics["after"]["claims"]["rows"] == float(n)
+    note = f"before: the untrained model on fewer rows than after (eval.baseline_max_rows): claims 5 of {n}"
+    assert note in after.splitlines()  # under the printed before/after table
+    assert note in (tmp_path / "run" / "report.html").read_text()
+    assert f"claims 5 of {n}, spread evenly." in (tmp_path / "run" / "README.md").read_text()
+
+
+def test_a_null_baseline_max_rows_evaluates_every_row(tmp_path, monkeypatch, capsys):
+    result, before_baseline, indices, claims, after = baseline_run(tmp_path, monkeypatch, capsys, None)
+    assert "baseline:" not in before_baseline and "fewer rows" not in after
+    assert indices == [list(range(len(claims.items)))] * 2
+    assert result.metrics["before"]["claims"]["rows"] == result.metrics["after"]["claims"]["rows"]

@@ -201,6 +201,11 @@ class EvalConfig(Section):
     """Evaluate every this many optimizer steps, as well as before training and at the end."""
     baseline: bool = True
     """Evaluate the untrained model first so the gain is visible."""
+    baseline_max_rows: int | None = Field(200, ge=1)
+    """The baseline evaluates at most this many validation rows per task, spread evenly like `max_rows`
+    (the smaller of the two wins): an untrained model makes the label search explore widely, so a full
+    baseline of a large split can take longer than the training. Said before it runs, and shown beside
+    the `before` figures. null: the same rows as every other evaluation."""
     micro_batch_size: int = Field(16, ge=1)
     """Prompts per forward pass when computing losses, scoring candidates and generating."""
     max_rows: int | None = Field(None, ge=1)

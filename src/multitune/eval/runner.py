@@ -73,6 +73,33 @@ def spread(items: Sequence[EvalItem], k: int | None) -> list[EvalItem]:
     return list(items) if k is None or k >= n else [items[i * n // k] for i in range(k)]
 
 
+def baseline_config(cfg: EvalConfig) -> EvalConfig:
+    """The settings of the baseline evaluation: `max_rows` lowered to `baseline_max_rows` when that is
+    smaller, so the baseline's rows are the first `spread` would pick for that count."""
+    caps = [k for k in (cfg.max_rows, cfg.baseline_max_rows) if k is not None]
+    return cfg.model_copy(update={"max_rows": min(caps) if caps else None})
+
+
+def baseline_notice(eval_sets: Sequence[EvalSet], cfg: EvalConfig) -> str | None:
+    """The line to say before a baseline that evaluates fewer rows than the other evaluations; None when
+    it evaluates the same rows.
+
+    >>> from multitune.config.schema import EvalConfig
+    >>> sets = [EvalSet("banking77", "classification", list(range(1998)), None, 0)]  # items stand in as numbers
+    >>> baseline_notice(sets, EvalConfig())
+    'baseline: banking77 on 200 of 1,998 validation rows, spread evenly (eval.baseline_max_rows: null evaluates all)'
+    >>> baseline_notice(sets, EvalConfig(max_rows=150)) is None
+    True
+    """
+    cap = baseline_config(cfg).max_rows
+    parts = [f"{es.name} on {cap:,} of {len(es.items):,} validation rows" for es in eval_sets
+             if cap is not None and cap < len(spread(es.items, cfg.max_rows))]
+    if not parts:
+        return None
+    same = "all" if cfg.max_rows is None else f"the {cfg.max_rows:,} of eval.max_rows"
+    return f"baseline: {', '.join(parts)}, spread evenly (eval.baseline_max_rows: null evaluates {same})"
+
+
 def gather_records(records: list[dict[str, Any]], world_size: int, expected: Sequence[int]) -> list[dict[str, Any]]:
     """All processes' records in evaluation-set order; fails loudly if a row is missing or repeated."""
     if world_size > 1:

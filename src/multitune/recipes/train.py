@@ -20,7 +20,14 @@ from multitune.config.schema import RunConfig
 from multitune.data.prepare import Prepared, load_splits, tokenize_splits, training_conversations
 from multitune.data.stats import data_summary
 from multitune.errors import UserError
-from multitune.eval.runner import EvalSet, TaskResult, build_eval_sets, evaluate
+from multitune.eval.runner import (
+    EvalSet,
+    TaskResult,
+    baseline_config,
+    baseline_notice,
+    build_eval_sets,
+    evaluate,
+)
 from multitune.export import hub
 from multitune.export.checkpoints import CheckpointPusher, pusher_for
 from multitune.io import replace_dir_atomic, write_errors, write_json_atomic, write_text_atomic
@@ -209,12 +216,15 @@ def cleanup(r: Run) -> None:
 
 
 def evaluate_run(r: Run, step: int, *, baseline: bool = False, final: bool = False) -> dict[str, TaskResult]:
-    """Evaluate every task (generation metrics where `eval.generate` says) and log it; the baseline is
-    never a candidate for the best (`eval.best_metric`)."""
+    """Evaluate every task (generation metrics where `eval.generate` says) and log it; the baseline
+    (on at most `eval.baseline_max_rows` rows) is never a candidate for the best (`eval.best_metric`)."""
     cfg, state = r.cfg.eval, r.state
     generate = cfg.generate == "always" or (cfg.generate == "ends" and (baseline or final))
+    if baseline and (notice := baseline_notice(r.eval_sets, cfg)):  # a sample is said before it runs
+        r.accelerator.print(notice)
     plain = r.accelerator.unwrap_model(r.model, keep_torch_compile=False)  # eval shapes vary: not compiled
-    results = evaluate(plain, r.tokenizer, r.eval_sets, cfg=cfg, pad_id=load.pad_id(r.tokenizer), generate=generate,
+    results = evaluate(plain, r.tokenizer, r.eval_sets, cfg=baseline_config(cfg) if baseline else cfg,
+                       pad_id=load.pad_id(r.tokenizer), generate=generate,
                        rank=r.accelerator.process_index, world_size=r.accelerator.num_processes)
     if state.last_eval_step == step:  # a run resumed at its very end has logged this one already
         return results

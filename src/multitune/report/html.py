@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from multitune.report.results import Summary
-from multitune.report.table import change, number
+from multitune.report.table import baseline_note, change, number
 from multitune.report.table import rows as table_rows
 
 STYLE = """
@@ -69,6 +69,8 @@ def _results(summary: Summary | None) -> str:
     head = "<h2>Results</h2><p>Each task on its held-out rows: <b>before</b> is the untrained model, <b>after</b> "
     head += f"the {_e(summary.model)} model" + (f" at step {summary.final_step}" if summary.final_step else "")
     head += ". The bold row is the task's primary metric.</p>"
+    if sampled := baseline_note(summary.before, summary.after):
+        head += f"<p>{_e(sampled)}, spread evenly.</p>"
     if summary.best:
         b = summary.best
         head += (f"<p>Best evaluation by <code>{_e(b['metric'])}</code> ({'higher' if b['higher_is_better'] else 'lower'}"

@@ -17,6 +17,8 @@ tables all read them through `load_summary`).
 
 `before` / `after` map task -> metric -> number (null where not finite). Metric names per kind are in
 `eval/best.py:metric_names`; `rows` and `gen_rows` are the numbers of rows evaluated and generated.
+`before.<task>.rows` can be smaller than `after.<task>.rows`: the baseline of `multitune train` evaluates at
+most `eval.baseline_max_rows` rows (`report/table.py:baseline_note` says so wherever the two are compared).
 
 `eval/<task>/predictions.jsonl`: one JSON object per evaluated row, in evaluation order, with at least
 `row` (the source row), `input` (the row's last user turn), `gold`, `prediction`, `score`, `correct`.

@@ -24,7 +24,8 @@ def rows(before: Metrics | None, after: Metrics) -> list[tuple[str, str, float |
 
 
 def before_after(before: Metrics | None, after: Metrics) -> str:
-    """A fixed-width table: one line per task and metric, untrained beside tuned.
+    """A fixed-width table: one line per task and metric, untrained beside tuned; below it, after a blank
+    line, the `baseline_note` when the untrained model was evaluated on fewer rows.
 
     >>> print(before_after({"t": {"accuracy": 0.5}}, {"t": {"accuracy": 0.75, "rows": 4.0}}))
     task  metric    before  after   change
@@ -34,7 +35,25 @@ def before_after(before: Metrics | None, after: Metrics) -> str:
     for task, metric, old, new in rows(before, after):
         lines.append((task, metric, number(old), number(new), change(old, new)))
     widths = [max(len(row[i]) for row in lines) for i in range(5)]
-    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in lines)
+    table = "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in lines)
+    note = baseline_note(before, after)
+    return table + (f"\n\n{note}" if note else "")
+
+
+def baseline_note(before: Metrics | None, after: Metrics) -> str:
+    """What a `before` column evaluated on fewer rows than `after` covers, per task; "" when both cover
+    the same rows (or a count is missing). A sampled baseline must not read as the full split's figure.
+
+    >>> baseline_note({"b77": {"rows": 200.0}, "t": {"rows": 9.0}}, {"b77": {"rows": 1998.0}, "t": {"rows": 9.0}})
+    'before: the untrained model on fewer rows than after (eval.baseline_max_rows): b77 200 of 1,998'
+    """
+    fewer = []
+    for task, metrics in after.items():
+        old, new = (before or {}).get(task, {}).get("rows"), metrics.get("rows")
+        if old is not None and new is not None and old < new:
+            fewer.append(f"{task} {int(old):,} of {int(new):,}")
+    return f"before: the untrained model on fewer rows than after (eval.baseline_max_rows): {', '.join(fewer)}" \
+        if fewer else ""
 
 
 def number(value: float | None) -> str:
