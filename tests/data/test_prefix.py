@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from multitune.config import validate
 from multitune.data.collate import pad_batch, real_tokens
-from multitune.data.prefix import MIN_PREFIX, prefix_groups, shareable, shared_prefix_batch
+from multitune.data.prefix import MIN_PREFIX, last_target, prefix_groups, shareable, shared_prefix_batch
 from multitune.data.tokenize import IGNORE, Tokenized
 from multitune.errors import UserError
 from multitune.train.loop import accumulate_gradients
@@ -31,23 +31,39 @@ def with_prefixes(vocab: int, n: int, seed: int, prefixes: int = 2, longest: int
     return out
 
 
-def test_each_example_is_laid_down_whole_and_sees_what_it_saw_in_its_own_row():
+def test_each_example_is_laid_down_up_to_its_last_target_and_sees_what_it_saw_in_its_own_row():
     seqs = with_prefixes(vocab=500, n=10, seed=0)
     batch = shared_prefix_batch(seqs, pad_id=0, max_len=1024)
     assert int(real_tokens(batch)) == sum(len(e.input_ids) for e in seqs)
     ids, pos, mask = batch["input_ids"][0], batch["position_ids"][0], batch["attention_mask"][0, 0]
-    for ex in seqs:  # reassemble each example from the tokens its last token attends to, in position order
-        found = False
-        for q in range(ids.shape[0]):
-            seen = mask[q].nonzero().squeeze(1)
-            if ids[seen].tolist() == ex.input_ids and pos[seen].tolist() == list(range(len(ex.input_ids))):
-                found = True
-                break
-        assert found, ex.input_ids
-    # every trained token appears once, with its own label
-    assert sorted(batch["labels"][batch["labels"] != IGNORE].tolist()) == sorted(
-        t for e in seqs for t in e.labels if t != IGNORE)
+    labels = batch["labels"][0]
+    for ex in seqs:
+        end = last_target(ex)
+        # the example's last laid-down token sees exactly the example's tokens before its last target,
+        # at their own positions; the dropped last target waits on the next slot
+        last = [q for q in range(ids.shape[0]) if ids[mask[q]].tolist() == ex.input_ids[:end]
+                and pos[mask[q]].tolist() == list(range(end))]
+        assert len(last) == 1, ex.input_ids
+        assert labels[last[0] + 1] == ex.labels[end]
+    # every target appears once, with its own label
+    assert sorted(labels[labels != IGNORE].tolist()) == sorted(t for e in seqs for t in e.labels[1:] if t != IGNORE)
     assert batch["input_ids"].numel() < len(seqs) * max(len(e.input_ids) for e in seqs)  # less than padded
+
+
+def test_blocks_hold_the_dense_mask():
+    seqs = with_prefixes(vocab=500, n=9, seed=5)
+    batch = shared_prefix_batch(seqs, pad_id=0, max_len=60)  # several rows, the prefix repeated
+    rows, width = batch["input_ids"].shape
+    assert rows > 1
+    dense = torch.zeros(rows * width, rows * width, dtype=torch.bool)
+    q_len = batch["block_q"].shape[1]
+    for slot in batch["block_q_take"].tolist():  # the real query slots
+        b, j = divmod(slot, q_len)
+        dense[batch["block_q"][b, j], batch["block_k"][b][batch["block_mask"][b, 0, j]]] = True
+    expected = torch.block_diag(*batch["attention_mask"][:, 0])
+    real = batch["input_ids"].flatten() != 0  # padding (id 0: the rows' tokens are >= 10) is in no block
+    assert torch.equal(dense[real][:, real], expected[real][:, real])
+    assert not dense[~real].any()
 
 
 @settings(max_examples=60, deadline=None)
@@ -104,3 +120,23 @@ def test_share_prefix_is_resolved_from_the_config_and_refused_where_it_cannot_ap
         validate({**base, "data": {"packing": True}, "train": {"share_prefix": True}})
     with pytest.raises(UserError, match="flash_attention_2"):
         validate({**base, "model": {"attn_implementation": "flash_attention_2"}, "train": {"share_prefix": True}})
+
+
+def test_block_attention_gives_the_dense_masks_logits_and_is_what_runs(tiny_dir, tokenizer):
+    from transformers import AutoModelForCausalLM
+
+    from multitune.models import attention
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_dir, attn_implementation="sdpa").eval()
+    batch = shared_prefix_batch(with_prefixes(len(tokenizer), 8, seed=6), tokenizer.pad_token_id, 1024)
+    inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids")}
+    blocks = (batch["block_q"], batch["block_q_take"], batch["block_k"], batch["block_mask"])
+    real = batch["task_ids"] >= 0
+    with torch.no_grad():
+        dense = model(**inputs).logits
+        with attention.blocks(model, True):
+            by_blocks = model(**inputs, **{attention.KWARG: blocks}).logits
+            seeing_all = model(**inputs, **{attention.KWARG: blocks[:3] + (torch.ones_like(blocks[3]),)}).logits
+        assert model.config._attn_implementation == "sdpa"  # restored on the way out
+    torch.testing.assert_close(by_blocks[real], dense[real], rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(seeing_all[real], dense[real], atol=1e-3)  # the blocks' mask is the one used

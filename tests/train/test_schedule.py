@@ -40,3 +40,23 @@ def test_weight_decay_skips_vectors():
     opt = build_optimizer(model, TrainConfig(weight_decay=0.1))
     decayed = {id(p) for g in opt.param_groups if g["weight_decay"] > 0 for p in g["params"]}
     assert decayed == {id(model[0].weight)}
+
+
+def test_adamw_is_fused_on_one_device_and_steps_as_the_unfused_one(monkeypatch):
+    torch.manual_seed(0)
+    a = torch.nn.Linear(4, 3)
+    b = torch.nn.Linear(4, 3)
+    b.load_state_dict(a.state_dict())
+    fused = build_optimizer(a, TrainConfig(weight_decay=0.1))
+    assert all(g["fused"] for g in fused.param_groups)
+    plain = torch.optim.AdamW([{"params": [b.weight], "weight_decay": 0.1}, {"params": [b.bias], "weight_decay": 0.0}],
+                                lr=TrainConfig().learning_rate)
+    x = torch.randn(5, 4)
+    for _ in range(3):
+        for model, opt in ((a, fused), (b, plain)):
+            opt.zero_grad()
+            model(x).square().sum().backward()
+            opt.step()
+    torch.testing.assert_close(a.weight, b.weight)
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")  # FSDP swaps parameters for DTensors after this
+    assert not any(g["fused"] for g in build_optimizer(a, TrainConfig()).param_groups)

@@ -97,18 +97,32 @@ class _Row:
     labels: list[int]
     positions: list[int]
     tasks: list[int]
-    segments: list[int]  # the token's own segment: a prefix's or a suffix's
+    segments: list[int]  # the token's own segment: a prefix's or a suffix's; PAD_SEGMENT for padding
     prefix_of: list[int]  # the prefix segment a suffix token may also see; -1 for prefix tokens and rows alone
+    targets: list[tuple[int, int, int]]  # (slot, label, task) of a dropped last target, written over the slot
 
 
-def _layout(examples: Sequence[Tokenized], groups: Sequence[Group], max_len: int) -> list[_Row]:
+PAD_SEGMENT = -2
+
+
+def last_target(ex: Tokenized) -> int:
+    """Index of the example's last trained token that is some position's target (index >= 1); its own
+    input and what follows it feed no loss, so they are not laid down. len(input_ids) when none is."""
+    return next((i for i in range(len(ex.labels) - 1, 0, -1) if ex.labels[i] != IGNORE), len(ex.input_ids))
+
+
+def _layout(examples: Sequence[Tokenized], groups: Sequence[Group], max_len: int, pad_id: int) -> list[_Row]:
     """Lay the groups down into rows of at most `max_len` tokens (a row that is longer on its own gets a
-    row of its own), a prefix again at the start of every row its group continues into."""
+    row of its own), a prefix again at the start of every row its group continues into.
+
+    Each example stops before its last target (`last_target`): that target's label goes on the next slot,
+    the next segment's first token (whose own label is never a target: a segment never starts with one)
+    or a padding slot closing the row; position t's target is the label at t + 1 either way."""
     rows: list[_Row] = []
     segment = 0
 
     def new_row() -> _Row:
-        rows.append(_Row([], [], [], [], [], []))
+        rows.append(_Row([], [], [], [], [], [], []))
         return rows[-1]
 
     row = new_row()
@@ -117,16 +131,27 @@ def _layout(examples: Sequence[Tokenized], groups: Sequence[Group], max_len: int
         prefix_segment = -1
         for i in group.rows:
             ex = examples[i]
-            need = len(ex.input_ids) - group.prefix + (group.prefix if prefix_segment < 0 else 0)
+            end = last_target(ex)
+            need = end - group.prefix + 1 + (group.prefix if prefix_segment < 0 else 0)
             if row.ids and len(row.ids) + need > max_len:
+                _close(row, pad_id)
                 row, prefix_segment = new_row(), -1
             if group.prefix and prefix_segment < 0:  # the prefix, once in this row
                 prefix_segment, segment = segment, segment + 1
                 _extend(row, prefix_ids, [IGNORE] * group.prefix, 0, ex.task_id, prefix_segment, -1)
-            _extend(row, ex.input_ids[group.prefix:], ex.labels[group.prefix:], group.prefix, ex.task_id, segment,
-                    prefix_segment)
+            _extend(row, ex.input_ids[group.prefix:end], ex.labels[group.prefix:end], group.prefix, ex.task_id,
+                    segment, prefix_segment)
+            if end < len(ex.input_ids):
+                row.targets.append((len(row.ids), ex.labels[end], ex.task_id))
             segment += 1
+    _close(row, pad_id)
     return rows
+
+
+def _close(row: _Row, pad_id: int) -> None:
+    """End a row: a padding slot to hold the last example's dropped target, when it has one."""
+    if row.targets and row.targets[-1][0] == len(row.ids):
+        _extend(row, [pad_id], [IGNORE], 0, -1, PAD_SEGMENT, -1)
 
 
 def _extend(row: _Row, ids: Sequence[int], labels: Sequence[int], start: int, task: int, segment: int,
@@ -143,26 +168,30 @@ def _extend(row: _Row, ids: Sequence[int], labels: Sequence[int], start: int, ta
 def shared_prefix_batch(examples: Sequence[Tokenized], pad_id: int, max_len: int) -> dict[str, torch.Tensor]:
     """A micro-batch of examples as shared-prefix rows (module docstring).
 
-    Returns input_ids, labels, position_ids, task_ids (-1 on padding): (R, T); attention_mask: (R, 1, T, T)
-    bool, True where a query (row 2) may attend a key (row 3); row_tokens: the examples' own tokens (what
-    a padded batch would count as real), a 0-dim tensor.
+    Returns input_ids, labels, position_ids, task_ids (-1 on padding): (R, T), where the label and task at
+    t + 1 are position t's target (as everywhere: labels are read shifted); attention_mask: (R, 1, T, T)
+    bool, True where a query (row 2) may attend a key (row 3); block_q, block_q_take, block_k,
+    block_mask: the same mask as blocks (`blocks`); row_tokens: the examples' own tokens (what a padded
+    batch counts as real), a 0-dim tensor.
 
-    >>> a = Tokenized([1] * 8 + [2, 3], [IGNORE] * 9 + [3], 0)
-    >>> b = Tokenized([1] * 8 + [4, 5, 6], [IGNORE] * 10 + [6], 0)
+    >>> a = Tokenized([1] * 8 + [2, 3, 9], [IGNORE] * 10 + [9], 0)
+    >>> b = Tokenized([1] * 8 + [4, 5, 6, 9], [IGNORE] * 10 + [6, 9], 0)
     >>> out = shared_prefix_batch([a, b], pad_id=0, max_len=64)
     >>> out["input_ids"].tolist(), out["position_ids"].tolist()
-    ([[1, 1, 1, 1, 1, 1, 1, 1, 2, 3, 4, 5, 6]], [[0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 8, 9, 10]])
+    ([[1, 1, 1, 1, 1, 1, 1, 1, 2, 3, 4, 5, 6, 0]], [[0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 8, 9, 10, 0]])
+    >>> out["labels"].tolist()  # a's 9 waits on b's first slot, b's on the padding closing the row
+    [[-100, -100, -100, -100, -100, -100, -100, -100, -100, -100, 9, -100, 6, 9]]
     >>> out["attention_mask"][0, 0, 10].int().tolist()  # b's first own token: the prefix and itself
-    [1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 1, 0, 0]
+    [1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 1, 0, 0, 0]
     """
-    rows = _layout(examples, prefix_groups(examples), max_len)
+    rows = _layout(examples, prefix_groups(examples), max_len, pad_id)
     width = max(len(r.ids) for r in rows)
     shape = (len(rows), width)
     ids = torch.full(shape, pad_id, dtype=torch.long)
     labels = torch.full(shape, IGNORE, dtype=torch.long)
     positions = torch.zeros(shape, dtype=torch.long)
     tasks = torch.full(shape, -1, dtype=torch.long)
-    segments = torch.full(shape, -2, dtype=torch.long)  # padding: a segment of its own per token (below)
+    segments = torch.full(shape, PAD_SEGMENT, dtype=torch.long)
     prefix_of = torch.full(shape, -1, dtype=torch.long)
     for r, row in enumerate(rows):
         n = len(row.ids)
@@ -172,14 +201,16 @@ def shared_prefix_batch(examples: Sequence[Tokenized], pad_id: int, max_len: int
         tasks[r, :n] = torch.tensor(row.tasks)
         segments[r, :n] = torch.tensor(row.segments)
         prefix_of[r, :n] = torch.tensor(row.prefix_of)
+        for slot, label, task in row.targets:
+            labels[r, slot], tasks[r, slot] = label, task
     return {"input_ids": ids, "labels": labels, "position_ids": positions, "task_ids": tasks,
-            "attention_mask": attention_mask(segments, prefix_of),
+            "attention_mask": attention_mask(segments, prefix_of), **blocks(segments, prefix_of),
             "row_tokens": torch.tensor(sum(len(ex.input_ids) for ex in examples))}
 
 
 def attention_mask(segments: torch.Tensor, prefix_of: torch.Tensor) -> torch.Tensor:
     """(R, 1, T, T) bool from per-token segments (R, T): a query sees the earlier keys of its own segment
-    and of its prefix segment. A padding token (segment -2) sees only itself, so no softmax row is empty."""
+    and of its prefix segment. A padding token sees only itself, so no softmax row is empty."""
     q_seg, k_seg = segments[:, :, None], segments[:, None, :]
     same = (q_seg == k_seg) & (q_seg >= 0)
     own_prefix = (prefix_of[:, :, None] == k_seg) & (prefix_of[:, :, None] >= 0)
@@ -188,3 +219,31 @@ def attention_mask(segments: torch.Tensor, prefix_of: torch.Tensor) -> torch.Ten
     mask = (same | own_prefix) & causal
     mask |= torch.eye(width, dtype=torch.bool)
     return mask[:, None]
+
+
+def blocks(segments: torch.Tensor, prefix_of: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The attention mask as blocks, one per segment (models/attention.py): flat indices (row x T +
+    position) of its queries (block_q (N, Q); block_q_take: the real slots of its N x Q) and of its keys, its
+    prefix's then its own (block_k (N, K)), and block_mask (N, 1, Q, K): the prefix and the earlier own
+    keys. A padded slot repeats the block's first index and sees the first key only."""
+    width = segments.shape[1]
+    own: dict[tuple[int, int], list[int]] = {}
+    prefix: dict[tuple[int, int], int] = {}
+    for r, (seg_row, pre_row) in enumerate(zip(segments.tolist(), prefix_of.tolist())):
+        for t, (seg, pre) in enumerate(zip(seg_row, pre_row)):
+            if seg != PAD_SEGMENT:
+                own.setdefault((r, seg), []).append(r * width + t)
+                prefix[(r, seg)] = pre
+    queries = list(own.values())
+    keys = [(own[(r, prefix[(r, seg)])] if prefix[(r, seg)] >= 0 else []) + own[(r, seg)] for (r, seg) in own]
+    n, q_len, k_len = len(queries), max(map(len, queries)), max(map(len, keys))
+    block_q = torch.tensor([q + [q[0]] * (q_len - len(q)) for q in queries])
+    block_k = torch.tensor([k + [k[0]] * (k_len - len(k)) for k in keys])
+    take = torch.tensor([b * q_len + j for b, q in enumerate(queries) for j in range(len(q))])
+    mask = torch.zeros(n, q_len, k_len, dtype=torch.bool)
+    for b, (q, k) in enumerate(zip(queries, keys)):
+        before = len(k) - len(q)  # the prefix's keys
+        mask[b, :len(q), :before] = True
+        mask[b, :len(q), before:len(k)] = torch.ones(len(q), len(q), dtype=torch.bool).tril()
+        mask[b, len(q):, 0] = True
+    return {"block_q": block_q, "block_q_take": take, "block_k": block_k, "block_mask": mask[:, None]}

@@ -23,6 +23,7 @@ from multitune.data.packing import RowLengths, epoch_rows, pack_batch, planned_r
 from multitune.data.prefix import ROW_TOKENS, shared_prefix_batch
 from multitune.data.prepare import Prepared
 from multitune.errors import UserError
+from multitune.models import attention
 from multitune.loss import (
     answer_positions,
     answer_token_count,
@@ -44,6 +45,8 @@ def forward_loss(model: Any, batch: dict[str, torch.Tensor], answer_logits_only:
         # the softmax in float32 whatever the weights' dtype).
         inputs["attention_mask"] = torch.zeros(mask.shape, device=mask.device).masked_fill(
             ~mask, torch.finfo(torch.float32).min)
+    if "block_q" in batch and _attention(model) == attention.NAME:  # inside attention.blocks (below)
+        inputs[attention.KWARG] = (batch["block_q"], batch["block_q_take"], batch["block_k"], batch["block_mask"])
     if not answer_logits_only:
         logits = model(**inputs, use_cache=False).logits  # (B, T, V)
         return token_losses(logits, batch["labels"])
@@ -55,9 +58,7 @@ def forward_loss(model: Any, batch: dict[str, torch.Tensor], answer_logits_only:
 
 def _attention(model: Any) -> str:
     """The attention implementation of a (possibly wrapped: PEFT, DDP, FSDP, compiled) transformers model."""
-    while not hasattr(model, "config") and hasattr(model, "module"):
-        model = model.module
-    return getattr(getattr(model, "config", None), "_attn_implementation", "sdpa")
+    return getattr(attention.hf_config(model), "_attn_implementation", "sdpa")
 
 
 def accumulate_gradients(
@@ -79,8 +80,10 @@ def accumulate_gradients(
     task_sums = torch.zeros((n_tasks, 2), dtype=torch.float64, device=accelerator.device)
     for i, mb in enumerate(micro_batches):
         last = i == len(micro_batches) - 1
-        # Only the last micro-batch synchronises gradients across processes.
-        with contextlib.nullcontext() if last else accelerator.no_sync(model):
+        # Only the last micro-batch synchronises gradients across processes. Shared-prefix rows attend by
+        # blocks through the forward and the backward (a checkpointed layer recomputes the same way).
+        with contextlib.nullcontext() if last else accelerator.no_sync(model), \
+                attention.blocks(model, "block_q" in mb):
             token_loss = forward_loss(model, mb, answer_logits_only)  # (B, T-1)
             accelerator.backward(token_loss.sum() * scale)
         task_sums += per_task_sums(token_loss, mb["labels"], mb["task_ids"], n_tasks)
