@@ -10,7 +10,14 @@ from hypothesis import strategies as st
 
 from multitune.config import validate
 from multitune.data.collate import pad_batch, real_tokens
-from multitune.data.prefix import MIN_PREFIX, last_target, prefix_groups, shareable, shared_prefix_batch
+from multitune.data.prefix import (
+    MIN_PREFIX,
+    last_target,
+    prefix_groups,
+    row_lengths,
+    shareable,
+    shared_prefix_batch,
+)
 from multitune.data.tokenize import IGNORE, Tokenized
 from multitune.errors import UserError
 from multitune.train.loop import accumulate_gradients
@@ -140,3 +147,14 @@ def test_block_attention_gives_the_dense_masks_logits_and_is_what_runs(tiny_dir,
         assert model.config._attn_implementation == "sdpa"  # restored on the way out
     torch.testing.assert_close(by_blocks[real], dense[real], rtol=1e-4, atol=1e-5)
     assert not torch.allclose(seeing_all[real], dense[real], atol=1e-3)  # the blocks' mask is the one used
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(0, 10_000), st.integers(1, 12), st.sampled_from([40, 80, 1024]))
+def test_row_lengths_are_the_rows_the_batch_lays_down(seed, n, max_len):
+    seqs = with_prefixes(vocab=50, n=n, seed=seed)
+    batch = shared_prefix_batch(seqs, pad_id=0, max_len=max(max_len, *(len(e.input_ids) for e in seqs)))
+    widths = row_lengths(seqs, max(max_len, *(len(e.input_ids) for e in seqs)))
+    # a row's last laid-down slot is an example's token or the padding slot holding its last target: a task
+    laid = [int((row >= 0).nonzero().max()) + 1 for row in batch["task_ids"]]
+    assert laid == widths and max(widths) == batch["input_ids"].shape[1]

@@ -165,6 +165,17 @@ def _extend(row: _Row, ids: Sequence[int], labels: Sequence[int], start: int, ta
     row.prefix_of += [prefix] * n
 
 
+def row_lengths(examples: Sequence[Tokenized], max_len: int) -> list[int]:
+    """The lengths of the rows `shared_prefix_batch` lays these examples down in (what it computes), without
+    building tensors: for estimates (`multitune plan`).
+
+    >>> a = Tokenized([1] * 8 + [2, 3, 9], [IGNORE] * 10 + [9], 0)
+    >>> row_lengths([a, a, a], max_len=64), len(a.input_ids) * 3
+    ([13], 33)
+    """
+    return [len(row.ids) for row in _layout(examples, prefix_groups(examples), max_len, pad_id=0)]
+
+
 def shared_prefix_batch(examples: Sequence[Tokenized], pad_id: int, max_len: int) -> dict[str, torch.Tensor]:
     """A micro-batch of examples as shared-prefix rows (module docstring).
 
@@ -229,8 +240,8 @@ def blocks(segments: torch.Tensor, prefix_of: torch.Tensor) -> dict[str, torch.T
     width = segments.shape[1]
     own: dict[tuple[int, int], list[int]] = {}
     prefix: dict[tuple[int, int], int] = {}
-    for r, (seg_row, pre_row) in enumerate(zip(segments.tolist(), prefix_of.tolist())):
-        for t, (seg, pre) in enumerate(zip(seg_row, pre_row)):
+    for r, (seg_row, pre_row) in enumerate(zip(segments.tolist(), prefix_of.tolist(), strict=True)):
+        for t, (seg, pre) in enumerate(zip(seg_row, pre_row, strict=True)):
             if seg != PAD_SEGMENT:
                 own.setdefault((r, seg), []).append(r * width + t)
                 prefix[(r, seg)] = pre
@@ -241,7 +252,7 @@ def blocks(segments: torch.Tensor, prefix_of: torch.Tensor) -> dict[str, torch.T
     block_k = torch.tensor([k + [k[0]] * (k_len - len(k)) for k in keys])
     take = torch.tensor([b * q_len + j for b, q in enumerate(queries) for j in range(len(q))])
     mask = torch.zeros(n, q_len, k_len, dtype=torch.bool)
-    for b, (q, k) in enumerate(zip(queries, keys)):
+    for b, (q, k) in enumerate(zip(queries, keys, strict=True)):
         before = len(k) - len(q)  # the prefix's keys
         mask[b, :len(q), :before] = True
         mask[b, :len(q), before:len(k)] = torch.ones(len(q), len(q), dtype=torch.bool).tril()

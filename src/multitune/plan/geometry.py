@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from multitune.data.mixture import cached_mixture_order, step_micro_batches
 from multitune.data.packing import RowLengths, epoch_rows
+from multitune.data.prefix import ROW_TOKENS, row_lengths
 from multitune.data.prepare import Prepared
 from multitune.plan.activations import MicroBatch
 
@@ -23,8 +24,10 @@ class Batch:
 
 
 def epoch_batches(prepared: Prepared, micro_batch_size: int, grad_accum_steps: int, world_size: int,
-                  steps: int, seed: int, answer_logits_only: bool, epoch: int = 0) -> list[Batch]:
-    """Every micro-batch of the first `steps` optimizer steps of `epoch`, on every process."""
+                  steps: int, seed: int, answer_logits_only: bool, epoch: int = 0,
+                  share_prefix: bool = False) -> list[Batch]:
+    """Every micro-batch of the first `steps` optimizer steps of `epoch`, on every process; with
+    `share_prefix`, shaped as the shared-prefix rows training lays padded micro-batches down in."""
     sizes, counts = tuple(prepared.task_sizes), tuple(prepared.epoch_counts)
     train, lengths = prepared.train, prepared.lengths
     if prepared.pack_len is None:
@@ -41,8 +44,12 @@ def epoch_batches(prepared: Prepared, micro_batch_size: int, grad_accum_steps: i
                     continue
                 members = [[i] for i in group] if rows is None else [list(rows[r]) for r in group]
                 seqs = tuple(lengths[i] for m in members for i in m)
-                width = max(sum(lengths[i] for i in m) for m in members)
+                widths = [sum(lengths[i] for i in m) for m in members]
+                if share_prefix and rows is None:
+                    exs = [train[i] for i in group]
+                    widths = row_lengths(exs, max(ROW_TOKENS, *seqs))
+                width = max(widths)
                 answers = sum(train[i].n_answer_tokens for m in members for i in m)
-                logit_positions = answers if answer_logits_only else len(members) * width
-                out.append(Batch(MicroBatch(len(members), width, logit_positions), sum(seqs), answers, seqs, step))
+                logit_positions = answers if answer_logits_only else len(widths) * width
+                out.append(Batch(MicroBatch(len(widths), width, logit_positions), sum(seqs), answers, seqs, step))
     return out

@@ -82,9 +82,10 @@ def _proxy_tokenizer(cause: UserError) -> Any:
 def estimate(cfg: RunConfig, shape: ModelShape, prepared: Prepared, target: Target, mfu: float | None = None,
              price: float | None = None, fixed: float = 0.0) -> dict[str, Any]:
     """The plan as a JSON-ready dict: model, memory per process, data, compute, time, cost, advice."""
-    plan = make_plan(cfg.train, prepared, cfg.seed, target.gpus)
+    plan = make_plan(cfg.train, prepared, cfg.seed, target.gpus, share_prefix=cfg.shares_prefix)
     batches = epoch_batches(prepared, plan.micro_batch_size, plan.grad_accum_steps, target.gpus,
-                            plan.steps_per_epoch, cfg.seed, cfg.train.answer_logits_only)
+                            plan.steps_per_epoch, cfg.seed, cfg.train.answer_logits_only,
+                            share_prefix=plan.share_prefix)
     prec = precision_for(cfg, target)
     setup = setup_from(cfg, shape, target.on_gpu, shards=target.gpus if target.gpus > 1 else 1)
     worst = worst_batch([b.shape for b in batches])
@@ -246,7 +247,7 @@ def measured_vs_estimate(cfg: RunConfig, shape: ModelShape, prepared: Prepared, 
     ms = measure(cfg, model_name, tokenizer, prepared, steps)
     train = cfg.train
     batches = epoch_batches(prepared, train.micro_batch_size, train.grad_accum_steps, 1, steps, cfg.seed,
-                            train.answer_logits_only)
+                            train.answer_logits_only, share_prefix=cfg.shares_prefix)
     prec = precision_for(cfg, here)
     mem = budget(shape, setup_from(cfg, shape, here.on_gpu), prec, worst_batch([b.shape for b in batches]),
                  ms["fixed"])

@@ -23,7 +23,6 @@ from multitune.data.packing import RowLengths, epoch_rows, pack_batch, planned_r
 from multitune.data.prefix import ROW_TOKENS, shared_prefix_batch
 from multitune.data.prepare import Prepared
 from multitune.errors import UserError
-from multitune.models import attention
 from multitune.loss import (
     answer_positions,
     answer_token_count,
@@ -32,6 +31,7 @@ from multitune.loss import (
     token_losses,
     token_losses_at,
 )
+from multitune.models import attention
 from multitune.train.state import StepResult
 
 
