@@ -202,6 +202,11 @@ def notes(report: dict[str, Any]) -> str:
     out = [f"peak {k}: {p['gflops_per_s']} GFLOP/s ({p['how']})" for k, p in peaks.items()] + [
         f"FLOPs: {peers_flops.FORMULA}"]
     for name, m in report["models"].items():
+        for side, s in m["sides"].items():
+            share = s["rounds"][0].get("positions_per_real_token")
+            if share is not None:
+                out.append(f"{name} {side}: {share:.3f} positions computed per real token (padding adds, a shared "
+                           f"prefix removes); hardware FLOPs utilisation about MFU x {share:.3f}")
         f = m["flops_per_real_token"]
         out.append(f"{name}: {m['train_examples']} training rows, {m['mean_tokens']} tokens each on average; "
                    f"{f['total'] / 1e6:.2f} MFLOP per real token (base {f['base'] / 1e6:.2f}, LoRA "

@@ -159,7 +159,7 @@ def multitune_side(spec: Spec, share_prefix: bool = True) -> dict[str, Any]:
     model.train()
     pad, n_tasks = load.pad_id(tokenizer), len(prepared.task_names)
     setup_s = time.perf_counter() - started
-    losses, seconds, tokens, loss_tokens = [], [], [], []
+    losses, seconds, tokens, loss_tokens, positions = [], [], [], [], []
     stamp = time.perf_counter()
     for step in range(plan.total_steps):  # as recipes/train.py runs them, without its logging, evaluation and checkpoints
         batches = loop.batches_for_step(prepared, plan, step, cfg.seed, 0, pad, accelerator.device)
@@ -171,8 +171,11 @@ def multitune_side(spec: Spec, share_prefix: bool = True) -> dict[str, Any]:
         losses.append(result.loss)
         tokens.append(result.tokens)
         loss_tokens.append(result.answer_tokens)
+        positions.append(sum(b["input_ids"].numel() for b in batches))
     trainable, _ = adapters.count_parameters(model)
+    timed = slice(spec.warmup_steps, None)
     return summarise(losses, seconds, tokens, spec.warmup_steps, loss_tokens=loss_tokens, trainable_params=trainable,
+                     positions_per_real_token=round(sum(positions[timed]) / sum(tokens[timed]), 4),
                      setup_s=round(setup_s, 2))
 
 

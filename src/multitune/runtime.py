@@ -42,3 +42,24 @@ def configure_cpu_threads() -> str | None:
     threads = cpu_threads_per_process(cores, local)
     torch.set_num_threads(threads)
     return f"CPU threads: {threads} per process ({cores} cores, {local} process{'es' if local > 1 else ''} here)"
+
+
+BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+def cpu_bf16_units(cpuinfo: str | None = None) -> bool | None:
+    """Whether this CPU has bf16 matmul units (AVX-512 BF16 or AMX), from /proc/cpuinfo's flags; None where
+    that cannot be read (not Linux). Without them a bf16 matmul takes a slow path: 1.0 against 181 GFLOP/s
+    for float32 on this project's 2-core AVX2 machine (docs/benchmarks.md).
+
+    >>> cpu_bf16_units("flags\t\t: fpu avx2 fma"), cpu_bf16_units("flags\t\t: avx2 amx_bf16 amx_tile")
+    (False, True)
+    """
+    if cpuinfo is None:
+        try:
+            with open("/proc/cpuinfo") as f:
+                cpuinfo = f.read()
+        except OSError:
+            return None
+    flags = {flag for line in cpuinfo.splitlines() if line.startswith("flags") for flag in line.split(":", 1)[1].split()}
+    return any(flag in flags for flag in BF16_FLAGS)

@@ -115,6 +115,10 @@ def test_bf16_mixed_precision_runs_on_the_cpu(tmp_path):
                        timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
     assert json.loads((tmp_path / "b" / "eval" / "metrics.json").read_text())["final_step"] == 3
+    from multitune.runtime import cpu_bf16_units
+
+    # said once, before the run, where the CPU would take bf16's slow path
+    assert ("has no bfloat16 units" in r.stderr) == (cpu_bf16_units() is False)
 
 
 def test_a_compiled_run_trains_checkpoints_and_saves_the_same_adapter(tmp_path):

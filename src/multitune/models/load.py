@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ import torch
 from multitune.config.schema import ModelConfig, QuantizationConfig, RunConfig
 from multitune.errors import UserError, hub_error
 from multitune.models import gguf
+from multitune.runtime import BF16_FLAGS, cpu_bf16_units
 from multitune.tasks.base import Message
 
 
@@ -115,6 +117,11 @@ def check_hardware(cfg: RunConfig) -> None:
         problems.append("adapter.method=qlora needs bitsandbytes: pip install 'multitune[qlora]'")
     if problems:
         raise UserError("this machine cannot run the config as it is:\n" + "\n".join(f"  - {p}" for p in problems))
+    if wants_bf16 and not cuda and cpu_bf16_units() is False:
+        print(f"warning: this CPU has no bfloat16 units (no {' or '.join(BF16_FLAGS)} in /proc/cpuinfo), so "
+              f"{', '.join(wants_bf16)} runs its matmuls on a slow path (180x slower than float32 on a 2-core "
+              "AVX2 machine, docs/benchmarks.md): on this machine use train.mixed_precision=no and float32",
+              file=sys.stderr, flush=True)
 
 
 def quantization_config(q: QuantizationConfig) -> Any:
