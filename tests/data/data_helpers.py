@@ -39,3 +39,15 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"real datasets not found at {SHARED_DATA} (present in CI and on the team's machines)")
     return SHARED_DATA
+
+
+def step_gradients(model: Any, micro_batches: list[dict[str, Any]], n_tasks: int) -> tuple[dict[str, Any], Any, Any]:
+    """One step's gradients (by parameter name), [answer tokens, real tokens] and per-task [loss sum, answer
+    tokens] from the training loop's `accumulate_gradients`, on the CPU, from zeroed gradients."""
+    from accelerate import Accelerator
+
+    from multitune.train.loop import accumulate_gradients
+
+    model.zero_grad(set_to_none=True)
+    counts, sums = accumulate_gradients(model, Accelerator(cpu=True), micro_batches, n_tasks=n_tasks)
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}, counts, sums

@@ -4,8 +4,7 @@ import random
 
 import pytest
 import torch
-from accelerate import Accelerator
-from data_helpers import task
+from data_helpers import step_gradients, task
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -15,7 +14,7 @@ from multitune.data.packing import best_fit_decreasing, epoch_rows, pack_batch, 
 from multitune.data.prepare import Prepared, TaskSplit
 from multitune.data.tokenize import IGNORE, Tokenized
 from multitune.loss import answer_token_count, per_task_sums, token_losses
-from multitune.train.loop import accumulate_gradients, batches_for_step, make_plan
+from multitune.train.loop import batches_for_step, make_plan
 
 
 def examples(vocab: int, n: int, seed: int = 0, n_tasks: int = 2, longest: int = 30) -> list[Tokenized]:
@@ -108,17 +107,10 @@ def test_a_packed_sequence_has_the_logits_it_has_alone(tiny_dir, tokenizer, attn
 
 def test_packed_gradients_and_per_task_losses_equal_the_padded_ones(model, tokenizer):
     model.train()
-    accelerator = Accelerator(cpu=True)
     seqs = examples(len(tokenizer), 8, seed=2, n_tasks=3)
     pad = tokenizer.pad_token_id
-
-    def grads_and_sums(micro_batches):
-        model.zero_grad(set_to_none=True)
-        counts, sums = accumulate_gradients(model, accelerator, micro_batches, n_tasks=3)
-        return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}, counts, sums
-
-    padded = grads_and_sums([pad_batch(seqs[:4], pad), pad_batch(seqs[4:], pad)])
-    packed = grads_and_sums([pack_batch([seqs[:3], seqs[3:5]], pad), pack_batch([seqs[5:]], pad)])
+    padded = step_gradients(model, [pad_batch(seqs[:4], pad), pad_batch(seqs[4:], pad)], n_tasks=3)
+    packed = step_gradients(model, [pack_batch([seqs[:3], seqs[3:5]], pad), pack_batch([seqs[5:]], pad)], n_tasks=3)
     assert packed[1].tolist() == padded[1].tolist()  # the same answer tokens and real tokens in the step
     torch.testing.assert_close(packed[2], padded[2], rtol=1e-4, atol=1e-4)  # per-task [loss sum, tokens]
     assert packed[2][:, 1].tolist() == [sum(e.n_answer_tokens - (e.labels[0] != IGNORE) for e in seqs if e.task_id == t)

@@ -4,7 +4,7 @@ import random
 
 import pytest
 import torch
-from accelerate import Accelerator
+from data_helpers import step_gradients
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -20,7 +20,6 @@ from multitune.data.prefix import (
 )
 from multitune.data.tokenize import IGNORE, Tokenized
 from multitune.errors import UserError
-from multitune.train.loop import accumulate_gradients
 
 
 def with_prefixes(vocab: int, n: int, seed: int, prefixes: int = 2, longest: int = 20) -> list[Tokenized]:
@@ -101,17 +100,11 @@ def test_shared_prefix_gradients_and_per_task_losses_equal_the_padded_ones(tiny_
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(tiny_dir, attn_implementation=attn).train()
-    accelerator = Accelerator(cpu=True)
     seqs = with_prefixes(len(tokenizer), 12, seed=4)
     pad = tokenizer.pad_token_id
-
-    def grads_and_sums(micro_batches):
-        model.zero_grad(set_to_none=True)
-        counts, sums = accumulate_gradients(model, accelerator, micro_batches, n_tasks=2)
-        return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}, counts, sums
-
-    padded = grads_and_sums([pad_batch(seqs[:6], pad), pad_batch(seqs[6:], pad)])
-    shared = grads_and_sums([shared_prefix_batch(seqs[:6], pad, 1024), shared_prefix_batch(seqs[6:], pad, 1024)])
+    padded = step_gradients(model, [pad_batch(seqs[:6], pad), pad_batch(seqs[6:], pad)], n_tasks=2)
+    shared = step_gradients(model, [shared_prefix_batch(seqs[:6], pad, 1024), shared_prefix_batch(seqs[6:], pad, 1024)],
+                            n_tasks=2)
     assert shared[1].tolist() == padded[1].tolist()  # the same answer tokens and real tokens in the step
     torch.testing.assert_close(shared[2], padded[2], rtol=1e-4, atol=1e-4)  # per-task [loss sum, tokens]
     for name, g in padded[0].items():
