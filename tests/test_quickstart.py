@@ -19,7 +19,7 @@ REPO = Path(__file__).resolve().parents[1]
 def quick(tmp_path_factory):
     out = tmp_path_factory.mktemp("quick")
     cfg = config.load(REPO / "configs" / "quickstart.yaml", [
-        f"output_dir={out}",
+        f"output_dir={out}", "train.epochs=2",
         "tasks.claims.max_rows=200", "tasks.intents.max_rows=360", "tasks.intents.weight=2", "tasks.quiz.max_rows=300",
         "tasks.instruct.max_rows=80", "logging.every_steps=5", "eval.every_steps=40",
     ])
