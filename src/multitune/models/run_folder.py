@@ -74,13 +74,16 @@ def read_config(path: Path) -> RunConfig:
 
 
 def check_records(run_dir: str | Path, eval_dir: str | Path | None = None) -> None:
-    """Check the files the report and the model card are built from (`metrics.jsonl`, the evaluation's
-    `metrics.json`, `predictions.jsonl` and `details.json`): a verb that rewrites or uploads them checks
-    them before it starts, so that it never fails half-way with some of them rewritten."""
+    """Check the files the report and the model card are built from (the evaluation's `metrics.json`,
+    `predictions.jsonl` and `details.json` in `eval_dir`, default `run_dir/eval`; with the run's own, the
+    training curves' `metrics.jsonl`): a verb that rewrites or uploads them checks them before it starts,
+    so that it never fails half-way with some of them rewritten."""
     run_dir = Path(run_dir)
     eval_dir = Path(eval_dir) if eval_dir is not None else run_dir / "eval"
-    files = [run_dir / "metrics.jsonl", eval_dir / "metrics.json",
-             *sorted(eval_dir.glob("*/predictions.jsonl")), *sorted(eval_dir.glob("*/details.json"))]
+    files = [eval_dir / "metrics.json", *sorted(eval_dir.glob("*/predictions.jsonl")),
+             *sorted(eval_dir.glob("*/details.json"))]
+    if eval_dir == run_dir / "eval":  # the report is rebuilt from it too
+        files.insert(0, run_dir / "metrics.jsonl")
     try:
         for path in files:
             if path.is_file():

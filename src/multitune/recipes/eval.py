@@ -28,7 +28,7 @@ from multitune.eval.items import EvalSet, build_eval_set
 from multitune.eval.runner import TaskResult, evaluate
 from multitune.io import read_json
 from multitune.models import adapters, load
-from multitune.models.run_folder import check_model_folder, check_records, open_run, read_config
+from multitune.models.run_folder import check_model_folder, check_records, open_run
 from multitune.report.results import Summary, load_summary, write_results
 
 Which = Literal["trained", "base"]
@@ -114,7 +114,7 @@ def _checked_folder(run_dir: Path, kind: str, eval_dir: Path) -> RunConfig | Non
     else:
         if kind == "merged":
             check_model_folder(run_dir)
-        run_cfg = read_config(run_dir / "config.yaml") if (run_dir / "config.yaml").is_file() else None
+        run_cfg = config_mod.load(run_dir / "config.yaml") if (run_dir / "config.yaml").is_file() else None
     check_records(run_dir, eval_dir)
     return run_cfg
 
