@@ -2,9 +2,9 @@
 
 `checkpoint.resume: auto` takes the newest complete checkpoint in `output_dir` that loads; incomplete or
 corrupt ones (a file missing or cut short, say by an interrupted copy) are skipped with a warning naming
-the file, and the one before is tried. A checkpoint given by path must load. A checkpoint made with a different model, data, batch
-geometry or seed is refused with the list of differences (training would silently become another run),
-unless `--force`.
+the file, and the one before is tried. A checkpoint given by path must load. A checkpoint made with a
+different model, data, batch geometry or seed is refused with the list of differences (training would
+silently become another run), unless `--force`.
 """
 
 from __future__ import annotations
