@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import NoReturn
 
 from multitune.errors import EXIT_ABORTED, EXIT_PREEMPTED, EXIT_USER_ERROR, UserError
 
@@ -42,8 +45,57 @@ def _quiet_libraries() -> None:
     datasets.disable_progress_bars()
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse, with its errors in the house style of every other error (`error: ...` and a fix) and the
+    same exit status (2), instead of the usage text followed by the message."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USER_ERROR, f"error: {message}\n  fix: `{self.prog} --help` lists the options\n")
+
+
+@dataclass(frozen=True)
+class Number:
+    """The `type` of every numeric option: a whole or real number within its range, checked while the
+    command line is parsed, so that `--mfu 1.5` or `--price -3` is refused before anything runs, in one
+    message style: `error: argument --mfu: 1.5 is out of range: it must be above 0 and at most 1 (...)`."""
+
+    kind: type[int] | type[float]
+    low: float | None = None
+    high: float | None = None
+    above: bool = False
+    """The range excludes `low` (a share of the peak must be above 0)."""
+    meaning: str = ""
+
+    def __call__(self, text: str) -> int | float:
+        try:
+            value = self.kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{text!r} is not {'a whole number' if self.kind is int else 'a number'}") from None
+        too_low = self.low is not None and (value < self.low or (self.above and value == self.low))
+        too_high = self.high is not None and value > self.high
+        if not math.isfinite(value) or too_low or too_high:
+            meaning = f" ({self.meaning})" if self.meaning else ""
+            raise argparse.ArgumentTypeError(f"{text} is out of range: it must be {self.range()}{meaning}")
+        return value
+
+    def range(self) -> str:
+        if self.low is not None and self.high is not None and not self.above:
+            return f"from {self.low:g} to {self.high:g}"
+        bounds = []
+        if self.low is not None:
+            bounds.append(f"{'above' if self.above else 'at least'} {self.low:g}")
+        if self.high is not None:
+            bounds.append(f"at most {self.high:g}")
+        return " and ".join(bounds) or "a finite number"
+
+
+COUNT = Number(int, 1)  # a positive whole number: tokens, examples, GPUs
+TOKENS = Number(int, 1, meaning="tokens to generate")
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="multitune", description="Multi-task fine-tuning of chat models.")
+    p = Parser(prog="multitune", description="Multi-task fine-tuning of chat models.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     t = sub.add_parser("train", help="train, evaluate and save a run described by a YAML config")
@@ -59,11 +111,12 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--input", required=True, help="rows to predict: csv, tsv, jsonl, json or parquet")
     pr.add_argument("--output", required=True, help="where to write predictions (.jsonl)")
     pr.add_argument("--task", help="which task's format and answers to use (default: the run's only task)")
-    pr.add_argument("--max-new-tokens", type=int, default=128, help="for open-ended tasks")
+    pr.add_argument("--max-new-tokens", type=TOKENS, default=128, help="for open-ended tasks")
     pr.set_defaults(func=_predict)
 
     d = sub.add_parser("doctor", help="versions, GPUs, and (under a launcher) a timed all-reduce across processes")
-    d.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the other processes")
+    d.add_argument("--timeout", type=Number(float, 0, above=True), default=60.0,
+                   help="seconds to wait for the other processes")
     d.set_defaults(func=_doctor)
 
     d = sub.add_parser("data", help="inspect the data a run would train on")
@@ -73,7 +126,7 @@ def _parser() -> argparse.ArgumentParser:
     pv.add_argument("config", help="path of the run's YAML config")
     pv.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="override config keys, as for train")
     pv.add_argument("--task", help="preview this task only (default: every task)")
-    pv.add_argument("-n", type=int, default=3, help="examples per task (default: 3)")
+    pv.add_argument("-n", type=COUNT, default=3, help="examples per task (default: 3)")
     pv.add_argument("--color", choices=["auto", "always", "never"], default="auto",
                     help="mark trained tokens in colour (auto: when printing to a terminal)")
     pv.set_defaults(func=_data_preview)
@@ -102,12 +155,18 @@ def _plan_command(sub: argparse._SubParsersAction) -> None:
     pl.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="override config keys, as for train")
     pl.add_argument("--gpu", help="a GPU of the table (--gpu list shows it), or its numbers: 80GB,312TF "
                                   "(default: this machine)")
-    pl.add_argument("--gpu-memory", type=float, help="GPU memory in GiB (instead of a name)")
-    pl.add_argument("--gpu-tflops", type=float, help="dense bf16 TFLOPS per GPU (instead of a name)")
-    pl.add_argument("--gpus", type=int, default=1, help="GPUs in all: FSDP shards over them (default 1)")
-    pl.add_argument("--price", type=float, help="price per GPU-hour, for the cost")
-    pl.add_argument("--mfu", type=float, help="assumed model FLOPs utilisation (default by method, stated)")
-    pl.add_argument("--measure", type=int, default=0, metavar="N", help="also run N real training steps here")
+    pl.add_argument("--gpu-memory", type=Number(float, 0, above=True, meaning="GiB per GPU, e.g. 80"),
+                    help="GPU memory in GiB (instead of a name)")
+    pl.add_argument("--gpu-tflops", type=Number(float, 0, above=True, meaning="dense bf16 TFLOPS per GPU, e.g. 312"),
+                    help="dense bf16 TFLOPS per GPU (instead of a name)")
+    pl.add_argument("--gpus", type=COUNT, default=1, help="GPUs in all: FSDP shards over them (default 1)")
+    pl.add_argument("--price", type=Number(float, 0, meaning="price of one GPU-hour, e.g. 2.5"),
+                    help="price per GPU-hour, for the cost")
+    pl.add_argument("--mfu", type=Number(float, 0, 1, above=True, meaning="the share of the GPU's peak FLOPs that "
+                                         "training reaches, e.g. 0.4; 1 is the hardware's peak"),
+                    help="assumed model FLOPs utilisation (default by method, stated)")
+    pl.add_argument("--measure", type=Number(int, 0, meaning="training steps to run here"), default=0, metavar="N",
+                    help="also run N real training steps here")
     pl.add_argument("--output", help="where to write plan.json (default: the run's output_dir)")
     pl.set_defaults(func=_plan)
 
@@ -148,17 +207,21 @@ def _shipping_commands(sub: argparse._SubParsersAction) -> None:
     se = sub.add_parser("serve", help="an OpenAI-compatible HTTP server for a trained run (for trials)")
     se.add_argument("run_dir", help="a run's output_dir")
     se.add_argument("--host", default="127.0.0.1", help="0.0.0.0 to accept other machines (set MULTITUNE_API_KEY)")
-    se.add_argument("--port", type=int, default=8000, help="0 picks a free port")
+    se.add_argument("--port", type=Number(int, 0, 65535, meaning="a TCP port; 0 picks a free one"), default=8000,
+                    help="0 picks a free port")
     se.add_argument("--model-name", help="the model id clients ask for (default: the run folder's name)")
-    se.add_argument("--max-tokens", type=int, default=512, help="answer length when a request gives none")
+    se.add_argument("--max-tokens", type=TOKENS, default=512, help="answer length when a request gives none")
     se.set_defaults(func=_serve)
 
 
 def _generation_args(p: argparse.ArgumentParser, max_new_tokens: int) -> None:
-    p.add_argument("--max-new-tokens", type=int, default=max_new_tokens)
-    p.add_argument("--temperature", type=float, default=0.0, help="0 (default) decodes greedily")
-    p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--seed", type=int, help="seed for sampled answers")
+    # The ranges of OpenAI's API, which `serve` accepts per request too (serve/protocol.py).
+    p.add_argument("--max-new-tokens", type=TOKENS, default=max_new_tokens)
+    p.add_argument("--temperature", type=Number(float, 0, 2, meaning="0 decodes greedily"), default=0.0,
+                   help="0 (default) decodes greedily")
+    p.add_argument("--top-p", type=Number(float, 0, 1, above=True, meaning="the share of probability mass sampled "
+                                          "from"), default=1.0)
+    p.add_argument("--seed", type=Number(int, 0), help="seed for sampled answers")
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -179,8 +242,6 @@ def _plan(args: argparse.Namespace) -> int:
     if args.gpu == "list":
         print(gpu_table())
         return 0
-    if args.gpus < 1 or (args.measure or 0) < 0:
-        raise UserError("--gpus must be 1 or more and --measure 0 or more", fix="e.g. --gpus 4 --measure 5")
     cfg = config.load(args.config, args.overrides)
     target = choose_target(args.gpu, args.gpu_memory, args.gpu_tflops, args.gpus)
     plan, path = run_plan(cfg, target, args.price, args.mfu, args.measure, args.output)

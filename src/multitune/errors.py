@@ -7,6 +7,8 @@ keeps its traceback.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 
 class UserError(Exception):
     """A problem in the user's config, data or environment, with where it is and how to fix it.
@@ -25,6 +27,23 @@ class UserError(Exception):
         if self.fix:
             lines.append(f"  fix: {self.fix}")
         return "\n".join(lines)
+
+
+class DamagedFile(UserError):
+    """A file that multitune (or a library it uses) wrote whole but that is now cut short, empty or not what
+    its name says: what an interrupted copy or sync leaves behind. `path` names it, `reason` says what is
+    wrong with it; the message says it is damaged or incomplete, and `fix` (by default: copy it again)
+    what to do."""
+
+    def __init__(self, path: str | Path, reason: str, *, fix: str | None = None):
+        self.path, self.reason = Path(path), reason
+        super().__init__(f"damaged or incomplete file: {reason}", where=str(path),
+                         fix=fix or "copy it again from where it was written (an interrupted copy or sync leaves "
+                                    "files cut short)")
+
+    def with_fix(self, fix: str) -> DamagedFile:
+        """The same problem with the fix that fits where the file was found."""
+        return DamagedFile(self.path, self.reason, fix=fix)
 
 
 # Exit statuses the command line uses, so scripts and launchers can tell them apart.

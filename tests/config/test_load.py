@@ -105,3 +105,46 @@ def test_saved_config_reloads_to_the_same_values(tmp_path):
 @pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.yaml")))
 def test_every_shipped_config_loads(path):
     config.load(path)
+
+
+YAML_11_WORDS = """\
+output_dir: runs/t
+tasks:
+  - {name: answer, kind: classification, source: demo:claims, labels: [yes, no, Off, ON]}
+train:
+  mixed_precision: no
+  gradient_checkpointing: yes
+  share_prefix: off
+eval:
+  baseline: on
+"""
+
+
+def test_yes_no_on_off_in_a_file_stay_what_was_typed_where_text_is_expected(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text(YAML_11_WORDS)
+    cfg = config.load(path)
+    assert cfg.train.mixed_precision == "no"  # YAML 1.1 read it as False: "Input should be 'no', ... (got False)"
+    assert cfg.tasks[0].labels == ["yes", "no", "Off", "ON"]
+    # where the schema expects a boolean, the same words are still booleans
+    assert (cfg.train.gradient_checkpointing, cfg.train.share_prefix, cfg.eval.baseline) == (True, False, True)
+
+
+def test_yes_no_on_off_as_override_values(tmp_path):
+    path = write(tmp_path, {**BASE, "train": {"mixed_precision": "bf16"}})
+    cfg = config.load(path, ["train.mixed_precision=no", "eval.baseline=off", "train.compile=yes",
+                             "data.packing=true", "tasks.claims.labels=[yes, no]"])
+    assert cfg.train.mixed_precision == "no"
+    assert (cfg.eval.baseline, cfg.train.compile, cfg.data.packing) == (False, True, True)
+    assert cfg.tasks[0].labels == ["yes", "no"]
+    msg = error_of(lambda: config.load(path, ["train.mixed_precision=off"]))
+    assert "train.mixed_precision: Input should be 'no', 'bf16' or 'fp16' (got 'off')" in msg
+
+
+def test_the_resolved_config_round_trips_the_words(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text(YAML_11_WORDS)
+    cfg = config.load(path)
+    config.save(cfg, tmp_path / "saved.yaml")
+    assert config.load(tmp_path / "saved.yaml") == cfg
+    assert yaml.safe_load((tmp_path / "saved.yaml").read_text())["train"]["mixed_precision"] == "no"

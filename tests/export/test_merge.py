@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from multitune.cli import main
 from multitune.data.tokenize import prompt_ids
@@ -80,9 +80,13 @@ def test_merge_refuses_a_non_empty_output_and_a_full_fine_tune(run_dir, tmp_path
         merge_run(run_dir, tmp_path / "busy")
     assert (tmp_path / "busy" / "x").read_text() == "keep me"
 
-    full = tmp_path / "full"
+    full = tmp_path / "full"  # what a full fine-tune leaves in adapter/: a whole model and its tokenizer
     (full / "adapter").mkdir(parents=True)
     shutil.copy(run_dir / "config.yaml", full / "config.yaml")
+    (full / "adapter" / "config.json").write_text("{}")
+    save_file({"lm_head.weight": torch.zeros(2, 2)}, full / "adapter" / "model.safetensors")
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(run_dir / "adapter" / name, full / "adapter" / name)
     with pytest.raises(UserError, match="nothing to merge"):
         merge_run(full, tmp_path / "out")
     assert not (tmp_path / "out").exists()

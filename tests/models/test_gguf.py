@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from importlib import metadata
 
 import pytest
@@ -99,3 +100,78 @@ def _has_smollm2() -> bool:
         return True
     except UserError:
         return False
+
+
+def _write_gguf(path, architecture="llama", *, kind="model", tokenizer=None, adapter=False):
+    """A small GGUF written with the gguf package: a model's header (or an adapter's), with or without a
+    tokenizer (`tokenizer`: its `tokenizer.ggml.model`)."""
+    import gguf as gguf_pkg
+    import numpy as np
+
+    writer = gguf_pkg.GGUFWriter(str(path), architecture)
+    writer.add_type(kind)
+    if adapter:
+        writer.add_string("adapter.type", "lora")
+        writer.add_float32("adapter.lora.alpha", 16.0)
+        writer.add_tensor("blk.0.attn_q.weight.lora_a", np.zeros((4, 8), dtype=np.float32))
+    else:
+        writer.add_block_count(1)
+        writer.add_context_length(64)
+        writer.add_embedding_length(8)
+        writer.add_feed_forward_length(16)
+        writer.add_head_count(2)
+        writer.add_tensor("token_embd.weight", np.zeros((4, 8), dtype=np.float32))
+    if tokenizer is not None:
+        writer.add_tokenizer_model(tokenizer)
+        writer.add_token_list(["<s>", "</s>", "a", "b"])
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+GGUF_REFUSALS = {
+    "adapter": (dict(kind="adapter", adapter=True, tokenizer=None),
+                r"this GGUF is an adapter \(lora for a llama model\), not a model"),
+    "no tokenizer": (dict(), r"this GGUF has no tokenizer \(its header holds no tokenizer.ggml.model and tokens\)"),
+    "unknown tokenizer": (dict(tokenizer="rwkv"), r"this GGUF's tokenizer is of type 'rwkv', which transformers "
+                                                  r"cannot build \(it builds [a-z0-9, ]*gpt2, llama"),
+    "projector": (dict(kind="mmproj", tokenizer="gpt2"), r"this GGUF is a 'mmproj' file, not a language model"),
+}
+
+
+@pytest.mark.parametrize("case", list(GGUF_REFUSALS))
+def test_a_gguf_that_is_not_a_chat_model_is_refused_by_its_header(case, tmp_path):
+    keys, message = GGUF_REFUSALS[case]
+    path = _write_gguf(tmp_path / f"{case.replace(' ', '-')}.gguf", **keys)
+    with pytest.raises(UserError, match=message) as e:
+        gguf.converted_folder(ModelConfig(name=str(path)))
+    assert e.value.where == str(path)
+    assert not list((gguf.cache_root() / "gguf").glob(f"*{gguf.sha256(path)[:20]}*"))  # nothing converted
+
+
+def test_an_adapter_gguf_says_to_give_its_base(tmp_path):
+    path = _write_gguf(tmp_path / "lora.gguf", kind="adapter", adapter=True)
+    with pytest.raises(UserError) as e:
+        gguf.converted_folder(ModelConfig(name=str(path)))
+    assert e.value.fix.startswith("give its base as model.name (the model the adapter was made for")
+
+
+@pytest.mark.parametrize("verb", ["data preview", "plan", "train"])
+@pytest.mark.parametrize("case", ["adapter", "no tokenizer"])
+def test_the_commands_refuse_such_a_gguf_in_a_few_lines(verb, case, tmp_path, capsys):
+    from multitune.cli import main
+
+    keys, message = GGUF_REFUSALS[case]
+    path = _write_gguf(tmp_path / "base.gguf", **keys)
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(json.dumps({"output_dir": str(tmp_path / "out"), "model": {"name": str(path)},
+                               "tasks": [{"name": "c", "kind": "classification", "source": "demo:claims",
+                                          "max_rows": 20}]}))
+    assert main([*verb.split(), str(cfg)]) == 2
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.out + captured.err
+    lines = captured.err.strip().splitlines()
+    assert lines[0].startswith(f"error: {path}: ") and len(lines) == 2 and lines[1].startswith("  fix: ")
+    assert re.search(message, lines[0])

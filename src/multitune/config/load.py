@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import re
 from pathlib import Path
 from typing import Any, get_args
 
@@ -13,6 +14,29 @@ from pydantic import BaseModel, ValidationError
 from multitune.config.schema import RunConfig
 from multitune.config.tasks import TASK_KINDS
 from multitune.errors import UserError
+
+
+class TypedLoader(yaml.SafeLoader):
+    """YAML as the user typed it: only `true` and `false` are booleans, as in YAML 1.2.
+
+    PyYAML follows YAML 1.1, which also reads `yes`, `no`, `on` and `off` as booleans, so
+    `train.mixed_precision: no` (the documented default, and accelerate's spelling) arrived as False and was
+    refused, and a label `no` became False. Read as text, such a value stays what the user typed where the
+    schema expects text, and where it expects a boolean pydantic still reads yes/no/on/off as one.
+    """
+
+
+TypedLoader.yaml_implicit_resolvers = {  # a copy: SafeLoader's own table is left as it is
+    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+TypedLoader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+                                  list("tTfF"))
+
+
+def read_yaml_text(text: str) -> Any:
+    """Parse YAML text with `TypedLoader` (yes/no/on/off stay text)."""
+    return yaml.load(text, Loader=TypedLoader)  # a SafeLoader: it constructs plain data only
 
 
 def load(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
@@ -33,7 +57,7 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
             fix="pass the path of a run config, e.g. `multitune train configs/quickstart.yaml`",
         )
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = read_yaml_text(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
@@ -49,7 +73,7 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
     """Return a copy of `raw` with each `a.b.c=value` set; `value` is parsed as YAML (`true`, `[a, b]`,
-    `null`). In `tasks.<name>.<key>`, `<name>` selects the task with that name."""
+    `null`; `no` stays text, as in a config file). In `tasks.<name>.<key>`, `<name>` selects the task with that name."""
     raw = copy.deepcopy(raw)
     for item in overrides:
         key, sep, text = item.partition("=")
@@ -61,7 +85,7 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str] | tuple[str, ...])
 
 def _parse_value(text: str) -> Any:
     try:
-        return yaml.safe_load(text) if text.strip() else ""
+        return read_yaml_text(text) if text.strip() else ""
     except yaml.YAMLError:
         return text
 

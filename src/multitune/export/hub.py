@@ -23,6 +23,7 @@ from multitune.config.schema import REPO_ID, RunConfig
 from multitune.errors import UserError, _causes, no_connection
 from multitune.export.merge import MergeResult, merge_run
 from multitune.io import write_json_atomic
+from multitune.models.run_folder import check_records
 from multitune.models.trained import read_run_config
 from multitune.report.card import model_card, write_model_card
 
@@ -80,6 +81,7 @@ def push_run(run_dir: str | Path, repo_id: str | None = None, merged: bool | Non
     q8_0) also uploads the run exported as a GGUF file of that type and its Ollama `Modelfile`."""
     run_dir = Path(run_dir)
     hub = read_run_config(run_dir).hub
+    check_records(run_dir)  # the card and the uploaded files are made from them
     repo_id = repo_id or (hub.repo_id if hub else None)
     merged = merged if merged is not None else bool(hub and hub.merged)
     private = private if private is not None else (hub.private if hub else None)

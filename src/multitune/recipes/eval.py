@@ -26,7 +26,9 @@ from multitune.data.sources import load_rows
 from multitune.errors import UserError
 from multitune.eval.items import EvalSet, build_eval_set
 from multitune.eval.runner import TaskResult, evaluate
+from multitune.io import read_json
 from multitune.models import adapters, load
+from multitune.models.run_folder import check_model_folder, check_records, open_run
 from multitune.report.results import Summary, load_summary, write_results
 
 Which = Literal["trained", "base"]
@@ -56,10 +58,12 @@ def run_eval(
     if config_path is None and not run_cfg_path.is_file():
         raise UserError(f"{run_dir} holds no config.yaml: not a run's output_dir",
                         fix="pass a run's output_dir, or --config with the tasks to evaluate on")
-    cfg = config_mod.load(config_path or run_cfg_path, list(overrides))
-    run_cfg = config_mod.load(run_cfg_path) if run_cfg_path.is_file() else cfg
-    accelerator = Accelerator()
     model_dir, kind = _model_dir(run_dir, which)
+    eval_dir = Path(output_dir) if output_dir else run_dir / "eval"
+    run_cfg = _checked_folder(run_dir, kind, eval_dir)
+    cfg = config_mod.load(config_path or run_cfg_path, list(overrides))
+    run_cfg = run_cfg or cfg
+    accelerator = Accelerator()
     tokenizer = load.load_tokenizer(str(model_dir if kind != "base" else _base_name(run_dir, run_cfg)), cfg.model)
     eval_sets = _eval_sets(tokenizer, cfg, rows, _trained_labels(run_dir))
     pad_id = load.pad_id(tokenizer)
@@ -72,7 +76,6 @@ def run_eval(
     after = measure(_load_model(run_dir, kind, model_dir, run_cfg, cfg))
     before = measure(load.load_model(_base_name(run_dir, run_cfg), cfg.model).eval()) \
         if cfg.eval.baseline and kind != "base" else None
-    eval_dir = Path(output_dir) if output_dir else run_dir / "eval"
     previous = load_summary(eval_dir.parent, eval_dir.name) if (eval_dir / "metrics.json").is_file() else None
     summary = Summary(
         after={k: r.metrics for k, r in after.items()},
@@ -101,6 +104,19 @@ def _model_dir(run_dir: Path, which: Which) -> tuple[Path, str]:
         return run_dir, "merged"
     raise UserError(f"{run_dir} holds neither adapter/ (a finished run) nor config.json (a model folder)",
                     fix="pass the output_dir of a run `multitune train` completed, or a merged model's folder")
+
+
+def _checked_folder(run_dir: Path, kind: str, eval_dir: Path) -> RunConfig | None:
+    """Check every file this evaluation reads or rewrites before it starts (`models/run_folder.py`), so a
+    damaged one is named up front and nothing is half-rewritten; returns the run's own config, if any."""
+    if (run_dir / "adapter").is_dir():
+        run_cfg: RunConfig | None = open_run(run_dir).cfg
+    else:
+        if kind == "merged":
+            check_model_folder(run_dir)
+        run_cfg = config_mod.load(run_dir / "config.yaml") if (run_dir / "config.yaml").is_file() else None
+    check_records(run_dir, eval_dir)
+    return run_cfg
 
 
 def _base_name(run_dir: Path, run_cfg: RunConfig) -> str:
@@ -143,8 +159,6 @@ def _eval_sets(tokenizer: Any, cfg: RunConfig, rows: Rows, trained: dict[str, li
 
 def _trained_labels(run_dir: Path) -> dict[str, list[str]]:
     """task -> the label set it was trained with (data_stats.json), so the candidates match training."""
-    try:
-        stats = json.loads((run_dir / "data_stats.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
+    path = run_dir / "data_stats.json"
+    stats = read_json(path) if path.is_file() else {}  # checked before evaluating
     return {task: list(s["labels"]) for task, s in stats.items() if isinstance(s, dict) and "labels" in s}

@@ -17,6 +17,7 @@ from multitune.config.schema import RunConfig
 from multitune.data.prepare import Prepared, load_splits, tokenize_splits, training_conversations
 from multitune.errors import UserError
 from multitune.models import gguf, load
+from multitune.models.gguf_header import read_header
 from multitune.plan import flops as fl
 from multitune.plan.activations import MicroBatch
 from multitune.plan.budget import Budget, largest_fitting, smallest_fitting
@@ -42,6 +43,7 @@ def prepare(cfg: RunConfig, convert: bool = True) -> tuple[str, Any, Prepared, M
         from transformers import AutoTokenizer
 
         path = gguf.gguf_path(cfg.model.name)
+        read_header(path)  # refuses an adapter or a file without a tokenizer before transformers reads it
         tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
         notes.append(f"{path.name}: shape from its GGUF header and tokens from its tokenizer metadata; its "
                      "weights are not read (train converts them once into the cache)")

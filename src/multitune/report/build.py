@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from multitune.io import read_jsonl, write_bytes_atomic, write_text_atomic
+from multitune.io import read_json, read_jsonl, write_bytes_atomic, write_text_atomic
 from multitune.report import plots
 from multitune.report.html import ReportInputs, TaskSection, render
 from multitune.report.results import load_details, load_predictions, load_summary
@@ -38,7 +38,7 @@ def write_report(run_dir: str | Path, eval_dir: str = "eval") -> Path:
     inputs = ReportInputs(
         title=f"multitune report: {run_dir.resolve().name}",
         config_yaml=_read(run_dir / "config.yaml"),
-        data_stats=json.loads(_read(run_dir / "data_stats.json") or "{}"),
+        data_stats=read_json(run_dir / "data_stats.json") if (run_dir / "data_stats.json").is_file() else {},
         summary=summary, curves=curves, tasks=sections,
     )
     write_text_atomic(run_dir / "report.html", render(inputs))

@@ -8,7 +8,6 @@ data file on the training machine is named by its file name only): the card is m
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from importlib import metadata
 from pathlib import Path
@@ -17,6 +16,7 @@ from typing import Any
 from multitune import kinds
 from multitune.config.schema import SMOLLM2, RunConfig
 from multitune.data.sources import source_kind
+from multitune.io import read_json
 from multitune.models.trained import read_run_config
 from multitune.report.table import baseline_note, change, number
 from multitune.report.table import rows as before_after_rows
@@ -88,7 +88,7 @@ def write_model_card(run_dir: str | Path, repo_id: str | None = None, merged: bo
 
 def _read_stats(run_dir: Path) -> dict[str, Any]:
     path = run_dir / "data_stats.json"
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    return read_json(path) if path.is_file() else {}
 
 
 def base_kind(name: str) -> str:

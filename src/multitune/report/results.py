@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from multitune.errors import UserError
-from multitune.io import read_jsonl, write_json_atomic, write_text_atomic
+from multitune.io import read_json, read_jsonl, write_json_atomic, write_text_atomic
 
 FORMAT = 2
 
@@ -66,11 +66,10 @@ class Summary:
 def load_summary(run_dir: str | Path, eval_dir: str = "eval") -> Summary:
     """Per-task metrics before and after training from a run's `eval/metrics.json`."""
     path = Path(run_dir) / eval_dir / "metrics.json"
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise UserError(f"cannot read evaluation results {path}: {e}",
-                        fix="evaluate the run first (`multitune train` or `multitune eval`)") from None
+    if not path.is_file():
+        raise UserError(f"no evaluation results: {path} is missing",
+                        fix="evaluate the run first (`multitune train` or `multitune eval`)")
+    raw = read_json(path)  # DamagedFile when it is cut short
     return Summary(after=raw["after"], before=raw.get("before"), primary=raw.get("primary"), best=raw.get("best"),
                    final_step=raw.get("final_step"), model=raw.get("model", "trained"))
 
@@ -95,7 +94,7 @@ def load_predictions(run_dir: str | Path, task: str, eval_dir: str = "eval") -> 
 
 def load_details(run_dir: str | Path, task: str, eval_dir: str = "eval") -> dict[str, Any]:
     path = Path(run_dir) / eval_dir / task / "details.json"
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    return read_json(path) if path.is_file() else {}
 
 
 def _finite(obj: Any) -> Any:

@@ -37,8 +37,8 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 
-from multitune.errors import UserError
-from multitune.io import replace_dir_atomic, write_errors
+from multitune.errors import DamagedFile, UserError
+from multitune.io import check_file, replace_dir_atomic, write_errors
 from multitune.models.adapters import gather_for_saving
 from multitune.train.collectives import any_process
 from multitune.train.state import TrainState
@@ -46,6 +46,7 @@ from multitune.train.state import TrainState
 DIRNAME = "checkpoints"
 MARKER = "COMPLETE"
 STEP_DIR = re.compile(r"^step-(\d+)$")
+FILES = ("trainable.safetensors", "optimizer.pt", "scheduler.pt", "state.json", "meta.json", "config.yaml")
 
 
 def root(output_dir: str | Path) -> Path:
@@ -182,8 +183,24 @@ def complete_checkpoints(output_dir: str | Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
+def check_files(path: Path) -> None:
+    """Refuse, with a `DamagedFile`, a checkpoint that has a file missing or cut short (by a copy or sync
+    that was interrupted: the checkpoint's own writes are complete or absent). Only headers and
+    directories are read, so this is cheap next to loading."""
+    for name in FILES:
+        if not (path / name).is_file():
+            raise DamagedFile(path / name, "missing")
+    for f in sorted(path.iterdir()):
+        check_file(f)
+
+
 def read_meta(path: Path) -> tuple[TrainState, dict[str, Any], str]:
-    """(state, meta, config yaml) of a checkpoint; raises ValueError when they cannot be read."""
+    """(state, meta, config yaml) of a checkpoint, once all its files are checked (`check_files`); raises
+    ValueError naming the file when one is missing, damaged or cannot be read."""
+    try:
+        check_files(path)
+    except DamagedFile as e:
+        raise ValueError(f"{e.path.name} is damaged or incomplete ({e.reason})") from None
     try:
         state = TrainState.from_dict(json.loads((path / "state.json").read_text()))
         meta = json.loads((path / "meta.json").read_text())

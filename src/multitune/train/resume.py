@@ -1,9 +1,10 @@
 """Where a run starts: fresh, or from a checkpoint whose config and data still fit.
 
 `checkpoint.resume: auto` takes the newest complete checkpoint in `output_dir` that loads; incomplete or
-corrupt ones are skipped with a warning. A checkpoint made with a different model, data, batch
-geometry or seed is refused with the list of differences (training would silently become another run),
-unless `--force`.
+corrupt ones (a file missing or cut short, say by an interrupted copy) are skipped with a warning naming
+the file, and the one before is tried. A checkpoint given by path must load. A checkpoint made with a
+different model, data, batch geometry or seed is refused with the list of differences (training would
+silently become another run), unless `--force`.
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ def restore(
         try:
             _, saved_meta, saved_yaml = checkpoint.read_meta(path)
         except ValueError as e:
-            _warn(accelerator, f"skipping checkpoint {path}: {e}")
+            _skip(mode, accelerator, path, str(e))
             continue
         problems = differences(saved_yaml, config_yaml, saved_meta, meta)
         if problems and not force:
@@ -64,12 +65,21 @@ def restore(
         try:
             state = checkpoint.load(path, accelerator, model, optimizer, scheduler)
         except ValueError as e:
-            _warn(accelerator, f"skipping checkpoint {path}: it cannot be loaded ({e})")
+            _skip(mode, accelerator, path, f"it cannot be loaded ({e})")
             continue
         return state, path
     if candidates:
         _warn(accelerator, "no usable checkpoint: starting from the beginning")
     return TrainState(), None
+
+
+def _skip(mode: str, accelerator: Any, path: Path, reason: str) -> None:
+    """Under `auto`, warn and let the caller try the checkpoint before; a checkpoint named by path is refused."""
+    if mode != "auto":
+        raise UserError(f"cannot resume from this checkpoint: {reason}", where=str(path),
+                        fix="point checkpoint.resume at another checkpoints/step-<N> folder, or set "
+                            "checkpoint.resume=auto to take the newest one that is complete")
+    _warn(accelerator, f"skipping checkpoint {path}: {reason}; trying the one before")
 
 
 def refuse_changed_config(mode: str, output_dir: Path, config_yaml: str, force: bool) -> None:
