@@ -63,3 +63,17 @@ def cpu_bf16_units(cpuinfo: str | None = None) -> bool | None:
             return None
     flags = {flag for line in cpuinfo.splitlines() if line.startswith("flags") for flag in line.split(":", 1)[1].split()}
     return any(flag in flags for flag in BF16_FLAGS)
+
+
+def tf32_matmuls(cuda: bool) -> bool:
+    """On a CUDA GPU, let float32 matmuls use TF32 tensor cores (Ampere and newer: float32 master weights,
+    float32 LoRA branches and losses then run at tensor-core speed, with a 10-bit mantissa per product but
+    float32 accumulation, which training tolerates). A CPU is left alone: there "high" precision may let
+    oneDNN round float32 matmuls through bf16. Returns whether it switched them on."""
+    if not cuda:
+        return False
+    import torch
+
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+    return True

@@ -81,7 +81,9 @@ class ModelConfig(Section):
     trust_remote_code: bool = False
     """Run Python code shipped with the model repository. Off unless you trust its author."""
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
-    """Weights' dtype when loaded: `auto` is float32 on CPU and bfloat16 on a GPU that supports it."""
+    """Weights' dtype when loaded. `auto`: on a GPU with bf16, bfloat16 for the frozen base of an adapter
+    method and float32 for full fine-tuning (AdamW updates float32 master weights while autocast computes
+    in bf16); float32 on a CPU (config/device.py; config.yaml records the value used)."""
     attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
     """`sdpa` (PyTorch's fused attention), `eager`, or `flash_attention_2` (needs the flash-attn package
     and a CUDA GPU)."""
@@ -94,7 +96,10 @@ class AdapterConfig(Section):
     to 4 bits (bitsandbytes NF4, see `quantization`); `full`: every weight trains."""
     r: int = Field(16, ge=1)
     alpha: float = Field(32.0, gt=0)
-    dropout: float = Field(0.05, ge=0, lt=1)
+    dropout: float = Field(0.0, ge=0, lt=1)
+    """Dropout on the adapters' input. 0 by default: with dropout, DoRA runs every adapted layer's base
+    matmul a second time (on the dropped-out input) and every adapted layer keeps a dropped-out copy of its
+    input for the backward pass; regularise with it on small data where it helps."""
     target_modules: str | list[str] = "all-linear"
     """`all-linear` (every linear layer but the output head), `attention` (q/k/v/o projections) or an
     explicit list of module names."""
@@ -172,9 +177,10 @@ class TrainConfig(Section):
     """Micro-batches per optimizer step on each process. global batch = micro x accum x processes."""
     max_grad_norm: float | None = Field(1.0, gt=0)
     """Clip the gradient norm to this; null turns clipping off."""
-    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
-    """Autocast through accelerate: `bf16` on Ampere or newer GPUs (and CPUs), `fp16` with loss scaling
-    on older GPUs; `no` trains in the weights' dtype."""
+    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
+    """Autocast through accelerate: `bf16` on Ampere or newer GPUs (and CPUs with bf16 units), `fp16` with
+    loss scaling on older GPUs; `no` trains in the weights' dtype. `auto`: bf16 on a GPU that has it, `no`
+    elsewhere (config/device.py; config.yaml records the value used)."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass (non-reentrant): much less memory, about 30% slower."""
     compile: bool = False
@@ -185,8 +191,10 @@ class TrainConfig(Section):
     share_prefix: bool | None = None
     """Run the tokens the rows of a micro-batch start with (the template's header, a task's system prompt
     and instruction) once instead of once per row, and drop the padding (data/prefix.py). Exact: the same
-    losses and gradients as padded rows. null: on for padded batches under sdpa or eager attention;
-    true: the same, and an error where it cannot apply (data.packing, flash_attention_2)."""
+    losses and gradients as padded rows. null: on for padded batches under sdpa or eager attention on a
+    CPU, off on a GPU until a GPU measurement shows the layout winning there (config/device.py says why);
+    true: on, and an error where it cannot apply (data.packing, flash_attention_2). The layout used is
+    printed at the start and recorded in config.yaml."""
     max_bad_steps: int = Field(5, ge=1)
     """Stop after this many consecutive steps whose loss or gradient norm is NaN or infinite (each one
     is skipped: no weight update)."""

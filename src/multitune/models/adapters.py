@@ -21,25 +21,25 @@ def target_modules(cfg: AdapterConfig) -> str | list[str]:
     return cfg.target_modules  # "all-linear" is understood by peft itself, or an explicit list
 
 
-def attach(model: Any, cfg: AdapterConfig, gradient_checkpointing: bool = False) -> Any:
+def attach(model: Any, cfg: AdapterConfig, gradient_checkpointing: bool = False, autocast: bool = False) -> Any:
     """Return the model to train: wrapped with fresh adapters, or as is with every weight trainable.
 
     Gradient checkpointing is non-reentrant: the reentrant kind needs inputs that require grad, which a
     frozen embedding under LoRA does not give, and it breaks with DDP's unused-parameter checks.
+    `autocast`: the run computes under bf16/fp16 autocast (`train.mixed_precision`), which then decides
+    the adapters' matmul dtype, so peft's cast of each adapted layer's input to the adapters' float32 is
+    turned off (`_autocast_decides`).
     """
-    checkpointing = {"gradient_checkpointing_kwargs": {"use_reentrant": False}}
     if cfg.method == "full":
         model.requires_grad_(True)
         if gradient_checkpointing:
             _checkpoint_activations(model)
         return model
-    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+    from peft import LoraConfig, get_peft_model
 
     if cfg.method == "qlora":
-        # Norms and the head in float32, gradient checkpointing set up for a 4-bit base.
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing,
-                                                **checkpointing)
-    elif gradient_checkpointing:
+        _freeze_4bit_base(model)
+    if gradient_checkpointing:
         _checkpoint_activations(model)
     lora = LoraConfig(
         r=cfg.r,
@@ -52,7 +52,32 @@ def attach(model: Any, cfg: AdapterConfig, gradient_checkpointing: bool = False)
         task_type="CAUSAL_LM",
     )
     with _peft_probe_warning_ignored():
-        return get_peft_model(model, lora)
+        wrapped = get_peft_model(model, lora)
+    if autocast:
+        _autocast_decides(wrapped)
+    return wrapped
+
+
+def _freeze_4bit_base(model: Any) -> None:
+    """Freeze a 4-bit base for QLoRA, leaving every dtype as loaded. peft's `prepare_model_for_kbit_training`
+    also casts every 16-bit parameter (norms, embeddings, head) to float32, after which each RMSNorm
+    returns float32 and the whole residual stream runs and is kept in float32: twice the activation
+    memory and float32 element-wise work per layer, for nothing the bf16 compute dtype does not hold.
+    Its other step, input gradients for reentrant checkpointing, is not needed: checkpointing here is
+    non-reentrant."""
+    model.requires_grad_(False)
+
+
+def _autocast_decides(model: Any) -> None:
+    """Under autocast, let the adapters see their layer's input as it comes (bf16) instead of peft's
+    float32 copy of it: autocast runs their matmuls in bf16 either way, so the copy only costs an
+    input-sized float32 tensor per adapted layer (and with dropout, keeps it for the backward pass).
+    `cast_input_dtype_enabled` is the per-layer switch peft documents for this (peft.helpers)."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    for module in model.modules():
+        if isinstance(module, BaseTunerLayer):
+            module.cast_input_dtype_enabled = False
 
 
 def load_adapter(base: Any, adapter_dir: str | Path) -> Any:

@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 
+from multitune.config import device
 from multitune.config.schema import ModelConfig, QuantizationConfig, RunConfig
 from multitune.errors import UserError, hub_error
 from multitune.models import gguf
@@ -82,7 +83,16 @@ def pad_id(tokenizer: Any) -> int:
     return int(eos[0] if isinstance(eos, list) else eos)
 
 
+def for_this_machine(cfg: RunConfig) -> RunConfig:
+    """`cfg` with its device-dependent settings (`auto` precision and dtype, `null` share_prefix) decided
+    for this machine's device (config/device.py)."""
+    cuda = torch.cuda.is_available()
+    return device.for_device(cfg, gpu=cuda, bf16=cuda and torch.cuda.is_bf16_supported())
+
+
 def torch_dtype(cfg: ModelConfig) -> torch.dtype:
+    """The dtype to load weights in; `auto` (a config not resolved by `for_this_machine`) as float32 on a
+    CPU and bfloat16 on a GPU with bf16."""
     if cfg.dtype == "auto":
         gpu_bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
         return torch.bfloat16 if gpu_bf16 else torch.float32

@@ -8,7 +8,8 @@ kernels: no (T, T) score matrix is kept), term by term:
 - each RMSNorm keeps its input in float32 (and, when its weight trains, the normalised value);
 - the inputs of the four linear groups (q/k/v, o, gate/up, down) are kept once if any layer of the group
   trains or carries an adapter; peft casts a layer's input to the adapter's float32 when the base is
-  16-bit, and dropout makes a new tensor and a mask: each such copy is kept per wrapped layer;
+  16-bit and no autocast runs, and dropout makes a new tensor and a mask: each such copy is kept per
+  wrapped layer;
 - attention keeps q, k and v (repeated to every query head when grouped-query attention runs with a
   mask, as transformers does for padded and packed batches), its output (which is also o_proj's input)
   and the log-sum-exp per head; and, per row, the (T, T) mask made additive in the compute dtype;
@@ -41,8 +42,9 @@ class Precision:
 
     @property
     def adapter_cast(self) -> bool:
-        """peft casts a wrapped layer's input to the adapter's dtype when it differs from the base's."""
-        return self.adapter != self.weights
+        """peft casts a wrapped layer's input to the adapter's dtype when it differs from the base's, unless
+        autocast decides the matmul's dtype (`models/adapters.py` turns the cast off then)."""
+        return self.adapter != self.weights and not self.autocast
 
 
 def layer_saved_bytes(shape: ModelShape, prec: Precision, trained: Sequence[str], wrapped: Sequence[str],

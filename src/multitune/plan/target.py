@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from multitune.config import device
 from multitune.plan.activations import Precision
 from multitune.plan.gpus import Gpu, find_gpu
 
@@ -71,15 +72,12 @@ def _match(device_name: str, memory_gib: float) -> Gpu | None:
 
 
 def precision_for(cfg, target: Target) -> Precision:
-    """Bytes per element on the target, as `models/load.py` and the loop would choose them: `auto` weights
-    are bfloat16 on a GPU with bf16, else float32; QLoRA computes in its compute dtype; mixed precision
-    makes activations 16-bit."""
+    """Bytes per element on the target, as a run there would choose them (config/device.py: `auto` weights
+    are bfloat16 for an adapter's base on a GPU with bf16, else float32; `auto` mixed precision is bf16
+    there); QLoRA computes in its compute dtype; mixed precision makes activations 16-bit."""
     sizes = {"float32": 4, "bfloat16": 2, "float16": 2}
-    if cfg.model.dtype == "auto":
-        weights = 2 if target.on_gpu and target.bf16 else 4
-    else:
-        weights = sizes[cfg.model.dtype]
+    weights = sizes[device.resolved_dtype(cfg, target.on_gpu, target.bf16)]
     if cfg.adapter.method == "qlora":
         weights = sizes[cfg.quantization.compute_dtype]
-    autocast = cfg.train.mixed_precision in ("bf16", "fp16")
+    autocast = device.resolved_mixed_precision(cfg, target.on_gpu, target.bf16) in ("bf16", "fp16")
     return Precision(act=2 if autocast else weights, weights=weights, adapter=4, autocast=autocast)

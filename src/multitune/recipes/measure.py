@@ -73,6 +73,7 @@ def measure(cfg: RunConfig, model_name: str, tokenizer: Any, prepared: Prepared,
     from accelerate.utils import set_seed
 
     cuda = torch.cuda.is_available()
+    cfg = load.for_this_machine(cfg)
     load.check_hardware(cfg)
     accelerator = Accelerator(mixed_precision=cfg.train.mixed_precision, cpu=not cuda)
     fixed = 0.0 if cuda else warm_up(cfg)
@@ -82,7 +83,8 @@ def measure(cfg: RunConfig, model_name: str, tokenizer: Any, prepared: Prepared,
     quantization = cfg.quantization if cfg.adapter.method == "qlora" else None
     base = load.load_model(model_name, cfg.model, quantization, accelerator.device)
     set_seed(cfg.seed)
-    model = adapters.attach(base, cfg.adapter, cfg.train.gradient_checkpointing)
+    model = adapters.attach(base, cfg.adapter, cfg.train.gradient_checkpointing,
+                            autocast=cfg.train.mixed_precision != "no")
     plan = loop.make_plan(cfg.train.model_copy(update={"max_steps": steps}), prepared, cfg.seed, 1,
                           share_prefix=cfg.shares_prefix)
     optimizer = optim.build_optimizer(model, cfg.train)

@@ -13,6 +13,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from multitune.config import device
 from multitune.config.schema import RunConfig
 from multitune.data.prepare import Prepared, load_splits, tokenize_splits, training_conversations
 from multitune.errors import UserError
@@ -84,6 +85,7 @@ def _proxy_tokenizer(cause: UserError) -> Any:
 def estimate(cfg: RunConfig, shape: ModelShape, prepared: Prepared, target: Target, mfu: float | None = None,
              price: float | None = None, fixed: float = 0.0) -> dict[str, Any]:
     """The plan as a JSON-ready dict: model, memory per process, data, compute, time, cost, advice."""
+    cfg = device.for_device(cfg, gpu=target.on_gpu, bf16=target.bf16)  # as a run on the target would decide
     plan = make_plan(cfg.train, prepared, cfg.seed, target.gpus, share_prefix=cfg.shares_prefix)
     batches = epoch_batches(prepared, plan.micro_batch_size, plan.grad_accum_steps, target.gpus,
                             plan.steps_per_epoch, cfg.seed, cfg.train.answer_logits_only,
@@ -246,6 +248,7 @@ def measured_vs_estimate(cfg: RunConfig, shape: ModelShape, prepared: Prepared, 
     from multitune.recipes.measure import measure
 
     here = choose_target(None, None, None, 1)
+    cfg = load.for_this_machine(cfg)
     ms = measure(cfg, model_name, tokenizer, prepared, steps)
     train = cfg.train
     batches = epoch_batches(prepared, train.micro_batch_size, train.grad_accum_steps, 1, steps, cfg.seed,

@@ -16,6 +16,7 @@ from typing import Any
 
 from multitune import config as config_mod
 from multitune.best import update_best
+from multitune.config.device import describe as describe_device_settings
 from multitune.config.schema import RunConfig
 from multitune.data.prepare import Prepared, load_splits, tokenize_splits, training_conversations
 from multitune.data.stats import data_summary
@@ -36,7 +37,7 @@ from multitune.models import adapters, gguf, load
 from multitune.report.build import write_report
 from multitune.report.results import Summary, write_results
 from multitune.report.table import before_after
-from multitune.runtime import configure_cpu_threads
+from multitune.runtime import configure_cpu_threads, tf32_matmuls
 from multitune.tracking import Trackers, make_trackers
 from multitune.train import checkpoint, loop, optim, resume
 from multitune.train.collectives import any_process
@@ -94,6 +95,7 @@ def run(cfg: RunConfig, force: bool = False) -> TrainResult:
     checkpoint (`checkpoint.resume`). `force` resumes even when the config or data changed. A SIGTERM
     or a first Ctrl-C ends the run after a checkpoint, with `TrainResult.stopped` set."""
     cfg = gguf.pin(cfg)  # a GGUF base's hash goes into config.yaml
+    cfg = load.for_this_machine(cfg)  # so do the precision and batch layout chosen for this device
     r = setup(cfg, force)
     try:
         outcome = train(r)
@@ -176,7 +178,7 @@ def train(r: Run) -> dict[str, TaskResult] | Stopped:
                 answer_logits_only=cfg.train.answer_logits_only)
             record(state, result)
             bar.update(1)
-            if not result.finite:
+            if result.bad:
                 _report_bad_step(r, result)
             if state.step % cfg.logging.every_steps == 0 or state.step == total:
                 _log_interval(r, result, lr=lr, started=started, bar=bar)
@@ -291,10 +293,12 @@ def _start(cfg: RunConfig, force: bool) -> tuple[Any, str]:
     # cpu=True on a machine without CUDA makes torchrun's processes one gloo group (DDP on CPUs); the
     # topology otherwise comes from the launcher and its accelerate config, never from this code.
     threads = configure_cpu_threads()  # before the first parallel region fixes the pool
+    tf32_matmuls(torch.cuda.is_available())
     accelerator = Accelerator(mixed_precision=cfg.train.mixed_precision, cpu=not torch.cuda.is_available(),
                               dynamo_plugin=_dynamo(cfg))
     if threads:
         accelerator.print(threads)
+    accelerator.print(describe_device_settings(cfg))
     set_seed(cfg.seed)
     out = Path(cfg.output_dir)
     config_yaml = config_mod.dump(cfg)
@@ -322,7 +326,8 @@ def _model(cfg: RunConfig, accelerator: Any, model_name: str, prepared: Prepared
     # Seed again: building the tiny model draws random numbers only when it is not cached yet, and the
     # adapters' initialisation must not depend on that.
     set_seed(cfg.seed)
-    model = adapters.attach(base, cfg.adapter, cfg.train.gradient_checkpointing)
+    model = adapters.attach(base, cfg.adapter, cfg.train.gradient_checkpointing,
+                            autocast=cfg.train.mixed_precision != "no")
     trainable, total = adapters.count_parameters(model)
     accelerator.print(f"model {cfg.model.name} ({model_name}): {cfg.adapter.method}, "
                       f"{trainable:,} of {total:,} parameters trainable")

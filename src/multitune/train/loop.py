@@ -10,6 +10,7 @@ gradient as one big batch (DESIGN.md #3).
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -98,7 +99,8 @@ def train_step(
 
     A step whose loss or gradient norm is not finite updates no weight (the schedule still advances,
     so the learning rate stays a function of the step). Both numbers are reduced over processes before
-    the check, so every process takes the same decision.
+    the check, so every process takes the same decision. Under fp16 loss scaling the scaler takes that
+    decision itself (`_step_through_scaler`).
     """
     counts, task_sums = accumulate_gradients(model, accelerator, micro_batches, n_tasks, answer_logits_only)
     grad_norm = (
@@ -110,11 +112,29 @@ def train_step(
         loss=float(task_sums[:, 0].sum() / counts[0].clamp(min=1)), grad_norm=float(grad_norm),
         answer_tokens=int(counts[0]), tokens=int(counts[1]), task_sums=task_sums.cpu(),
     )
-    if result.finite:
+    scaler = getattr(accelerator, "scaler", None)
+    if scaler is not None:
+        result.overflow = _step_through_scaler(optimizer, scaler, result)
+    elif result.finite:
         optimizer.step()
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
     return result
+
+
+# Below this the scale no longer explains a non-finite gradient (from 2**16, sixteen halvings): the
+# gradients themselves are NaN or infinite, and the step counts as bad.
+MIN_LOSS_SCALE = 1.0
+
+
+def _step_through_scaler(optimizer: Any, scaler: Any, result: StepResult) -> bool:
+    """fp16: every step goes through the GradScaler (accelerate's `optimizer.step()` calls its `step` and
+    `update`). On inf/NaN gradients the scaler skips the weight update itself and lowers the scale;
+    skipping the call instead would leave the scale where it overflowed and the scaler's state of this
+    step unfinished, so the next step's unscale would raise. Returns whether this was such an overflow
+    (finite loss, gradients non-finite at a scale still worth lowering)."""
+    optimizer.step()
+    return math.isfinite(result.loss) and not result.finite and scaler.get_scale() >= MIN_LOSS_SCALE
 
 
 def _grad_norm(model: Any) -> torch.Tensor:

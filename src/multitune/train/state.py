@@ -59,17 +59,26 @@ class StepResult:
     answer_tokens: int  # on all processes
     tokens: int  # non-padding tokens on all processes
     task_sums: torch.Tensor  # (n_tasks, 2): summed loss and answer tokens per task, all processes
+    overflow: bool = False
+    """fp16 loss scaling: the gradients overflowed at the current scale, so the scaler skipped this update
+    and lowered the scale. Normal while the scale settles; not a bad step."""
 
     @property
     def finite(self) -> bool:
         return math.isfinite(self.loss) and math.isfinite(self.grad_norm)
 
+    @property
+    def bad(self) -> bool:
+        """Skipped for a non-finite loss or gradient that loss scaling does not explain."""
+        return not self.finite and not self.overflow
+
 
 def record(state: TrainState, result: StepResult) -> None:
-    """Advance the state by one step. A non-finite step counts as bad and adds nothing to the loss sums."""
+    """Advance the state by one step. A bad step (non-finite, `StepResult.bad`) counts as bad and adds
+    nothing to the loss sums; a loss scaler's overflow adds its (finite) loss like any other step."""
     state.step += 1
     state.tokens_seen += result.tokens
-    if not result.finite:
+    if result.bad:
         state.bad_steps += 1
         state.consecutive_bad_steps += 1
         return
