@@ -47,13 +47,18 @@ def run_one(root: Path, name: str, env: dict[str, str], overrides: list[str]) ->
     """The run's eval/metrics.json, training it first unless it is already there."""
     out = root / name
     done = out / "eval" / "metrics.json"
+    root.mkdir(parents=True, exist_ok=True)
     if not done.is_file():
         cmd = [sys.executable, "-m", "multitune", "train", str(REPO / "configs" / "quickstart.yaml"),
                f"output_dir={out}", "--force", *overrides]
         print(f"{name}: {' '.join(f'{k}={v}' for k, v in env.items()) or '(default)'} {' '.join(overrides)}",
               flush=True)
-        subprocess.run(cmd, env={**os.environ, **env, "PYTHONPATH": str(REPO / "src")}, check=True,
-                       stdout=subprocess.DEVNULL)
+        log = root / f"{name}.log"  # the run's progress bars and messages, not this table's
+        with log.open("w") as f:
+            done_ok = subprocess.run(cmd, env={**os.environ, **env, "PYTHONPATH": str(REPO / "src")},
+                                     stdout=f, stderr=subprocess.STDOUT).returncode == 0
+        if not done_ok:
+            raise SystemExit(f"{name} failed; its output is in {log}")
     return json.loads(done.read_text())
 
 
