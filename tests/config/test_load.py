@@ -138,7 +138,7 @@ def test_yes_no_on_off_as_override_values(tmp_path):
     assert (cfg.eval.baseline, cfg.train.compile, cfg.data.packing) == (False, True, True)
     assert cfg.tasks[0].labels == ["yes", "no"]
     msg = error_of(lambda: config.load(path, ["train.mixed_precision=off"]))
-    assert "train.mixed_precision: Input should be 'no', 'bf16' or 'fp16' (got 'off')" in msg
+    assert "train.mixed_precision: Input should be 'auto', 'no', 'bf16' or 'fp16' (got 'off')" in msg
 
 
 def test_the_resolved_config_round_trips_the_words(tmp_path):
