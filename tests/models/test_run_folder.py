@@ -106,7 +106,6 @@ def test_the_messages_say_what_is_wrong_with_each_kind_of_file(run_dir, tmp_path
         ("adapter/adapter_config.json", "empty"): "the file is empty",
         ("adapter/tokenizer.json", "wrong JSON"): r"not valid JSON \(Expecting value",
         ("adapter/chat_template.jinja", "truncated"): r"the chat template does not compile",
-        ("config.yaml", "truncated"): "it does not hold the run config multitune wrote: 1 problem in the config",
         ("config.yaml", "wrong JSON"): "not valid YAML",
     }
     for (file, damage), reason in cases.items():
@@ -114,6 +113,11 @@ def test_the_messages_say_what_is_wrong_with_each_kind_of_file(run_dir, tmp_path
         with pytest.raises(DamagedFile, match=reason) as e:
             open_run(run)
         assert e.value.path == run / file
+    run = damaged_copy(run_dir, tmp_path / "cut-at-a-line", "config.yaml", "empty")  # parses, no longer validates
+    lines = (run_dir / "config.yaml").read_text().splitlines(keepends=True)
+    (run / "config.yaml").write_text("".join(lines[: len(lines) // 2]))
+    with pytest.raises(DamagedFile, match="it does not hold the run config multitune wrote: 1 problem in the config"):
+        open_run(run)
     run = damaged_copy(run_dir, tmp_path / "cut-mid-line", "config.yaml", "empty")
     (run / "config.yaml").write_text((run_dir / "config.yaml").read_text()[:-5])
     with pytest.raises(DamagedFile, match="its last line is cut short"):
