@@ -329,7 +329,11 @@ def _model(cfg: RunConfig, accelerator: Any, model_name: str, prepared: Prepared
     from accelerate.utils import set_seed
 
     quantization = cfg.quantization if cfg.adapter.method == "qlora" else None
-    base = load.load_model(model_name, cfg.model, quantization, accelerator.device)
+    # FSDP's memory-efficient loading: process 0 alone reads the weights (4-bit ones are read everywhere:
+    # bitsandbytes quantises while loading, on each process's own device).
+    efficient = topology.efficient_loading and quantization is None
+    base = load.load_model(model_name, cfg.model, quantization, accelerator.device,
+                           empty=efficient and not accelerator.is_main_process)
     # Seed again: building the tiny model draws random numbers only when it is not cached yet, and the
     # adapters' initialisation must not depend on that.
     set_seed(cfg.seed)
@@ -339,7 +343,8 @@ def _model(cfg: RunConfig, accelerator: Any, model_name: str, prepared: Prepared
                       f"{trainable:,} of {total:,} parameters trainable")
     model = shard.shard_model(model, topology, accelerator)  # before the optimizer: FSDP2 swaps the parameters
     if shard.is_sharded(model):
-        accelerator.print(f"sharded: {shard.describe_shards(model)}")
+        accelerator.print(f"sharded: {shard.describe_shards(model)}"
+                          + ("; weights read by process 0 alone and broadcast" if efficient else ""))
     plan = loop.make_plan(cfg.train, prepared, cfg.seed, accelerator.num_processes, share_prefix=cfg.shares_prefix)
     optimizer = optim.build_optimizer(model, cfg.train)
     scheduler = optim.build_scheduler(optimizer, cfg.train, plan.total_steps)
