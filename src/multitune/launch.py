@@ -7,8 +7,9 @@ step. Under a launcher that status does not reach the shell: torch's elastic age
 whatever the worker's status; two torchrun nodes on loopback both returned 1. This runs the same launcher
 (the same arguments, the same agent) and translates what the agent knows:
 
-- every failed worker exited 75, or the launcher itself got SIGTERM (what SLURM's `--signal` and most
-  schedulers send; the agent forwards it to the workers, which checkpoint): exit 75, requeue;
+- failed workers exited 75 (the others, ended by the agent's SIGTERM once the first one exited, -15), or
+  the launcher itself got SIGTERM (what SLURM's `--signal` and most schedulers send; the agent forwards
+  it to the workers, which checkpoint): exit 75, requeue;
 - any other failure keeps the launcher's own exit status (1): do not requeue a crash.
 
 The scripts in scripts/ launch through this and requeue on 75. Give the workers time to checkpoint:
@@ -28,12 +29,15 @@ LAUNCHERS = ("torchrun", "accelerate")
 
 
 def preempted(exit_codes: Sequence[int]) -> bool:
-    """Whether failed workers' exit codes say the run stopped on a signal after its checkpoint.
+    """Whether failed workers' exit codes say the run stopped on a signal after its checkpoint: some
+    exited 75, the others too or were ended by SIGTERM (-15). The checkpoint is complete before any
+    process exits, and as soon as one exits the agent sends SIGTERM to the rest of its node, which kills
+    those still closing down.
 
-    >>> preempted([75, 75]), preempted([75, 1]), preempted([75, -9]), preempted([])
-    (True, False, False, False)
+    >>> preempted([75, 75]), preempted([75, -15]), preempted([75, 1]), preempted([75, -9]), preempted([-15])
+    (True, True, False, False, False)
     """
-    return bool(exit_codes) and all(code == EXIT_PREEMPTED for code in exit_codes)
+    return EXIT_PREEMPTED in exit_codes and all(c in (EXIT_PREEMPTED, -signal.SIGTERM) for c in exit_codes)
 
 
 def run(argv: Sequence[str]) -> int:
@@ -49,7 +53,7 @@ def run(argv: Sequence[str]) -> int:
     except ChildFailedError as e:
         codes = [failure.exitcode for failure in e.failures.values()]
         if preempted(codes):
-            print(f"multitune.launch: every failed process exited {EXIT_PREEMPTED} (stopped after a checkpoint): "
+            print(f"multitune.launch: the processes stopped after a checkpoint (exit codes {sorted(set(codes))}): "
                   f"exit {EXIT_PREEMPTED}, resume by running the same command", file=sys.stderr)
             return EXIT_PREEMPTED
         print(f"multitune.launch: processes failed with exit codes {sorted(set(codes))}: exit 1", file=sys.stderr)

@@ -8,11 +8,16 @@ test-only faults chosen by environment variables:
                                           eval/lockstep.py replaced)
     MULTITUNE_TEST_SIGNAL=NAME:RANK:STEP  process RANK sends itself signal NAME as it starts optimizer step
                                           STEP (1-based, counted from this launch)
+    MULTITUNE_TEST_PG_TIMEOUT=SECONDS     a collective that waits longer fails (torch's default: 30 min),
+                                          so a hang ends as an error instead of holding the test
 """
 
+import datetime
 import os
 import signal
 import sys
+
+import torch.distributed
 
 from multitune.cli import main
 from multitune.eval import lockstep
@@ -38,6 +43,17 @@ def signal_at(name: str, rank: int, step: int) -> None:
     loop.train_step = train_step
 
 
+def collective_timeout(seconds: float) -> None:
+    real = torch.distributed.init_process_group
+
+    def init_process_group(*args, **kwargs):
+        return real(*args, **{**kwargs, "timeout": datetime.timedelta(seconds=seconds)})
+
+    torch.distributed.init_process_group = init_process_group
+
+
+if os.environ.get("MULTITUNE_TEST_PG_TIMEOUT"):
+    collective_timeout(float(os.environ["MULTITUNE_TEST_PG_TIMEOUT"]))
 if os.environ.get("MULTITUNE_TEST_OLD_EVAL"):
     old_evaluation()
 if os.environ.get("MULTITUNE_TEST_SIGNAL"):
