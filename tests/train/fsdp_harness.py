@@ -1,8 +1,8 @@
 """Run by test_distributed.py under `torchrun --nproc_per_node 2`: FSDP2 (fully_shard) on CPUs over gloo.
 
-accelerate runs FSDP only on GPUs, so this applies torch's fully_shard itself, exactly as accelerate's
-FSDP2 does (one unit per decoder layer plus the root), then exercises multitune's checkpoint and
-final-adapter code on the sharded (DTensor) parameters.
+The model is sharded by `train/shard.py`, as `multitune train` shards it (one unit per decoder layer
+plus the root), then multitune's checkpoint and final-adapter code run on the sharded (DTensor)
+parameters. The whole recipe under FSDP runs in test_fsdp.py.
 """
 
 import sys
@@ -12,11 +12,10 @@ import torch
 from accelerate import Accelerator
 from peft import LoraConfig, get_peft_model
 from safetensors.torch import load_file
-from torch.distributed.fsdp import fully_shard
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from multitune.models.adapters import gather_for_saving, save_final
-from multitune.train import checkpoint
+from multitune.train import checkpoint, shard
 from multitune.train.state import TrainState
 
 base_dir, out = sys.argv[1], Path(sys.argv[2])
@@ -27,9 +26,7 @@ assert accelerator.num_processes == 2
 def sharded_lora():
     torch.manual_seed(0)
     model = get_peft_model(AutoModelForCausalLM.from_pretrained(base_dir), LoraConfig(r=4, target_modules="all-linear"))
-    for layer in model.base_model.model.model.layers:
-        fully_shard(layer)
-    fully_shard(model)
+    shard.shard_model(model, shard.Topology(fsdp=True, shard=2), accelerator)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
     return model, optimizer, scheduler
@@ -45,7 +42,8 @@ scheduler.step()
 
 state = TrainState(step=1)
 path = checkpoint.save(out, accelerator, model, optimizer, scheduler, state, "seed: 0\n", {"world_size": 2})
-weights = gather_for_saving(model, trainable_only=True)
+weights = gather_for_saving(model, trainable_only=True, keep=accelerator.is_main_process)
+assert bool(weights) == accelerator.is_main_process  # only the writer holds whole tensors
 if accelerator.is_main_process:
     save_final(model, AutoTokenizer.from_pretrained(base_dir), out / "adapter", weights)
 
