@@ -105,6 +105,8 @@ def _plan_command(sub: argparse._SubParsersAction) -> None:
     pl.add_argument("--gpu-memory", type=float, help="GPU memory in GiB (instead of a name)")
     pl.add_argument("--gpu-tflops", type=float, help="dense bf16 TFLOPS per GPU (instead of a name)")
     pl.add_argument("--gpus", type=int, default=1, help="GPUs in all: FSDP shards over them (default 1)")
+    pl.add_argument("--nodes", type=int, default=1,
+                    help="machines the GPUs are on: compares FSDP, HSDP and DDP by what crosses between them")
     pl.add_argument("--price", type=float, help="price per GPU-hour, for the cost")
     pl.add_argument("--mfu", type=float, help="assumed model FLOPs utilisation (default by method, stated)")
     pl.add_argument("--measure", type=int, default=0, metavar="N", help="also run N real training steps here")
@@ -181,8 +183,11 @@ def _plan(args: argparse.Namespace) -> int:
         return 0
     if args.gpus < 1 or (args.measure or 0) < 0:
         raise UserError("--gpus must be 1 or more and --measure 0 or more", fix="e.g. --gpus 4 --measure 5")
+    if args.nodes < 1 or args.gpus % args.nodes:
+        raise UserError(f"--nodes {args.nodes} does not divide --gpus {args.gpus}",
+                        fix="give the GPUs in all and the machines they are on, e.g. --gpus 12 --nodes 3")
     cfg = config.load(args.config, args.overrides)
-    target = choose_target(args.gpu, args.gpu_memory, args.gpu_tflops, args.gpus)
+    target = choose_target(args.gpu, args.gpu_memory, args.gpu_tflops, args.gpus, args.nodes)
     plan, path = run_plan(cfg, target, args.price, args.mfu, args.measure, args.output)
     print(render(plan))
     print(f"\nplan: {path}")
