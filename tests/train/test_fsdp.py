@@ -68,7 +68,7 @@ def raw_config(out: Path, method: str = "lora", **sections) -> dict:
         "logging": {"every_steps": 1},
     }
     for k, v in sections.items():
-        raw[k] = {**raw[k], **v}
+        raw[k] = {**raw.get(k, {}), **v}
     return raw
 
 
@@ -188,6 +188,25 @@ def test_a_fsdp_run_equals_one_process_and_resumes_bitwise_after_a_kill(runs, me
     assert all(torch.equal(resumed[k], fsdp[k]) for k in fsdp), "the resumed run differs from the uninterrupted one"
     assert metrics_rows(killed_out) == metrics_rows(out)
     _loads_whole(killed_out, method)
+
+
+@pytest.mark.distributed
+def test_qlora_under_fsdp_keeps_the_4bit_weights_whole_and_equals_one_process(tmp_path):
+    pytest.importorskip("bitsandbytes")
+    from multitune.config import validate
+    from multitune.recipes.train import run
+
+    raw = raw_config(tmp_path / "fsdp", "qlora", quantization={"compute_dtype": "float32"},
+                     eval={"every_steps": 3, "generate": "ends"})
+    r = torchrun(write(raw, tmp_path / "q.yaml"))
+    assert r.returncode == 0, r.stderr[-4000:]
+    # FSDP2 would turn bitsandbytes' 4-bit weights into plain tensors: they stay whole on every process.
+    assert re.search(r"holds [\d,]+ of [\d,]+ elements, [\d,]+ of them whole on every process \(4-bit", r.stdout)
+    run(validate({**raw, "output_dir": str(tmp_path / "single"), "train": {**raw["train"], "grad_accum_steps": 4}}))
+    got, want = final_weights(tmp_path / "fsdp"), final_weights(tmp_path / "single")
+    assert got.keys() == want.keys() and got
+    for k in want:
+        torch.testing.assert_close(got[k], want[k], rtol=1e-3, atol=1e-5, msg=k)
 
 
 def _loads_whole(out: Path, method: str) -> None:

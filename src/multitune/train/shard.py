@@ -97,6 +97,9 @@ def topology(world_size: int, mixed_precision: str = "no", env: Mapping[str, str
         if _flag(env, name):
             fix = "use train.gradient_checkpointing=true" if "CHECKPOINTING" in name else "more GPUs, QLoRA"
             problems.append(f"{name}=true ({setting}): not supported by multitune's FSDP path; {fix}")
+    for name in ("PARALLELISM_CONFIG_TP_SIZE", "PARALLELISM_CONFIG_CP_SIZE", "PARALLELISM_CONFIG_SP_SIZE"):
+        if env.get(name, "1").strip() not in ("", "1"):
+            problems.append(f"{name}={env[name]}: multitune parallelises data only (FSDP, HSDP, DDP)")
     replicate = _size(env, REPLICATE, problems)
     shard = _size(env, SHARD, problems)
     if replicate and shard and replicate * shard != world_size:
