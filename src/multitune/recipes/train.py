@@ -261,9 +261,8 @@ def write_outputs(r: Run, after: dict[str, TaskResult]) -> TrainResult:
     summary = Summary(after={k: res.metrics for k, res in after.items()}, before=r.state.baseline,
                       primary=r.primary, best=r.state.best, final_step=r.plan.total_steps)
     plain = r.accelerator.unwrap_model(r.model, keep_torch_compile=False)  # no DDP/FSDP or compile wrapper
-    # A collective; only the main process keeps (and copies to the CPU) the whole tensors.
     weights = adapters.gather_for_saving(plain, trainable_only=r.cfg.adapter.method != "full",
-                                         keep=r.accelerator.is_main_process)
+                                         keep=r.accelerator.is_main_process)  # a collective; kept by one
     if r.accelerator.is_main_process:
         try:
             tmp = r.out / ".adapter.tmp"
@@ -285,16 +284,15 @@ def write_outputs(r: Run, after: dict[str, TaskResult]) -> TrainResult:
 
 def _start(cfg: RunConfig, force: bool) -> tuple[Any, str, shard.Topology]:
     """Refuse what cannot work before anything heavy loads; the Accelerator and the topology the launch
-    asks for (`train/shard.py`); a writable output folder."""
+    asks for; a writable output folder."""
     import torch
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
     load.check_hardware(cfg)
     hub.preflight(cfg)  # a push that cannot happen fails now, not after hours of training
-    # cpu=True on a machine without CUDA makes torchrun's processes one gloo group; the topology comes
-    # from the launcher and its accelerate config, never from this code. FSDP is applied by multitune
-    # itself (the same on CPUs and GPUs), so accelerate is shown plain data parallelism.
+    # cpu=True without CUDA makes torchrun's processes one gloo group. The topology comes from the launch;
+    # multitune applies FSDP itself (train/shard.py), so accelerate is shown plain data parallelism.
     threads = configure_cpu_threads()  # before the first parallel region fixes the pool
     with shard.hidden_from_accelerate():
         accelerator = Accelerator(mixed_precision=cfg.train.mixed_precision, cpu=not torch.cuda.is_available(),
@@ -324,13 +322,11 @@ class _Trainable:
 
 def _model(cfg: RunConfig, accelerator: Any, model_name: str, prepared: Prepared,
            topology: shard.Topology) -> _Trainable:
-    """The base with its adapters (sharded when the launch asks), the optimizer and schedule, prepared for
-    the topology; the plan."""
+    """The base with its adapters (sharded if the launch asks), optimizer and schedule; the plan."""
     from accelerate.utils import set_seed
 
     quantization = cfg.quantization if cfg.adapter.method == "qlora" else None
-    # FSDP's memory-efficient loading: process 0 alone reads the weights (4-bit ones are read everywhere:
-    # bitsandbytes quantises while loading, on each process's own device).
+    # FSDP's efficient loading: process 0 alone reads the weights (bitsandbytes quantises as it loads)
     efficient = topology.efficient_loading and quantization is None
     base = load.load_model(model_name, cfg.model, quantization, accelerator.device,
                            empty=efficient and not accelerator.is_main_process)
