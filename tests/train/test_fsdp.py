@@ -261,7 +261,8 @@ def test_hsdp_on_two_nodes_stops_every_process_at_one_checkpoint_and_the_launche
     from multitune.recipes.train import run
 
     out = tmp_path / "hsdp"
-    raw = raw_config(out, train={"max_steps": 30, "micro_batch_size": 2, "grad_accum_steps": 1},
+    # 4 processes x 1 x 2 accumulation: HSDP's all-reduce between the nodes waits for the second micro-batch
+    raw = raw_config(out, train={"max_steps": 30, "micro_batch_size": 1, "grad_accum_steps": 2},
                      eval={"every_steps": 10, "generate": "ends"}, checkpoint={"every_steps": 2, "keep_last": 2})
     config = write(raw, tmp_path / "hsdp.yaml")
     first = nodes(config, tmp_path, free_port())
@@ -291,7 +292,7 @@ def test_hsdp_on_two_nodes_stops_every_process_at_one_checkpoint_and_the_launche
     assert f"(step {step})" in (tmp_path / "node0.out").read_text()
     assert json.loads((out / "eval" / "metrics.json").read_text())["final_step"] == 30
     single_out = tmp_path / "single"
-    run(validate({**raw, "output_dir": str(single_out), "train": {**raw["train"], "grad_accum_steps": 4}}))
+    run(validate({**raw, "output_dir": str(single_out), "train": {**raw["train"], "grad_accum_steps": 8}}))
     got, want = final_weights(out), final_weights(single_out)
     assert got.keys() == want.keys()
     for k in want:
