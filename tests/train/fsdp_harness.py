@@ -8,6 +8,7 @@ parameters. The whole recipe under FSDP runs in test_fsdp.py.
 import sys
 from pathlib import Path
 
+import safetensors.torch
 import torch
 from accelerate import Accelerator
 from peft import LoraConfig, get_peft_model
@@ -36,6 +37,11 @@ model, optimizer, scheduler = sharded_lora()
 lora_b = next(p for n, p in model.named_parameters() if "lora_B" in n)
 assert type(lora_b).__name__ == "DTensor" and lora_b.to_local().shape[0] < lora_b.shape[0]  # really sharded
 ids = torch.randint(10, 300, (2, 12), generator=torch.Generator().manual_seed(accelerator.process_index))
+# Gradient accumulation as the loop does it: after the first micro-batch each process holds only its shard
+# of every gradient (reduce-scattered at once), never a whole unsharded one until the step's end.
+with shard.accumulating(model, accelerator):
+    model(input_ids=ids, labels=ids).loss.backward()
+assert type(lora_b.grad).__name__ == "DTensor" and lora_b.grad.to_local().shape == lora_b.to_local().shape
 model(input_ids=ids, labels=ids).loss.backward()
 optimizer.step()
 scheduler.step()
@@ -47,9 +53,21 @@ assert bool(weights) == accelerator.is_main_process  # only the writer holds who
 if accelerator.is_main_process:
     save_final(model, AutoTokenizer.from_pretrained(base_dir), out / "adapter", weights)
 
-# A fresh sharded model resumes from the checkpoint: every process gets back its shard of the same values.
+# A fresh sharded model resumes from the checkpoint: every process gets back its shard of the same values,
+# the weights and optimizer state read by process 0 alone and broadcast.
 fresh, fresh_opt, fresh_sched = sharded_lora()
+read: list[str] = []
+real_torch_load, real_load_file = torch.load, safetensors.torch.load_file
+
+def reads(real):  # records the files read (torch.load also unpickles buffers for broadcast_object_list)
+    return lambda f, *a, **k: (read.append(Path(f).name) if isinstance(f, str | Path) else None) or real(f, *a, **k)
+
+
+torch.load, safetensors.torch.load_file = reads(real_torch_load), reads(real_load_file)
 checkpoint.load(path, accelerator, fresh, fresh_opt, fresh_sched)
+torch.load, safetensors.torch.load_file = real_torch_load, real_load_file
+whole = {"trainable.safetensors", "optimizer.pt"}
+assert (whole & set(read)) == (whole if accelerator.is_main_process else set()), read
 for (name, a), (_, b) in zip(model.named_parameters(), fresh.named_parameters(), strict=True):
     if a.requires_grad:
         assert torch.equal(a.full_tensor(), b.full_tensor()), name
