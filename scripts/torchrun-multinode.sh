@@ -17,10 +17,11 @@ set -euo pipefail
 GPUS_PER_NODE="${GPUS_PER_NODE:-4}"
 MASTER_PORT="${MASTER_PORT:-29500}"
 LAYOUT="${LAYOUT:-hsdp}"
+# FSDP_CPU_RAM_EFFICIENT_LOADING: process 0 alone reads the weights, as in configs/accelerate/fsdp-3x4.yaml.
 case "$LAYOUT" in
-  hsdp) export ACCELERATE_USE_FSDP=true FSDP_VERSION=2 \
+  hsdp) export ACCELERATE_USE_FSDP=true FSDP_VERSION=2 FSDP_CPU_RAM_EFFICIENT_LOADING=true \
           PARALLELISM_CONFIG_DP_REPLICATE_SIZE="$NNODES" PARALLELISM_CONFIG_DP_SHARD_SIZE="$GPUS_PER_NODE" ;;
-  fsdp) export ACCELERATE_USE_FSDP=true FSDP_VERSION=2 ;;
+  fsdp) export ACCELERATE_USE_FSDP=true FSDP_VERSION=2 FSDP_CPU_RAM_EFFICIENT_LOADING=true ;;
   ddp) ;;
   *) echo "LAYOUT must be hsdp, fsdp or ddp, not $LAYOUT" >&2; exit 2 ;;
 esac

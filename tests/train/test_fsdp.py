@@ -286,6 +286,7 @@ def test_hsdp_on_two_nodes_stops_every_process_at_one_checkpoint_and_the_launche
     assert "4 processes: HSDP: 2 copies x 2 shards (FSDP2 on a 2-D mesh)" in log
     held, total = (int(x.replace(",", "")) for x in re.search(r"holds ([\d,]+) of ([\d,]+) elements", log).groups())
     assert held * 2 == total  # each process holds half: sharded over its node's 2, not over all 4
+    assert "weights read by process 0 alone and broadcast" in log  # the script's efficient loading
     # Requeued: the same command on both nodes resumes from that checkpoint and finishes.
     assert wait_all(nodes(config, tmp_path, free_port()), RUN_TIMEOUT) == [0, 0], \
         (tmp_path / "node0.err").read_text()[-3000:]

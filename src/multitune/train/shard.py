@@ -102,14 +102,15 @@ def topology(world_size: int, mixed_precision: str = "no", env: Mapping[str, str
             problems.append(f"{name}={env[name]}: multitune parallelises data only (FSDP, HSDP, DDP)")
     replicate = _size(env, REPLICATE, problems)
     shard = _size(env, SHARD, problems)
-    if replicate and shard and replicate * shard != world_size:
-        problems.append(f"{REPLICATE} x {SHARD} = {replicate} x {shard} is not the {world_size} processes launched")
-    elif replicate or shard:
-        replicate, shard = replicate or world_size // (shard or world_size), shard or world_size // replicate
-        if replicate * shard != world_size:
-            problems.append(f"{world_size} processes cannot be split into {replicate} copies of {shard} shards")
-    else:
+    if not (replicate or shard):
         replicate, shard = 1, world_size
+    elif not shard:
+        shard = max(1, world_size // replicate)
+    elif not replicate:
+        replicate = max(1, world_size // shard)
+    if replicate * shard != world_size:
+        problems.append(f"{replicate} copies x {shard} shards ({REPLICATE}, {SHARD}) is not the {world_size} "
+                        "processes launched")
     if problems:
         raise UserError("the launch asks for a topology multitune cannot run:\n" + "\n".join(f"  - {p}" for p in problems),
                         where="the launch environment (accelerate config file, or variables set for torchrun)",
