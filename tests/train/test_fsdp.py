@@ -142,10 +142,11 @@ def test_evaluation_goes_in_lockstep_on_uneven_shards(runs):
 def test_the_sharding_evaluation_used_before_lockstep_never_finishes(tmp_path):
     """The same run with evaluation sharded as before (unpadded shards, per-process batch counts): one
     process runs a forward the other does not. The processes then wait for each other forever (NCCL's
-    behaviour, and gloo's when the sizes happen to agree), which a 30 s collective timeout turns into an
-    error here, or gloo notices sizes that disagree and aborts at once."""
+    behaviour, and gloo's when the sizes happen to agree), which a 15 s collective timeout turns into an
+    error here (no collective of a healthy run waits that long for the other process in a baseline
+    evaluation of 9 rows), or gloo notices sizes that disagree and aborts at once."""
     config = write(raw_config(tmp_path / "old"), tmp_path / "old.yaml")
-    r = torchrun(config, MULTITUNE_TEST_OLD_EVAL="1", MULTITUNE_TEST_PG_TIMEOUT="30")
+    r = torchrun(config, MULTITUNE_TEST_OLD_EVAL="1", MULTITUNE_TEST_PG_TIMEOUT="15")
     assert r.returncode != 0
     assert any(m in r.stderr for m in ("Timed out waiting", "collective mismatch", "Connection reset by peer")), \
         r.stderr[-3000:]
@@ -198,7 +199,8 @@ def test_qlora_under_fsdp_keeps_the_4bit_weights_whole_and_equals_one_process(tm
 
     raw = raw_config(tmp_path / "fsdp", "qlora", quantization={"compute_dtype": "float32"},
                      eval={"every_steps": 3, "generate": "ends"})
-    r = torchrun(write(raw, tmp_path / "q.yaml"))
+    # As configs/accelerate/fsdp-qlora-1x4.yaml launches it (efficient loading on: it skips 4-bit models).
+    r = torchrun(write(raw, tmp_path / "q.yaml"), FSDP_CPU_RAM_EFFICIENT_LOADING="true")
     assert r.returncode == 0, r.stderr[-4000:]
     # FSDP2 would turn bitsandbytes' 4-bit weights into plain tensors: they stay whole on every process.
     assert re.search(r"holds [\d,]+ of [\d,]+ elements, [\d,]+ of them whole on every process \(4-bit", r.stdout)
