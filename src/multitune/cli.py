@@ -160,6 +160,8 @@ def _plan_command(sub: argparse._SubParsersAction) -> None:
     pl.add_argument("--gpu-tflops", type=Number(float, 0, above=True, meaning="dense bf16 TFLOPS per GPU, e.g. 312"),
                     help="dense bf16 TFLOPS per GPU (instead of a name)")
     pl.add_argument("--gpus", type=COUNT, default=1, help="GPUs in all: FSDP shards over them (default 1)")
+    pl.add_argument("--nodes", type=COUNT, default=1,
+                    help="machines the GPUs are on: compares FSDP, HSDP and DDP by what crosses between them")
     pl.add_argument("--price", type=Number(float, 0, meaning="price of one GPU-hour, e.g. 2.5"),
                     help="price per GPU-hour, for the cost")
     pl.add_argument("--mfu", type=Number(float, 0, 1, above=True, meaning="the share of the GPU's peak FLOPs that "
@@ -242,8 +244,11 @@ def _plan(args: argparse.Namespace) -> int:
     if args.gpu == "list":
         print(gpu_table())
         return 0
+    if args.gpus % args.nodes:
+        raise UserError(f"--nodes {args.nodes} does not divide --gpus {args.gpus}",
+                        fix="give the GPUs in all and the machines they are on, e.g. --gpus 12 --nodes 3")
     cfg = config.load(args.config, args.overrides)
-    target = choose_target(args.gpu, args.gpu_memory, args.gpu_tflops, args.gpus)
+    target = choose_target(args.gpu, args.gpu_memory, args.gpu_tflops, args.gpus, args.nodes)
     plan, path = run_plan(cfg, target, args.price, args.mfu, args.measure, args.output)
     print(render(plan))
     print(f"\nplan: {path}")

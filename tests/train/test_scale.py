@@ -251,3 +251,9 @@ def test_every_shipped_config_validates(path):
     if raw["distributed_type"] == "FSDP":
         assert set(raw["fsdp_config"]) <= FSDP_KEYS and raw["fsdp_config"]["fsdp_version"] == 2
         assert raw["num_processes"] % raw["num_machines"] == 0
+    if "parallelism_config" in raw:  # HSDP: a copy per machine, sharded over its processes
+        hsdp = raw["parallelism_config"]
+        assert set(hsdp) == {"parallelism_config_dp_replicate_size", "parallelism_config_dp_shard_size"}
+        assert hsdp["parallelism_config_dp_replicate_size"] == raw["num_machines"]
+        assert hsdp["parallelism_config_dp_replicate_size"] * hsdp["parallelism_config_dp_shard_size"] == \
+            raw["num_processes"]

@@ -115,17 +115,18 @@ def count_parameters(model: Any) -> tuple[int, int]:
     return trainable, total
 
 
-def full_tensor(p: torch.Tensor) -> torch.Tensor:
-    """A parameter's whole value on the CPU. Under FSDP a parameter is a DTensor holding this process's
-    shard; `full_tensor()` gathers it (a collective: every process must call it)."""
-    if hasattr(p, "full_tensor"):
-        p = p.full_tensor()
-    return p.detach().cpu().contiguous()
-
-
-def gather_for_saving(model: Any, trainable_only: bool) -> dict[str, torch.Tensor]:
-    """The weights to save, whole, keyed by parameter name. Call on every process (FSDP gathers)."""
-    return {n: full_tensor(p) for n, p in model.named_parameters() if p.requires_grad or not trainable_only}
+def gather_for_saving(model: Any, trainable_only: bool, keep: bool = True) -> dict[str, torch.Tensor]:
+    """The weights to save, whole, keyed by parameter name. Call on every process: a sharded parameter is
+    gathered (a collective), one at a time; only where `keep` (the process that writes) is it copied to
+    the CPU and returned, so the others never hold more than one whole parameter. {} where not `keep`."""
+    out = {}
+    for n, p in model.named_parameters():
+        if p.requires_grad or not trainable_only:
+            whole = p.full_tensor() if hasattr(p, "full_tensor") else p
+            if keep:
+                out[n] = whole.detach().cpu().contiguous()
+            del whole
+    return out
 
 
 def save_final(model: Any, tokenizer: Any, folder: Path, state_dict: dict[str, torch.Tensor]) -> None:

@@ -53,12 +53,14 @@ def budget(shape: ModelShape, s: Setup, prec: Precision, mb: MicroBatch, fixed: 
     largest = max(largest, shape.embedding_params) if full or s.modules_to_save else largest
     param_bytes = prec.weights if full else prec.adapter
     layer_params = sum(lin.params for lin in shape.linears) // shape.num_layers
-    gather = fsdp_gather_bytes(layer_params, prec.weights if s.method != "qlora" else 0.55) if s.shards > 1 else 0.0
+    # FSDP gathers a layer's weights to compute it; QLoRA's 4-bit weights are kept whole instead.
+    gather = fsdp_gather_bytes(layer_params, prec.weights) if s.shards > 1 and s.method != "qlora" else 0.0
     return Budget(
         weights=weight_bytes(shape, s.method, prec.weights, s.double_quant),
         trainable=trainable_bytes if not full else 0.0, gradients=trainable_bytes, optimizer=2 * trainable_bytes,
         activations=acts, step_temporary=adamw_temporary(trainable_bytes, largest * param_bytes, s.on_gpu),
         gather=gather, fixed=fixed, retained=0.0 if s.on_gpu else sum(acts.values()), grads_during_backward=s.grad_accum_steps > 1, shards=s.shards,
+        whole=("nf4",) if s.method == "qlora" else (),
     )
 
 

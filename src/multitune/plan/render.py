@@ -46,6 +46,8 @@ def render(plan: dict[str, Any]) -> str:
               f"{mb['logit_positions']} with logits",
               f"  {'peak (max of backward and optimizer step)':<52} {gib(mem['peak']):>12}   "
               + ("fits" if plan["fits"] else "DOES NOT FIT"), ""]
+    if plan.get("layouts"):
+        lines += _layout_lines(plan["layouts"])
     lines += _data_lines(d, c)
     lines += _time_lines(c, t)
     if plan.get("measured"):
@@ -94,3 +96,20 @@ def _measured_lines(ms: dict[str, Any]) -> list[str]:
             f"{ms['step_s'] / ms['estimated_step_s']:>7.2f}",
             f"  tokens/s {ms['tokens_per_s']:,.0f} (real tokens); achieved {ms['achieved_tflops'] * 1000:.1f} GFLOP/s; "
             f"{ms['memory_kind']}"]
+
+
+LAYOUTS = {"hsdp": "HSDP: shard in a node, a copy per node", "fsdp": "FSDP: shard over every GPU",
+           "ddp": "DDP: a whole copy per GPU"}
+
+
+def _layout_lines(lay: dict[str, Any]) -> list[str]:
+    """Per layout: peak memory per GPU and the bytes each node sends to the others per optimizer step."""
+    lines = [f"layouts on {lay['nodes']} node{'s' if lay['nodes'] > 1 else ''} x {lay['gpus_per_node']} GPUs "
+             f"(network: what each node sends to the others per step; time at {lay['network_gbits']:g} Gbit/s)"]
+    for r in lay["rows"]:
+        sent = r["network_bytes_per_step"]
+        net = f"{sent / 1e9:10.2f} GB {duration(r['network_s_per_step']):>9}" if lay["nodes"] > 1 else f"{'-':>23}"
+        mark = "   <- fits, fewest bytes between nodes" if r["layout"] == lay["choice"] else ""
+        lines.append(f"  {LAYOUTS[r['layout']]:<40} {gib(r['peak']):>12} {'fits' if r['fits'] else 'NO':>5}"
+                     f" {net}{mark}")
+    return lines + [""]

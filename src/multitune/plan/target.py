@@ -30,10 +30,19 @@ class Target:
     bandwidth_gbs: float = 1000.0
     assumed_rate: bool = False
     """True for a CPU, whose rate is an assumption until `--measure` calibrates it."""
+    nodes: int = 1
+    """Machines the GPUs are spread over (`gpus` in all): the layouts differ in what crosses between them."""
 
 
-def choose_target(gpu: str | None, memory_gib: float | None, tflops: float | None, gpus: int) -> Target:
+def choose_target(gpu: str | None, memory_gib: float | None, tflops: float | None, gpus: int,
+                  nodes: int = 1) -> Target:
     """The named or described GPU; else this machine's CUDA GPU; else this CPU (its memory, an assumed rate)."""
+    import dataclasses
+
+    return dataclasses.replace(_target(gpu, memory_gib, tflops, gpus), nodes=nodes)
+
+
+def _target(gpu: str | None, memory_gib: float | None, tflops: float | None, gpus: int) -> Target:
     import torch
 
     if gpu is not None or memory_gib is not None or tflops is not None:

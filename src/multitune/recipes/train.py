@@ -39,7 +39,7 @@ from multitune.report.results import Summary, write_results
 from multitune.report.table import before_after
 from multitune.runtime import configure_cpu_threads, tf32_matmuls
 from multitune.tracking import Trackers, make_trackers
-from multitune.train import checkpoint, loop, optim, resume
+from multitune.train import checkpoint, loop, optim, resume, shard
 from multitune.train.collectives import any_process
 from multitune.train.signals import Stopped, StopRequests
 from multitune.train.state import StepResult, TrainState, interval_row, record
@@ -115,7 +115,7 @@ def run(cfg: RunConfig, force: bool = False) -> TrainResult:
 def setup(cfg: RunConfig, force: bool) -> Run:
     """Refuse what cannot work, load data and model, and restore the newest usable checkpoint (or start
     fresh); write the resolved config and data statistics."""
-    accelerator, config_yaml = _start(cfg, force)
+    accelerator, config_yaml, topology = _start(cfg, force)
     splits = load_splits(cfg)
     with accelerator.main_process_first():
         model_name = load.resolve(cfg.model, training_conversations(splits), cfg.seed)
@@ -123,7 +123,7 @@ def setup(cfg: RunConfig, force: bool) -> Run:
     with accelerator.main_process_first():  # the main process fills the tokenised cache, the others read it
         prepared = tokenize_splits(tokenizer, splits, cfg)
     accelerator.print(data_summary(prepared, cfg.seed))
-    parts = _model(cfg, accelerator, model_name, prepared)
+    parts = _model(cfg, accelerator, model_name, prepared, topology)
 
     out = Path(cfg.output_dir)
     meta = {"world_size": accelerator.num_processes, "data_fingerprint": resume.data_fingerprint(prepared)}
@@ -228,6 +228,7 @@ def evaluate_run(r: Run, step: int, *, baseline: bool = False, final: bool = Fal
     results = evaluate(plain, r.tokenizer, r.eval_sets, cfg=baseline_config(cfg) if baseline else cfg,
                        pad_id=load.pad_id(r.tokenizer), generate=generate,
                        rank=r.accelerator.process_index, world_size=r.accelerator.num_processes)
+    shard.reshard(plain)  # forwards without a backward leave the FSDP root gathered
     if state.last_eval_step == step:  # a run resumed at its very end has logged this one already
         return results
     row = {f"eval/{task}/{k}": v for task, res in results.items() for k, v in res.metrics.items() if k != "rows"}
@@ -262,7 +263,8 @@ def write_outputs(r: Run, after: dict[str, TaskResult]) -> TrainResult:
     summary = Summary(after={k: res.metrics for k, res in after.items()}, before=r.state.baseline,
                       primary=r.primary, best=r.state.best, final_step=r.plan.total_steps)
     plain = r.accelerator.unwrap_model(r.model, keep_torch_compile=False)  # no DDP/FSDP or compile wrapper
-    weights = adapters.gather_for_saving(plain, trainable_only=r.cfg.adapter.method != "full")  # a collective
+    weights = adapters.gather_for_saving(plain, trainable_only=r.cfg.adapter.method != "full",
+                                         keep=r.accelerator.is_main_process)  # a collective; kept by one
     if r.accelerator.is_main_process:
         try:
             tmp = r.out / ".adapter.tmp"
@@ -282,23 +284,28 @@ def write_outputs(r: Run, after: dict[str, TaskResult]) -> TrainResult:
     return TrainResult(summary.to_json(), plain, r.tokenizer)
 
 
-def _start(cfg: RunConfig, force: bool) -> tuple[Any, str]:
-    """Refuse what cannot work before anything heavy loads; the Accelerator; a writable output folder."""
+def _start(cfg: RunConfig, force: bool) -> tuple[Any, str, shard.Topology]:
+    """Refuse what cannot work before anything heavy loads; the Accelerator and the topology the launch
+    asks for; a writable output folder."""
     import torch
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
     load.check_hardware(cfg)
     hub.preflight(cfg)  # a push that cannot happen fails now, not after hours of training
-    # cpu=True on a machine without CUDA makes torchrun's processes one gloo group (DDP on CPUs); the
-    # topology otherwise comes from the launcher and its accelerate config, never from this code.
+    # cpu=True without CUDA makes torchrun's processes one gloo group. The topology comes from the launch;
+    # multitune applies FSDP itself (train/shard.py), so accelerate is shown plain data parallelism.
     threads = configure_cpu_threads()  # before the first parallel region fixes the pool
     tf32_matmuls(torch.cuda.is_available())
-    accelerator = Accelerator(mixed_precision=cfg.train.mixed_precision, cpu=not torch.cuda.is_available(),
-                              dynamo_plugin=_dynamo(cfg))
+    with shard.hidden_from_accelerate():
+        accelerator = Accelerator(mixed_precision=cfg.train.mixed_precision, cpu=not torch.cuda.is_available(),
+                                  dynamo_plugin=_dynamo(cfg))
+    topology = shard.topology(accelerator.num_processes, cfg.train.mixed_precision)
     if threads:
         accelerator.print(threads)
     accelerator.print(describe_device_settings(cfg))
+    if accelerator.num_processes > 1:
+        accelerator.print(f"{accelerator.num_processes} processes: {topology.describe()}")
     set_seed(cfg.seed)
     out = Path(cfg.output_dir)
     config_yaml = config_mod.dump(cfg)
@@ -306,7 +313,7 @@ def _start(cfg: RunConfig, force: bool) -> tuple[Any, str]:
         _prepare_output_dir(out)
     resume.refuse_changed_config(cfg.checkpoint.resume, out, config_yaml, force)
     accelerator.wait_for_everyone()
-    return accelerator, config_yaml
+    return accelerator, config_yaml, topology
 
 
 @dataclass
@@ -317,12 +324,16 @@ class _Trainable:
     plan: loop.Plan
 
 
-def _model(cfg: RunConfig, accelerator: Any, model_name: str, prepared: Prepared) -> _Trainable:
-    """The base with its adapters, the optimizer and schedule, prepared for the topology; the plan."""
+def _model(cfg: RunConfig, accelerator: Any, model_name: str, prepared: Prepared,
+           topology: shard.Topology) -> _Trainable:
+    """The base with its adapters (sharded if the launch asks), optimizer and schedule; the plan."""
     from accelerate.utils import set_seed
 
     quantization = cfg.quantization if cfg.adapter.method == "qlora" else None
-    base = load.load_model(model_name, cfg.model, quantization, accelerator.device)
+    # FSDP's efficient loading: process 0 alone reads the weights (bitsandbytes quantises as it loads)
+    efficient = topology.efficient_loading and quantization is None
+    base = load.load_model(model_name, cfg.model, quantization, accelerator.device,
+                           empty=efficient and not accelerator.is_main_process)
     # Seed again: building the tiny model draws random numbers only when it is not cached yet, and the
     # adapters' initialisation must not depend on that.
     set_seed(cfg.seed)
@@ -331,10 +342,14 @@ def _model(cfg: RunConfig, accelerator: Any, model_name: str, prepared: Prepared
     trainable, total = adapters.count_parameters(model)
     accelerator.print(f"model {cfg.model.name} ({model_name}): {cfg.adapter.method}, "
                       f"{trainable:,} of {total:,} parameters trainable")
+    model = shard.shard_model(model, topology, accelerator)  # before the optimizer: FSDP2 swaps the parameters
+    if shard.is_sharded(model):
+        accelerator.print(f"sharded: {shard.describe_shards(model)}"
+                          + ("; weights read by process 0 alone and broadcast" if efficient else ""))
     plan = loop.make_plan(cfg.train, prepared, cfg.seed, accelerator.num_processes, share_prefix=cfg.shares_prefix)
     optimizer = optim.build_optimizer(model, cfg.train)
     scheduler = optim.build_scheduler(optimizer, cfg.train, plan.total_steps)
-    model, optimizer = accelerator.prepare(model, optimizer)
+    model, optimizer = shard.prepare(accelerator, model, optimizer)
     return _Trainable(model, optimizer, scheduler, plan)
 
 
