@@ -85,7 +85,7 @@ def measure(cfg: RunConfig, model_name: str, tokenizer: Any, prepared: Prepared,
     model = adapters.attach(base, cfg.adapter, cfg.train.gradient_checkpointing)
     plan = loop.make_plan(cfg.train.model_copy(update={"max_steps": steps}), prepared, cfg.seed, 1,
                           share_prefix=cfg.shares_prefix)
-    optimizer = optim.build_optimizer(model, cfg.train)
+    optimizer = optim.build_optimizer(model, cfg.train, cfg.adapter.loraplus_lr_ratio)
     scheduler = optim.build_scheduler(optimizer, cfg.train, plan.total_steps)
     model, optimizer = accelerator.prepare(model, optimizer)
     model.train()

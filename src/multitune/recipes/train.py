@@ -83,6 +83,7 @@ class Run:
     primary: dict[str, str]  # task -> its primary metric
     last_save: LastSave
     pusher: CheckpointPusher | None = None  # uploads each checkpoint (hub.push_checkpoints), main process only
+    initial: dict[str, Any] | None = None  # PiSSA / OLoRA start (adapters.initial_weights), for saving
     out: Path = field(init=False)
 
     def __post_init__(self) -> None:
@@ -146,7 +147,7 @@ def setup(cfg: RunConfig, force: bool) -> Run:
         trackers=trackers,
         resumed_from=resumed_from, primary=primary_metrics([(t.name, t.kind) for t in cfg.tasks]),
         last_save=LastSave(state.step, time.monotonic(), resumed_from),
-        pusher=pusher_for(cfg) if accelerator.is_main_process else None,
+        pusher=pusher_for(cfg) if accelerator.is_main_process else None, initial=parts.initial,
     )
 
 
@@ -264,7 +265,7 @@ def write_outputs(r: Run, after: dict[str, TaskResult]) -> TrainResult:
     if r.accelerator.is_main_process:
         try:
             tmp = r.out / ".adapter.tmp"
-            adapters.save_final(plain, r.tokenizer, tmp, weights)
+            adapters.save_final(plain, r.tokenizer, tmp, weights, r.initial)
             replace_dir_atomic(tmp, r.out / "adapter")
             write_results(r.out / "eval", summary, after)
             write_report(r.out)
@@ -311,6 +312,7 @@ class _Trainable:
     optimizer: Any
     scheduler: Any
     plan: loop.Plan
+    initial: dict[str, Any] | None = None  # adapters.initial_weights
 
 
 def _model(cfg: RunConfig, accelerator: Any, model_name: str, prepared: Prepared) -> _Trainable:
@@ -323,14 +325,15 @@ def _model(cfg: RunConfig, accelerator: Any, model_name: str, prepared: Prepared
     # adapters' initialisation must not depend on that.
     set_seed(cfg.seed)
     model = adapters.attach(base, cfg.adapter, cfg.train.gradient_checkpointing)
+    initial = adapters.initial_weights(model, cfg.adapter)  # PiSSA / OLoRA: what the saved adapter is converted by
     trainable, total = adapters.count_parameters(model)
     accelerator.print(f"model {cfg.model.name} ({model_name}): {cfg.adapter.method}, "
                       f"{trainable:,} of {total:,} parameters trainable")
     plan = loop.make_plan(cfg.train, prepared, cfg.seed, accelerator.num_processes, share_prefix=cfg.shares_prefix)
-    optimizer = optim.build_optimizer(model, cfg.train)
+    optimizer = optim.build_optimizer(model, cfg.train, cfg.adapter.loraplus_lr_ratio)
     scheduler = optim.build_scheduler(optimizer, cfg.train, plan.total_steps)
     model, optimizer = accelerator.prepare(model, optimizer)
-    return _Trainable(model, optimizer, scheduler, plan)
+    return _Trainable(model, optimizer, scheduler, plan, initial)
 
 
 def _log_interval(r: Run, result: StepResult, *, lr: float, started: float, bar: Any) -> None:
