@@ -23,9 +23,9 @@ def build_optimizer(model: Any, cfg: TrainConfig, b_lr_ratio: float | None = Non
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     params = [p for _, p in named]
     groups = []
-    for fast in (False, True):
+    for fast in (False, True) if b_lr_ratio is not None else (False,):
         members = [p for n, p in named if (b_lr_ratio is not None and is_lora_b(n)) == fast]
-        lr = cfg.learning_rate * (b_lr_ratio if fast else 1.0)
+        lr = cfg.learning_rate * (b_lr_ratio if fast and b_lr_ratio is not None else 1.0)
         groups += [{"params": [p for p in members if p.ndim >= 2], "weight_decay": cfg.weight_decay, "lr": lr},
                    {"params": [p for p in members if p.ndim < 2], "weight_decay": 0.0, "lr": lr}]
     return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.learning_rate, fused=can_fuse(params) or None)
