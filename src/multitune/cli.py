@@ -121,12 +121,18 @@ def _shipping_commands(sub: argparse._SubParsersAction) -> None:
     m.add_argument("--device", default="cpu", help="where to merge and check: cpu (default) or cuda")
     m.set_defaults(func=_merge)
 
-    x = sub.add_parser("export", help="merge a run and write it as one GGUF file for llama.cpp and Ollama")
+    x = sub.add_parser("export", help="a run in a serving format: merged GGUF, LoRA adapter GGUF, or vLLM adapter")
     x.add_argument("run_dir", help="a run's output_dir")
-    x.add_argument("--format", required=True, choices=["gguf"], help="gguf: llama.cpp / Ollama (Llama models)")
-    x.add_argument("--output", required=True, help="the GGUF file to write (new); a Modelfile goes beside it")
-    x.add_argument("--type", default="f16", choices=["f16", "bf16", "q8_0"],
-                   help="weight type: f16 (default), bf16, or q8_0 (8-bit, about half the size)")
+    x.add_argument("--format", required=True, choices=["gguf", "gguf-lora", "vllm"],
+                   help="gguf: the merged model for llama.cpp / Ollama (Llama models); gguf-lora: the LoRA adapter "
+                        "alone for llama.cpp --lora / Ollama ADAPTER; vllm: the adapter folder for vllm serve --lora-modules")
+    x.add_argument("--output", required=True, help="the GGUF file to write (new; a Modelfile goes beside it), or "
+                                                   "the folder for --format vllm")
+    x.add_argument("--type", default="f16", choices=["f16", "bf16", "q8_0", "f32"],
+                   help="gguf: f16 (default), bf16 or q8_0 (8-bit, about half the size); gguf-lora: f16 or f32")
+    x.add_argument("--base-gguf", help="gguf-lora: the base GGUF the Modelfile names (default: the run's own GGUF "
+                                       "base, else the base written beside the adapter in f16)")
+    x.add_argument("--base", help="vllm: the model id or folder vllm serves the adapter on (for the command shown)")
     x.set_defaults(func=_export)
 
     pu = sub.add_parser("push", help="upload a run's adapter (or merged model) to the Hugging Face Hub with a model card")
@@ -234,6 +240,14 @@ def _merge(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
+    allowed = {"gguf": ("f16", "bf16", "q8_0"), "gguf-lora": ("f16", "f32"), "vllm": ("f16",)}[args.format]
+    if args.type not in allowed:
+        raise UserError(f"--type {args.type} does not apply to --format {args.format}",
+                        fix=f"use one of {', '.join(allowed)}" if len(allowed) > 1 else "leave --type out")
+    if args.format == "vllm":
+        return _export_vllm(args)
+    if args.format == "gguf-lora":
+        return _export_gguf_lora(args)
     from multitune.export.to_gguf import export_gguf
 
     r = export_gguf(args.run_dir, args.output, type=args.type)
@@ -243,6 +257,28 @@ def _export(args: argparse.Namespace) -> int:
     print(f"wrote {r.gguf.path} ({args.type}, {r.gguf.tensor_count} tensors, "
           f"{r.gguf.path.stat().st_size / 2**20:.1f} MiB) and {r.modelfile_path}")
     print(f"run it: llama-cli -m {r.gguf.path} -cnv   or   cd {r.gguf.path.parent} && ollama create NAME -f Modelfile")
+    return 0
+
+
+def _export_gguf_lora(args: argparse.Namespace) -> int:
+    from multitune.export.to_gguf import export_gguf_lora
+
+    r = export_gguf_lora(args.run_dir, args.output, type=args.type, base_gguf=args.base_gguf)
+    a = r.adapter
+    if r.base_written is not None:
+        print(f"wrote the base {r.base} (f16, {r.base_written.tensor_count} tensors)")
+    print(f"wrote {a.path} (LoRA adapter, {args.type}, {a.pairs} weights of rank {a.rank}, alpha {a.alpha:g}, "
+          f"{a.path.stat().st_size / 2**20:.1f} MiB) and {r.modelfile_path}")
+    print(f"run it: llama-cli -m {r.base} --lora {a.path} -cnv   or   cd {a.path.parent} && ollama create NAME -f Modelfile")
+    return 0
+
+
+def _export_vllm(args: argparse.Namespace) -> int:
+    from multitune.export.vllm import export_vllm
+
+    r = export_vllm(args.run_dir, args.output, base=args.base)
+    print(f"wrote {r.output_dir} (LoRA rank {r.rank}: vLLM's --max-lora-rank {r.max_lora_rank} or more serves it)")
+    print(f"serve it: {r.command}")
     return 0
 
 

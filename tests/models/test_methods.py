@@ -9,7 +9,8 @@ import json
 import pytest
 import torch
 
-from multitune.config import dump, validate
+from export.finished import adapter_run
+from multitune.config import validate
 from multitune.config.schema import AdapterConfig
 from multitune.data.collate import pad_batch
 from multitune.data.packing import pack_batch
@@ -152,23 +153,11 @@ def brute_force(model, prompt: list[int], candidate: list[int]) -> float:
     return sum(logp[len(prompt) - 1 + j, tok].item() for j, tok in enumerate(candidate))
 
 
-def fake_run(tmp_path, tiny_dir, tokenizer, keys: dict):
-    """A run folder (config.yaml + adapter/) holding the method's adapter, without training."""
-    model, initial = trained(tiny_dir, keys)
-    run = tmp_path / "run"
-    adapters.save_final(model, tokenizer, run / "adapter", adapters.gather_for_saving(model, trainable_only=True),
-                        initial)
-    cfg = validate({"model": {"name": str(tiny_dir)}, "adapter": keys,
-                    "tasks": [{"name": "t", "kind": "classification", "source": "demo:claims"}]})
-    (run / "config.yaml").write_text(dump(cfg))
-    return run
-
-
 @pytest.mark.parametrize("name", ["ia3", "pissa"])
 def test_weight_adapters_merge_with_equal_logits(tiny_dir, tokenizer, tmp_path, name):
     from multitune.export.merge import merge_run
 
-    result = merge_run(fake_run(tmp_path, tiny_dir, tokenizer, METHODS[name]), tmp_path / "merged")
+    result = merge_run(adapter_run(tmp_path / "run", tiny_dir, tokenizer, METHODS[name]), tmp_path / "merged")
     assert result.max_abs_diff <= result.tolerance and result.top1_agreement == 1.0
 
 
@@ -177,7 +166,7 @@ def test_virtual_token_adapters_are_refused_by_merge_with_the_way_out(tiny_dir, 
     from multitune.export.merge import merge_run
 
     with pytest.raises(UserError, match="virtual tokens") as e:
-        merge_run(fake_run(tmp_path, tiny_dir, tokenizer, METHODS[name]), tmp_path / "merged")
+        merge_run(adapter_run(tmp_path / "run", tiny_dir, tokenizer, METHODS[name]), tmp_path / "merged")
     assert "multitune serve" in e.value.fix and not (tmp_path / "merged").exists()
 
 
