@@ -35,8 +35,9 @@ from multitune.kinds import primary_metrics
 from multitune.models import adapters, gguf, load
 from multitune.report.build import write_report
 from multitune.report.results import Summary, write_results
+from multitune.report.run_stats import RUN_STATS, run_stats
 from multitune.report.table import before_after
-from multitune.runtime import configure_cpu_threads
+from multitune.runtime import configure_cpu_threads, peak_memory
 from multitune.tracking import Trackers, make_trackers
 from multitune.train import checkpoint, loop, optim, resume
 from multitune.train.collectives import any_process
@@ -84,10 +85,19 @@ class Run:
     last_save: LastSave
     pusher: CheckpointPusher | None = None  # uploads each checkpoint (hub.push_checkpoints), main process only
     initial: dict[str, Any] | None = None  # PiSSA / OLoRA start (adapters.initial_weights), for saving
+    params: tuple[int, int] = (0, 0)  # (trainable, total) parameters
     out: Path = field(init=False)
+    started: float = field(init=False)  # time.monotonic() at setup: this session's share of wall_seconds
+    wall_before: float = field(init=False)  # wall_seconds of the sessions before this one
 
     def __post_init__(self) -> None:
         self.out = Path(self.cfg.output_dir)
+        self.started, self.wall_before = time.monotonic(), self.state.wall_seconds
+
+    def account(self) -> None:
+        """Bring the state's wall time and peak memory up to now (before it is checkpointed or reported)."""
+        self.state.wall_seconds = self.wall_before + time.monotonic() - self.started
+        self.state.peak_memory_bytes = max(self.state.peak_memory_bytes, peak_memory()[0])
 
 
 def run(cfg: RunConfig, force: bool = False) -> TrainResult:
@@ -148,6 +158,7 @@ def setup(cfg: RunConfig, force: bool) -> Run:
         resumed_from=resumed_from, primary=primary_metrics([(t.name, t.kind) for t in cfg.tasks]),
         last_save=LastSave(state.step, time.monotonic(), resumed_from),
         pusher=pusher_for(cfg) if accelerator.is_main_process else None, initial=parts.initial,
+        params=parts.params,
     )
 
 
@@ -171,10 +182,12 @@ def train(r: Run) -> dict[str, TaskResult] | Stopped:
                 r.prepared, r.plan, step=state.step, seed=cfg.seed, rank=accelerator.process_index,
                 pad_id=load.pad_id(r.tokenizer), device=accelerator.device)
             lr = r.scheduler.get_last_lr()[0]
+            step_started = time.perf_counter()
             result = loop.train_step(
                 r.model, r.optimizer, r.scheduler, accelerator=accelerator, micro_batches=batches,
                 max_grad_norm=cfg.train.max_grad_norm, n_tasks=len(r.prepared.task_names),
                 answer_logits_only=cfg.train.answer_logits_only)
+            state.train_seconds += time.perf_counter() - step_started
             record(state, result)
             bar.update(1)
             if not result.finite:
@@ -245,6 +258,7 @@ def save_checkpoint(r: Run) -> Path:
     if r.last_save.path is not None and r.last_save.step == state.step:
         return r.last_save.path
     state.metrics_rows = r.trackers.rows_written
+    r.account()
     path = checkpoint.save(r.out, r.accelerator, model=r.model, optimizer=r.optimizer, scheduler=r.scheduler,
                            state=state, config_yaml=r.config_yaml, meta=r.meta)
     if r.accelerator.is_main_process:
@@ -267,6 +281,9 @@ def write_outputs(r: Run, after: dict[str, TaskResult]) -> TrainResult:
             tmp = r.out / ".adapter.tmp"
             adapters.save_final(plain, r.tokenizer, tmp, weights, r.initial)
             replace_dir_atomic(tmp, r.out / "adapter")
+            r.account()
+            write_json_atomic(r.out / RUN_STATS, run_stats(r.out, r.cfg.adapter.method, r.params, r.state,
+                                                           peak_memory()[1]))
             write_results(r.out / "eval", summary, after)
             write_report(r.out)
         except write_errors() as e:
@@ -300,7 +317,8 @@ def _start(cfg: RunConfig, force: bool) -> tuple[Any, str]:
     out = Path(cfg.output_dir)
     config_yaml = config_mod.dump(cfg)
     if accelerator.is_main_process:
-        _prepare_output_dir(out)
+        for path in checkpoint.prepare_output_dir(out):
+            print(f"removed an unfinished checkpoint write: {path}")
     resume.refuse_changed_config(cfg.checkpoint.resume, out, config_yaml, force)
     accelerator.wait_for_everyone()
     return accelerator, config_yaml
@@ -312,7 +330,8 @@ class _Trainable:
     optimizer: Any
     scheduler: Any
     plan: loop.Plan
-    initial: dict[str, Any] | None = None  # adapters.initial_weights
+    initial: dict[str, Any] | None  # adapters.initial_weights
+    params: tuple[int, int]  # (trainable, total)
 
 
 def _model(cfg: RunConfig, accelerator: Any, model_name: str, prepared: Prepared) -> _Trainable:
@@ -333,7 +352,7 @@ def _model(cfg: RunConfig, accelerator: Any, model_name: str, prepared: Prepared
     optimizer = optim.build_optimizer(model, cfg.train, cfg.adapter.loraplus_lr_ratio)
     scheduler = optim.build_scheduler(optimizer, cfg.train, plan.total_steps)
     model, optimizer = accelerator.prepare(model, optimizer)
-    return _Trainable(model, optimizer, scheduler, plan, initial)
+    return _Trainable(model, optimizer, scheduler, plan, initial, (trainable, total))
 
 
 def _log_interval(r: Run, result: StepResult, *, lr: float, started: float, bar: Any) -> None:
@@ -378,17 +397,3 @@ def _dynamo(cfg: RunConfig) -> Any:
     # dynamic=True: batches are padded to their longest example, so shapes change from step to step;
     # compiling for symbolic shapes avoids a recompilation for every new length.
     return TorchDynamoPlugin(backend="inductor", dynamic=True)
-
-
-def _prepare_output_dir(out: Path) -> None:
-    """Create output_dir (or say why it cannot be written) and drop checkpoint writes cut by a kill."""
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".multitune-write-test"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as e:
-        raise UserError(f"cannot write to the output folder: {e.strerror}", where=str(out),
-                        fix="choose a writable output_dir, or fix the folder's permissions or free space") from None
-    for path in checkpoint.remove_partial(out):
-        print(f"removed an unfinished checkpoint write: {path}")
