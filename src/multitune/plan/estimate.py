@@ -64,8 +64,17 @@ def budget(shape: ModelShape, s: Setup, prec: Precision, mb: MicroBatch, fixed: 
         weights=weight_bytes(shape, s.method, prec.weights, s.double_quant),
         trainable=trainable_bytes if not full else 0.0, gradients=trainable_bytes, optimizer=2 * trainable_bytes,
         activations=acts, step_temporary=adamw_temporary(trainable_bytes, largest * param_bytes, s.on_gpu),
-        gather=gather, fixed=fixed, retained=0.0 if s.on_gpu else sum(acts.values()), grads_during_backward=s.grad_accum_steps > 1, shards=s.shards,
+        gather=gather, fixed=fixed, retained=_retained(s, acts), grads_during_backward=s.grad_accum_steps > 1, shards=s.shards,
     )
+
+
+def _retained(s: Setup, acts: dict[str, float]) -> float:
+    """The CPU allocator's freed blocks kept after a step (`Budget.retained`): about one micro-batch's
+    activations where the backward pass allocates per-layer gradients (adapters' or weights') among the
+    activations it frees, which keeps those from coalescing; none for prompt and prefix tuning, whose one
+    trained tensor gets its gradient at the end (measured on SmolLM2 + banking77: 1.78 GiB peak against
+    1.62 estimated without the term, 2.15 with it; LoRA 2.45 against 2.50 with it)."""
+    return 0.0 if s.on_gpu or s.virtual_tokens else sum(acts.values())
 
 
 def _trainable_bytes(t: Trainable, prec: Precision) -> float:
