@@ -54,6 +54,19 @@ def _parser() -> argparse.ArgumentParser:
                    help="resume from output_dir's checkpoint even if the config or data changed")
     t.set_defaults(func=_train)
 
+    sw = sub.add_parser("sweep", help="a grid of runs over config keys, one after another, then one table and plot")
+    sw.add_argument("config", help="path of the runs' YAML config")
+    sw.add_argument("overrides", nargs="+", metavar="KEY=V1,V2",
+                    help="the grid: each key with its values, e.g. adapter.method=lora,ia3 train.learning_rate=1e-4,3e-4 "
+                         "(a key with one value is set for every run)")
+    sw.add_argument("--output-dir", help="the sweep folder, holding one run folder per grid point "
+                                         "(default: the config's output_dir + '-sweep')")
+    sw.add_argument("--shard", default="1/1", metavar="K/N",
+                    help="run only every N-th run of the grid, from the K-th (to spread a sweep over N machines)")
+    sw.add_argument("--report-only", action="store_true",
+                    help="train nothing: rebuild the table and report from the run folders that exist")
+    sw.set_defaults(func=_sweep)
+
     pr = sub.add_parser("predict", help="batch inference with a trained run on rows in a task's format")
     pr.add_argument("run_dir", help="a run's output_dir (holds config.yaml and adapter/)")
     pr.add_argument("--input", required=True, help="rows to predict: csv, tsv, jsonl, json or parquet")
@@ -173,6 +186,19 @@ def _train(args: argparse.Namespace) -> int:
 
     result = run(config.load(args.config, args.overrides), force=args.force)
     return EXIT_PREEMPTED if result.stopped else 0
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    from multitune.recipes.sweep import sweep
+
+    k, _, n = args.shard.partition("/")
+    if not (k.isdigit() and n.isdigit() and 1 <= int(k) <= int(n)):
+        raise UserError(f"--shard {args.shard} is not K/N with 1 <= K <= N", fix="e.g. --shard 2/3 on the second of 3 machines")
+    r = sweep(args.config, args.overrides, args.output_dir, (int(k), int(n)), args.report_only)
+    if r.skipped:
+        print(f"\nalready finished, kept: {', '.join(r.skipped)}")
+    print(f"\n{r.table}\n\nsweep: {r.sweep_dir / 'sweep.json'}\nreport: {r.report}")
+    return 0
 
 
 def _plan(args: argparse.Namespace) -> int:

@@ -86,13 +86,13 @@ class Run:
     pusher: CheckpointPusher | None = None  # uploads each checkpoint (hub.push_checkpoints), main process only
     initial: dict[str, Any] | None = None  # PiSSA / OLoRA start (adapters.initial_weights), for saving
     params: tuple[int, int] = (0, 0)  # (trainable, total) parameters
+    started: float = 0.0  # time.monotonic() when setup began: this session's share of wall_seconds
     out: Path = field(init=False)
-    started: float = field(init=False)  # time.monotonic() at setup: this session's share of wall_seconds
     wall_before: float = field(init=False)  # wall_seconds of the sessions before this one
 
     def __post_init__(self) -> None:
         self.out = Path(self.cfg.output_dir)
-        self.started, self.wall_before = time.monotonic(), self.state.wall_seconds
+        self.wall_before = self.state.wall_seconds
 
     def account(self) -> None:
         """Bring the state's wall time and peak memory up to now (before it is checkpointed or reported)."""
@@ -124,6 +124,7 @@ def run(cfg: RunConfig, force: bool = False) -> TrainResult:
 def setup(cfg: RunConfig, force: bool) -> Run:
     """Refuse what cannot work, load data and model, and restore the newest usable checkpoint (or start
     fresh); write the resolved config and data statistics."""
+    started = time.monotonic()
     accelerator, config_yaml = _start(cfg, force)
     splits = load_splits(cfg)
     with accelerator.main_process_first():
@@ -158,7 +159,7 @@ def setup(cfg: RunConfig, force: bool) -> Run:
         resumed_from=resumed_from, primary=primary_metrics([(t.name, t.kind) for t in cfg.tasks]),
         last_save=LastSave(state.step, time.monotonic(), resumed_from),
         pusher=pusher_for(cfg) if accelerator.is_main_process else None, initial=parts.initial,
-        params=parts.params,
+        params=parts.params, started=started,
     )
 
 
