@@ -72,6 +72,13 @@ def test_axes_values_and_refusals(tmp_path):
     assert [r.name for r in runs] == ["method-lora_r-4", "method-lora_r-8", "method-ia3_r-4", "method-ia3_r-8"]
     assert runs[1].overrides == ["train.max_steps=5", "adapter.method=lora", "adapter.r=8",
                                  f"output_dir={tmp_path / 'method-lora_r-8'}"]
+    zipped = grid({"adapter.method": ["lora", "ia3"], "train.learning_rate": ["1e-3", "1e-2"], "seed": ["0", "1"]},
+                  [], tmp_path, [["adapter.method", "train.learning_rate"]])
+    assert [r.values for r in zipped][:2] == [{"adapter.method": "lora", "train.learning_rate": "1e-3", "seed": "0"},
+                                              {"adapter.method": "lora", "train.learning_rate": "1e-3", "seed": "1"}]
+    assert len(zipped) == 4 and {r.values["train.learning_rate"] for r in zipped if r.values["adapter.method"] == "ia3"} == {"1e-2"}
+    with pytest.raises(UserError, match="different numbers of values"):
+        grid({"a.b": ["1", "2"], "c.d": ["1", "2", "3"]}, [], tmp_path, [["a.b", "c.d"]])
     with pytest.raises(UserError, match="at least one key with several values"):
         parse_axes(["train.max_steps=5"])
     from multitune.recipes.sweep import sweep

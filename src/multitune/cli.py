@@ -63,6 +63,9 @@ def _parser() -> argparse.ArgumentParser:
                                          "(default: the config's output_dir + '-sweep')")
     sw.add_argument("--shard", default="1/1", metavar="K/N",
                     help="run only every N-th run of the grid, from the K-th (to spread a sweep over N machines)")
+    sw.add_argument("--zip", action="append", default=[], metavar="KEY,KEY",
+                    help="keys whose values advance together instead of crossing, e.g. --zip "
+                         "adapter.method,train.learning_rate for a learning rate per method (repeatable)")
     sw.add_argument("--report-only", action="store_true",
                     help="train nothing: rebuild the table and report from the run folders that exist")
     sw.set_defaults(func=_sweep)
@@ -194,7 +197,8 @@ def _sweep(args: argparse.Namespace) -> int:
     k, _, n = args.shard.partition("/")
     if not (k.isdigit() and n.isdigit() and 1 <= int(k) <= int(n)):
         raise UserError(f"--shard {args.shard} is not K/N with 1 <= K <= N", fix="e.g. --shard 2/3 on the second of 3 machines")
-    r = sweep(args.config, args.overrides, args.output_dir, (int(k), int(n)), args.report_only)
+    zipped = [[key.strip() for key in group.split(",") if key.strip()] for group in args.zip]
+    r = sweep(args.config, args.overrides, args.output_dir, (int(k), int(n)), args.report_only, zipped)
     if r.skipped:
         print(f"\nalready finished, kept: {', '.join(r.skipped)}")
     print(f"\n{r.table}\n\nsweep: {r.sweep_dir / 'sweep.json'}\nreport: {r.report}")

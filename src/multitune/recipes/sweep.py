@@ -7,7 +7,8 @@ stops the sweep without touching the runs already made) -> the table rebuilt fro
 `sweep.json` + `report.html` in the sweep folder.
 
 A stopped sweep resumes where it stopped: finished runs are skipped (after checking that they were made
-from the same config), an unfinished one resumes from its own checkpoints like any run. `--shard K/N` runs
+from the same config), an unfinished one resumes from its own checkpoints like any run. `--zip a,b` makes
+keys advance together (a learning rate per method) instead of crossing. `--shard K/N` runs
 only every N-th run (from the K-th), so N machines can share a sweep; copying their run folders into one
 sweep folder and running `--report-only` there makes the whole table.
 """
@@ -94,10 +95,14 @@ def run_name(values: dict[str, str]) -> str:
     return re.sub(r"[^A-Za-z0-9._=-]+", "_", "_".join(parts)).strip("_")
 
 
-def grid(axes: dict[str, list[str]], fixed: list[str], sweep_dir: Path) -> list[GridRun]:
+def grid(axes: dict[str, list[str]], fixed: list[str], sweep_dir: Path, zipped: list[list[str]] = ()) -> list[GridRun]:
+    """Every combination of the axes' values; the keys of a `zipped` group advance together (their i-th
+    values make one point: a learning rate per method), so the group is one dimension of the grid."""
+    dims = _dimensions(axes, zipped)
     runs = []
-    for combo in itertools.product(*axes.values()):
-        values = dict(zip(axes, combo, strict=True))
+    for combo in itertools.product(*(range(len(axes[keys[0]])) for keys in dims)):
+        values = {k: axes[k][i] for keys, i in zip(dims, combo, strict=True) for k in keys}
+        values = {k: values[k] for k in axes}  # in the order given
         name = run_name(values)
         runs.append(GridRun(name, values, [*fixed, *(f"{k}={v}" for k, v in values.items()),
                                            f"output_dir={sweep_dir / name}"], sweep_dir / name))
@@ -105,6 +110,21 @@ def grid(axes: dict[str, list[str]], fixed: list[str], sweep_dir: Path) -> list[
     if len(set(names)) != len(names):
         raise UserError("two runs of the grid get the same folder name", fix="give the values distinct spellings")
     return runs
+
+
+def _dimensions(axes: dict[str, list[str]], zipped: list[list[str]]) -> list[list[str]]:
+    grouped = [k for group in zipped for k in group]
+    for group in zipped:
+        unknown = [k for k in group if k not in axes]
+        if unknown:
+            raise UserError(f"--zip names {', '.join(unknown)}, which the sweep gives no values for",
+                            fix=f"zip keys of the grid: {', '.join(axes)}")
+        if len({len(axes[k]) for k in group}) > 1:
+            raise UserError(f"--zip {','.join(group)}: the keys have different numbers of values "
+                            f"({', '.join(f'{k}: {len(axes[k])}' for k in group)})", fix="give each the same number")
+    if len(set(grouped)) != len(grouped):
+        raise UserError("a key is in two --zip groups", fix="put each key in one group")
+    return [*zipped, *([k] for k in axes if k not in grouped)]
 
 
 def load_all(config_path: str, runs: list[GridRun]) -> list[RunConfig]:
@@ -131,12 +151,12 @@ class SweepResult:
 
 
 def sweep(config_path: str, items: list[str], sweep_dir: str | Path | None = None, shard: tuple[int, int] = (1, 1),
-          report_only: bool = False) -> SweepResult:
+          report_only: bool = False, zipped: list[list[str]] = ()) -> SweepResult:
     """Run the grid (this machine's shard of it) and write the sweep's table, plot and files."""
     axes, fixed = parse_axes(items)
     base = config_mod.load(config_path, fixed)
     out = Path(sweep_dir) if sweep_dir else Path(f"{base.output_dir.rstrip('/')}-sweep")
-    runs = grid(axes, fixed, out)
+    runs = grid(axes, fixed, out, zipped)
     configs = load_all(config_path, runs)
     ran, skipped = [], []
     if not report_only:
@@ -152,7 +172,7 @@ def sweep(config_path: str, items: list[str], sweep_dir: str | Path | None = Non
                   flush=True)
             _train(config_path, r)
             ran.append(r.name)
-    text, page = _write(out, config_path, items, axes, runs, base)
+    text, page = _write(out, config_path, items + [f"--zip {','.join(g)}" for g in zipped], axes, runs, base)
     return SweepResult(out, text, ran, skipped, page)
 
 
