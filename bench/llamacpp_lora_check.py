@@ -160,10 +160,10 @@ def compare(out: dict) -> dict:
     ref = out["merged f16"]
     rows = {}
     for label, got in out.items():
-        diff = max(float(np.abs(np.array(a) - np.array(b)).max()) for a, b in zip(got["logits"], ref["logits"]))
+        diff = max(float(np.abs(np.array(a) - np.array(b)).max()) for a, b in zip(got["logits"], ref["logits"], strict=True))
         scale = max(float(np.abs(np.array(b)).max()) for b in ref["logits"])
-        top = [int((np.array(a).argmax(-1) == np.array(b).argmax(-1)).sum()) for a, b in zip(got["logits"], ref["logits"])]
-        same = sum(a == b for a, b in zip(got["answers"], ref["answers"]))
+        top = [int((np.array(a).argmax(-1) == np.array(b).argmax(-1)).sum()) for a, b in zip(got["logits"], ref["logits"], strict=True)]
+        same = sum(a == b for a, b in zip(got["answers"], ref["answers"], strict=True))
         rows[label] = {"largest_logit_difference": diff, "largest_logit": scale,
                        "same_top_token": f"{sum(top)}/{sum(len(b) for b in ref['logits'])}",
                        "greedy_answers_same": f"{same}/{len(ref['answers'])}",

@@ -205,3 +205,13 @@ def test_method_switches_are_refused_where_they_do_not_apply():
     # Sizes a method does not read are accepted, so one config can sweep adapter.method.
     assert validate({**base, "adapter": {"method": "ia3", "r": 64, "num_virtual_tokens": 8}}).adapter.virtual_tokens == 0
     assert validate({**base, "adapter": {"method": "prefix_tuning", "r": 64}}).adapter.virtual_tokens == 20
+
+
+def test_prompt_init_text_starts_the_virtual_tokens_as_the_texts_embeddings(tiny_dir, tokenizer):
+    from transformers import AutoModelForCausalLM
+
+    cfg = AdapterConfig(method="prompt_tuning", num_virtual_tokens=6, prompt_init_text="Classify the text")
+    model = adapters.attach(AutoModelForCausalLM.from_pretrained(tiny_dir), cfg)
+    ids = tokenizer("Classify the text")["input_ids"]
+    want = model.get_input_embeddings().weight[[ids[i % len(ids)] for i in range(6)]]
+    torch.testing.assert_close(model.get_prompt(batch_size=1)[0], want)
