@@ -63,3 +63,31 @@ def test_a_run_resumed_from_an_early_checkpoint_ends_bitwise_equal(tmp_path, cap
     got = load_file(cut / "adapter" / "adapter_model.safetensors")
     assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
     assert rows(cut) == rows(whole)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(METHODS))
+def test_sigkill_at_random_steps_then_resume_gives_the_same_run(tmp_path, name):
+    """tests/train/test_resume.py's kill test (packed rows, evaluation, best-checkpoint rotation) for each
+    method: SIGKILL at three random steps, then the run ends bitwise equal to an uninterrupted one."""
+    import random
+    import signal
+
+    from train.test_resume import assert_same_run, launch, wait_until_step, write_config
+
+    ref_dir, out_dir = tmp_path / "ref", tmp_path / "killed"
+    ref_dir.mkdir()
+    out_dir.mkdir()
+    proc = launch(write_config(ref_dir, adapter=METHODS[name]), ref_dir / "run")
+    output, _ = proc.communicate(timeout=900)
+    assert proc.returncode == 0, output
+    cfg = write_config(out_dir, adapter=METHODS[name])
+    for step in sorted(random.Random(7).sample(range(2, 29), 3)):
+        proc = launch(cfg, out_dir / "run")
+        if wait_until_step(proc, out_dir / "run", step):
+            proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    proc = launch(cfg, out_dir / "run")
+    output, _ = proc.communicate(timeout=900)
+    assert proc.returncode == 0 and "resumed from" in output, output
+    assert_same_run(out_dir / "run", ref_dir / "run")

@@ -149,7 +149,9 @@ def setup(cfg: RunConfig, force: bool) -> Run:
     plan = parts.plan
     accelerator.print(
         f"training: {plan.total_steps} steps ({plan.steps_per_epoch}/epoch), global batch {plan.global_batch_size}"
-        + (" packed rows" if plan.packed else "")
+        + (" packed rows" if plan.packed else "") + (" in shared-prefix rows" + (
+            ", attended densely (block attention has no place for the virtual tokens)" if cfg.adapter.virtual_tokens
+            else "") if plan.share_prefix else "")
         + (f"; resumed from {resumed_from} (step {state.step})" if resumed_from else ""))
     return Run(
         cfg=cfg, accelerator=accelerator, config_yaml=config_yaml, meta=meta, tokenizer=tokenizer,
