@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from multitune.config.schema import LORA_FAMILY, VIRTUAL_TOKENS, AdapterConfig
+from multitune.config.adapter import LORA_FAMILY, VIRTUAL_TOKENS, AdapterConfig
 
 ATTENTION_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj"]
 MLP_MODULES = ["gate_proj", "up_proj", "down_proj"]

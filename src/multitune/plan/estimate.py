@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
-from multitune.config.schema import LORA_FAMILY, VIRTUAL_TOKENS
+from multitune.config.adapter import LORA_FAMILY, VIRTUAL_TOKENS
 from multitune.plan.activations import MicroBatch, Precision, activation_bytes, layer_saved_bytes
 from multitune.plan.budget import Budget, adamw_temporary, fsdp_gather_bytes
 from multitune.plan.memory import Trainable, resolve_targets, trainable_params, weight_bytes

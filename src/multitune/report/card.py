@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from multitune import kinds
-from multitune.config.schema import LORA_FAMILY, SMOLLM2, VIRTUAL_TOKENS, RunConfig
+from multitune.config.adapter import LORA_FAMILY, VIRTUAL_TOKENS
+from multitune.config.schema import SMOLLM2, RunConfig
 from multitune.data.sources import source_kind
 from multitune.export.vllm import max_lora_rank
 from multitune.models.trained import read_run_config
