@@ -191,7 +191,6 @@ def test_method_switches_are_refused_where_they_do_not_apply():
         "use_rslora applies to lora": {"adapter": {"method": "ia3", "use_rslora": True}},
         "lora_init=pissa applies to method lora": {"adapter": {"method": "dora", "lora_init": "pissa"}},
         "loraplus_lr_ratio": {"adapter": {"method": "prompt_tuning", "loraplus_lr_ratio": 16}},
-        "prompt_init_text applies to prompt_tuning": {"adapter": {"method": "prefix_tuning", "prompt_init_text": "x"}},
         "modules_to_save does not apply to prefix_tuning": {"adapter": {"method": "prefix_tuning",
                                                                          "modules_to_save": ["lm_head"]}},
         "set train.gradient_checkpointing false": {"adapter": {"method": "prefix_tuning"},
@@ -203,15 +202,23 @@ def test_method_switches_are_refused_where_they_do_not_apply():
         with pytest.raises(UserError, match=message):
             validate({**base, **sections})
     # Sizes a method does not read are accepted, so one config can sweep adapter.method.
-    assert validate({**base, "adapter": {"method": "ia3", "r": 64, "num_virtual_tokens": 8}}).adapter.virtual_tokens == 0
+    assert validate({**base, "adapter": {"method": "ia3", "r": 64, "num_virtual_tokens": 8,
+                                         "prompt_init_text": "x"}}).adapter.virtual_tokens == 0
     assert validate({**base, "adapter": {"method": "prefix_tuning", "r": 64}}).adapter.virtual_tokens == 20
 
 
-def test_prompt_init_text_starts_the_virtual_tokens_as_the_texts_embeddings(tiny_dir, tokenizer):
+@pytest.mark.parametrize("name", VIRTUAL)
+def test_prompt_init_text_starts_the_run_as_the_base_reading_the_text_first(tiny_dir, tokenizer, name):
     from transformers import AutoModelForCausalLM
 
-    cfg = AdapterConfig(method="prompt_tuning", num_virtual_tokens=6, prompt_init_text="Classify the text")
-    model = adapters.attach(AutoModelForCausalLM.from_pretrained(tiny_dir), cfg)
-    ids = tokenizer("Classify the text")["input_ids"]
-    want = model.get_input_embeddings().weight[[ids[i % len(ids)] for i in range(6)]]
-    torch.testing.assert_close(model.get_prompt(batch_size=1)[0], want)
+    text, p = "Classify the text", 6
+    model = adapters.attach(AutoModelForCausalLM.from_pretrained(tiny_dir),
+                            AdapterConfig(method=name, num_virtual_tokens=p, prompt_init_text=text)).eval()
+    ids = tokenizer(text, add_special_tokens=name == "prompt_tuning")["input_ids"]  # as peft tokenises it
+    virtual = [ids[i % len(ids)] for i in range(p)]
+    x = [1, 7, 9, 11, 40, 3]
+    base = AutoModelForCausalLM.from_pretrained(tiny_dir).eval()
+    with torch.no_grad():
+        want = base(input_ids=torch.tensor([virtual + x])).logits[0, p:]
+        got = model(input_ids=torch.tensor([x])).logits[0]
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)

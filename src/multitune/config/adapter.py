@@ -15,10 +15,10 @@ VIRTUAL_TOKENS = ("prompt_tuning", "prefix_tuning")
 
 
 class AdapterConfig(Section):
-    """What trains. Sizes a method does not use (`r` for ia3, `num_virtual_tokens` for lora, ...) are read
-    by their methods only, so one config can sweep `adapter.method`; switches that change what a method
-    does (`use_rslora`, `lora_init`, `loraplus_lr_ratio`, `prompt_init_text`) are refused where they do
-    not apply."""
+    """What trains. Sizes and starts a method does not use (`r` for ia3, `num_virtual_tokens` and
+    `prompt_init_text` for lora, ...) are read by their methods only, so one config can sweep
+    `adapter.method`; switches that change what a method does (`use_rslora`, `lora_init`,
+    `loraplus_lr_ratio`) are refused where they do not apply."""
 
     method: Literal["lora", "dora", "qlora", "full", "ia3", "prompt_tuning", "prefix_tuning"] = "lora"
     """`lora`: low-rank adapters (peft); `dora`: weight-decomposed LoRA; `qlora`: LoRA on a base quantised
@@ -53,8 +53,10 @@ class AdapterConfig(Section):
     num_virtual_tokens: int = Field(20, ge=1)
     """Virtual tokens of prompt_tuning and prefix_tuning (they also shorten the usable context)."""
     prompt_init_text: str | None = None
-    """prompt_tuning: start the virtual tokens as the embeddings of this text (repeated or cut to
-    `num_virtual_tokens` tokens), e.g. "Classify the banking query:"; null: random."""
+    """prompt_tuning and prefix_tuning: start the virtual tokens as this text (its tokens repeated or cut to
+    `num_virtual_tokens`), so the run starts as the base model reading the text before every input, e.g.
+    "Answer with the label only."; prompt tuning takes the text's embeddings, prefix tuning the keys and
+    values the base computes for it at every layer. null: random (peft's start)."""
 
     @model_validator(mode="after")
     def _switches_fit_the_method(self) -> AdapterConfig:
@@ -66,8 +68,6 @@ class AdapterConfig(Section):
                             "adapter.method=lora or remove lora_init")
         if self.loraplus_lr_ratio is not None and m not in LORA_FAMILY:
             problems.append(f"loraplus_lr_ratio (LoRA+) applies to lora, dora and qlora, not {m}: remove it")
-        if self.prompt_init_text is not None and m != "prompt_tuning":
-            problems.append(f"prompt_init_text applies to prompt_tuning, not {m}: remove it")
         if self.modules_to_save and m in VIRTUAL_TOKENS + ("full",):
             problems.append(f"modules_to_save does not apply to {m}" + (
                 " (peft trains only the virtual tokens): use method lora with modules_to_save" if m != "full"

@@ -50,9 +50,15 @@ def attach(model: Any, cfg: AdapterConfig, gradient_checkpointing: bool = False)
         _checkpoint_activations(model)
     config = peft_config(cfg, getattr(model, "name_or_path", None))
     with _peft_probe_warning_ignored():
-        if cfg.method in VIRTUAL_TOKENS:
-            return virtual.wrap(model, config)
-        return get_peft_model(model, config)
+        if cfg.method not in VIRTUAL_TOKENS:
+            return get_peft_model(model, config)
+        wrapped = virtual.wrap(model, config)
+    if cfg.method == "prefix_tuning" and cfg.prompt_init_text:  # peft starts only prompt tuning from a text
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(model.name_or_path)
+        virtual.prefix_from_text(wrapped, tokenizer(cfg.prompt_init_text, add_special_tokens=False)["input_ids"])
+    return wrapped
 
 
 def peft_config(cfg: AdapterConfig, tokenizer_path: str | None = None) -> Any:

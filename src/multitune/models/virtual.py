@@ -123,6 +123,20 @@ def packed_mask(position_ids: torch.Tensor) -> torch.Tensor:
     return ((sequence[:, :, None] == sequence[:, None, :]) & causal)[:, None]
 
 
+@torch.no_grad()
+def prefix_from_text(model: VirtualTokensModel, ids: list[int]) -> None:
+    """Start prefix tuning's keys and values as those the base computes for the text `ids` (repeated or cut
+    to the P virtual tokens) at positions 0 .. P-1: the model then starts as the base reading the text
+    before every input. The inverse of the layout peft's `get_prompt` reads: row p of the embedding holds,
+    for each layer in turn, its keys then its values at position p."""
+    p = model.n_virtual
+    ids = [ids[i % len(ids)] for i in range(p)]
+    weight = model.prompt_encoder[model.active_adapter].embedding.weight
+    out = model.get_base_model().get_decoder()(input_ids=torch.tensor([ids], device=weight.device), use_cache=True)
+    rows = torch.stack([t[0] for k, v, *_ in returned_cache(out) for t in (k, v)])  # (layers x 2, heads, P, dim)
+    weight.copy_(rows.permute(2, 0, 1, 3).reshape(p, -1))
+
+
 def wrap(model: Any, peft_config: PeftConfig) -> VirtualTokensModel:
     """`model` with fresh virtual tokens (what `get_peft_model` does for a prompt-learning config)."""
     peft_config.base_model_name_or_path = model.__dict__.get("name_or_path", None) or None

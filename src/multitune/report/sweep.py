@@ -63,6 +63,8 @@ def stat_text(key: str, value: Any) -> str:
 
     >>> stat_text("wall_seconds", 754.0), stat_text("peak_memory_bytes", 3 * 2**30), stat_text("adapter_bytes", 2**21)
     ('12.6 min', '3.00 GiB', '2.0 MiB')
+    >>> stat_text("adapter_bytes", 46_336)
+    '45 KiB'
     """
     if value is None:
         return "-"
@@ -71,7 +73,7 @@ def stat_text(key: str, value: Any) -> str:
     if key == "peak_memory_bytes":
         return f"{value / 2**30:.2f} GiB"
     if key == "adapter_bytes":
-        return f"{value / 2**20:.1f} MiB"
+        return f"{value / 2**20:.1f} MiB" if value >= 2**20 else f"{value / 2**10:.0f} KiB"
     if key == "tokens_per_s":
         return f"{value:.0f}"
     return f"{value:,}"
