@@ -28,14 +28,8 @@ from typing import Any
 import torch
 
 from multitune.eval.lockstep import SOLO, Lockstep, idle_forward
-from multitune.eval.scoring import (
-    CandidateTrie,
-    Scores,
-    additive_mask,
-    cache_kwargs,
-    expanded_cache,
-    returned_cache,
-)
+from multitune.eval.scoring import CandidateTrie, Scores, additive_mask, expanded_cache
+from multitune.models.cache import cache_kwargs, returned_cache
 
 SUBTREE_CAP = 4  # nodes of the likeliest subtree fed at once: fewer rounds against more padding
 

@@ -19,16 +19,28 @@ def duration(s: float) -> str:
     return f"{s / 3600:.1f} h"
 
 
+TRAINABLE_KINDS = [("lora", "LoRA"), ("dora", "DoRA magnitudes"), ("ia3", "(IA)^3 scales"),
+                   ("virtual", "virtual tokens"), ("saved_modules", "saved modules"), ("base", "base")]
+
+
+def _method_detail(m: dict[str, Any]) -> str:
+    if m["method"] in ("prompt_tuning", "prefix_tuning"):
+        return f" with {m['virtual_tokens']} virtual tokens"
+    if m["method"] == "full":
+        return ""
+    return (f" r={m['r']}" if m["method"] != "ia3" else "") + f" on {', '.join(m['target_modules'])}"
+
+
 def render(plan: dict[str, Any]) -> str:
     """Model, memory per process, data, compute, time and cost, advice; measured figures when present."""
     m, mem, t, c, d = plan["model"], plan["memory"], plan["target"], plan["compute"], plan["data"]
     tr = m["trainable"]
     lines = [f"model      {m['name']}: {m['parameters']:,} parameters, {m['layers']} layers, hidden "
              f"{m['hidden_size']}, vocabulary {m['vocab_size']:,} (from {m['source']})",
-             f"method     {m['method']}" + (f" r={m['r']} on {', '.join(m['target_modules'])}" if m["method"] != "full" else "")
+             f"method     {m['method']}" + _method_detail(m)
              + (f"; modules_to_save {', '.join(m['modules_to_save'])}" if m["modules_to_save"] else ""),
-             f"trainable  {tr['total']:,} parameters (LoRA {tr['lora']:,}, DoRA magnitudes {tr['dora']:,}, "
-             f"saved modules {tr['saved_modules']:,}, base {tr['base']:,})",
+             f"trainable  {tr['total']:,} parameters (" + ", ".join(
+                 f"{label} {tr[key]:,}" for key, label in TRAINABLE_KINDS if tr.get(key) or key == "base") + ")",
              f"target     {t['gpus']} x {t['name']}: {gib(t['memory_bytes'])} each ({gib(t['usable_bytes'])} usable), "
              f"{t['tflops']:g} TFLOPS" + (" assumed" if t["assumed_rate"] else " dense bf16"), "",
              "memory per process" + (f" (FSDP: weights, gradients and states are 1/{mem['shards']} shards)"

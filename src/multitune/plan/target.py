@@ -14,9 +14,11 @@ from multitune.plan.gpus import Gpu, find_gpu
 # updates of SmolLM2's 134M float32 weights (docs/benchmarks.md).
 CPU_GFLOPS_PER_THREAD = 24.0
 CPU_BANDWIDTH_GBS = 4.0
-DEFAULT_MFU = {"full": 0.40, "lora": 0.35, "dora": 0.25, "qlora": 0.25}
+DEFAULT_MFU = {"full": 0.40, "lora": 0.35, "dora": 0.25, "qlora": 0.25, "ia3": 0.35, "prompt_tuning": 0.35,
+               "prefix_tuning": 0.35}
 """Assumed model FLOPs utilisation on a GPU: what well-tuned bf16 training reaches, lower for small
-adapter matmuls, DoRA's weight norms and QLoRA's dequantisation. `--mfu` overrides it."""
+adapter matmuls, DoRA's weight norms and QLoRA's dequantisation (an (IA)^3 scale or virtual tokens add
+no matmul of their own). `--mfu` overrides it."""
 
 
 @dataclass(frozen=True)

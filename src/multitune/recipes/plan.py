@@ -163,7 +163,8 @@ def _per_token(cfg: RunConfig, shape: ModelShape, batches: list[Batch], on_gpu: 
     full = cfg.adapter.method == "full"
     positions = sum(b.shape.positions for b in batches)
     per = fl.flops_per_token(
-        shape, full, 0 if full else trainable_params(shape, setup.method, setup.r, setup.targets).lora,
+        shape, full, 0 if full else trainable_params(shape, setup.method, setup.r, setup.targets,
+                                                     virtual_tokens=setup.virtual_tokens).adapter,
         fl.attended_context([(b.shape.rows, b.shape.width) for b in batches]),
         sum(b.shape.logit_positions for b in batches) / max(positions, 1),
         head_trains=full or "lm_head" in setup.modules_to_save, checkpointing=setup.checkpointing)
@@ -172,18 +173,19 @@ def _per_token(cfg: RunConfig, shape: ModelShape, batches: list[Batch], on_gpu: 
 
 def _update_bytes(cfg: RunConfig, shape: ModelShape, setup: Any, target: Target) -> float:
     """The optimizer step's memory traffic: the trainable parameters in their dtype (adapters float32)."""
-    t = trainable_params(shape, setup.method, setup.r, setup.targets, setup.modules_to_save)
+    t = trainable_params(shape, setup.method, setup.r, setup.targets, setup.modules_to_save, setup.virtual_tokens)
     prec = precision_for(cfg, target)
-    return fl.update_bytes(t.lora + t.dora, prec.adapter) + fl.update_bytes(t.saved_modules + t.base, prec.weights)
+    return fl.update_bytes(t.adapter, prec.adapter) + fl.update_bytes(t.saved_modules + t.base, prec.weights)
 
 
 def _model_json(cfg: RunConfig, shape: ModelShape, setup: Any, prec: Any) -> dict[str, Any]:
-    t = trainable_params(shape, setup.method, setup.r, setup.targets, setup.modules_to_save)
+    t = trainable_params(shape, setup.method, setup.r, setup.targets, setup.modules_to_save, setup.virtual_tokens)
     return {"name": cfg.model.name, "source": shape.source, "parameters": shape.total_params,
             "layers": shape.num_layers, "hidden_size": shape.hidden_size, "vocab_size": shape.vocab_size,
             "method": setup.method, "r": setup.r, "target_modules": list(setup.targets),
             "modules_to_save": list(setup.modules_to_save), "trainable": asdict(t) | {"total": t.total},
-            "bytes": asdict(prec), "gradient_checkpointing": setup.checkpointing}
+            "bytes": asdict(prec), "gradient_checkpointing": setup.checkpointing,
+            "virtual_tokens": setup.virtual_tokens}
 
 
 def _memory_json(mem: Budget, mb: MicroBatch) -> dict[str, Any]:

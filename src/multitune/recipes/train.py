@@ -36,8 +36,9 @@ from multitune.kinds import primary_metrics
 from multitune.models import adapters, gguf, load
 from multitune.report.build import write_report
 from multitune.report.results import Summary, write_results
+from multitune.report.run_stats import RUN_STATS, run_stats
 from multitune.report.table import before_after
-from multitune.runtime import configure_cpu_threads, tf32_matmuls
+from multitune.runtime import configure_cpu_threads, peak_memory, tf32_matmuls
 from multitune.tracking import Trackers, make_trackers
 from multitune.train import checkpoint, loop, optim, resume, shard
 from multitune.train.collectives import any_process
@@ -84,10 +85,20 @@ class Run:
     primary: dict[str, str]  # task -> its primary metric
     last_save: LastSave
     pusher: CheckpointPusher | None = None  # uploads each checkpoint (hub.push_checkpoints), main process only
+    initial: dict[str, Any] | None = None  # PiSSA / OLoRA start (adapters.initial_weights), for saving
+    params: tuple[int, int] = (0, 0)  # (trainable, total) parameters
+    started: float = 0.0  # time.monotonic() when setup began: this session's share of wall_seconds
     out: Path = field(init=False)
+    wall_before: float = field(init=False)  # wall_seconds of the sessions before this one
 
     def __post_init__(self) -> None:
         self.out = Path(self.cfg.output_dir)
+        self.wall_before = self.state.wall_seconds
+
+    def account(self) -> None:
+        """Bring the state's wall time and peak memory up to now (before it is checkpointed or reported)."""
+        self.state.wall_seconds = self.wall_before + time.monotonic() - self.started
+        self.state.peak_memory_bytes = max(self.state.peak_memory_bytes, peak_memory()[0])
 
 
 def run(cfg: RunConfig, force: bool = False) -> TrainResult:
@@ -115,6 +126,7 @@ def run(cfg: RunConfig, force: bool = False) -> TrainResult:
 def setup(cfg: RunConfig, force: bool) -> Run:
     """Refuse what cannot work, load data and model, and restore the newest usable checkpoint (or start
     fresh); write the resolved config and data statistics."""
+    started = time.monotonic()
     accelerator, config_yaml, topology = _start(cfg, force)
     splits = load_splits(cfg)
     with accelerator.main_process_first():
@@ -139,7 +151,9 @@ def setup(cfg: RunConfig, force: bool) -> Run:
     plan = parts.plan
     accelerator.print(
         f"training: {plan.total_steps} steps ({plan.steps_per_epoch}/epoch), global batch {plan.global_batch_size}"
-        + (" packed rows" if plan.packed else "")
+        + (" packed rows" if plan.packed else "") + (" in shared-prefix rows" + (
+            ", attended densely (block attention has no place for the virtual tokens)" if cfg.adapter.virtual_tokens
+            else "") if plan.share_prefix else "")
         + (f"; resumed from {resumed_from} (step {state.step})" if resumed_from else ""))
     return Run(
         cfg=cfg, accelerator=accelerator, config_yaml=config_yaml, meta=meta, tokenizer=tokenizer,
@@ -148,7 +162,8 @@ def setup(cfg: RunConfig, force: bool) -> Run:
         trackers=trackers,
         resumed_from=resumed_from, primary=primary_metrics([(t.name, t.kind) for t in cfg.tasks]),
         last_save=LastSave(state.step, time.monotonic(), resumed_from),
-        pusher=pusher_for(cfg) if accelerator.is_main_process else None,
+        pusher=pusher_for(cfg) if accelerator.is_main_process else None, initial=parts.initial,
+        params=parts.params, started=started,
     )
 
 
@@ -172,10 +187,12 @@ def train(r: Run) -> dict[str, TaskResult] | Stopped:
                 r.prepared, r.plan, step=state.step, seed=cfg.seed, rank=accelerator.process_index,
                 pad_id=load.pad_id(r.tokenizer), device=accelerator.device)
             lr = r.scheduler.get_last_lr()[0]
+            step_started = time.perf_counter()
             result = loop.train_step(
                 r.model, r.optimizer, r.scheduler, accelerator=accelerator, micro_batches=batches,
                 max_grad_norm=cfg.train.max_grad_norm, n_tasks=len(r.prepared.task_names),
                 answer_logits_only=cfg.train.answer_logits_only)
+            state.train_seconds += time.perf_counter() - step_started
             record(state, result)
             bar.update(1)
             if result.bad:
@@ -247,6 +264,7 @@ def save_checkpoint(r: Run) -> Path:
     if r.last_save.path is not None and r.last_save.step == state.step:
         return r.last_save.path
     state.metrics_rows = r.trackers.rows_written
+    r.account()
     path = checkpoint.save(r.out, r.accelerator, model=r.model, optimizer=r.optimizer, scheduler=r.scheduler,
                            state=state, config_yaml=r.config_yaml, meta=r.meta)
     if r.accelerator.is_main_process:
@@ -268,8 +286,11 @@ def write_outputs(r: Run, after: dict[str, TaskResult]) -> TrainResult:
     if r.accelerator.is_main_process:
         try:
             tmp = r.out / ".adapter.tmp"
-            adapters.save_final(plain, r.tokenizer, tmp, weights)
+            adapters.save_final(plain, r.tokenizer, tmp, weights, r.initial)
             replace_dir_atomic(tmp, r.out / "adapter")
+            r.account()
+            write_json_atomic(r.out / RUN_STATS, run_stats(r.out, r.cfg.adapter.method, r.params, r.state,
+                                                           peak_memory()[1]))
             write_results(r.out / "eval", summary, after)
             write_report(r.out)
         except write_errors() as e:
@@ -310,7 +331,8 @@ def _start(cfg: RunConfig, force: bool) -> tuple[Any, str, shard.Topology]:
     out = Path(cfg.output_dir)
     config_yaml = config_mod.dump(cfg)
     if accelerator.is_main_process:
-        _prepare_output_dir(out)
+        for path in checkpoint.prepare_output_dir(out):
+            print(f"removed an unfinished checkpoint write: {path}")
     resume.refuse_changed_config(cfg.checkpoint.resume, out, config_yaml, force)
     accelerator.wait_for_everyone()
     return accelerator, config_yaml, topology
@@ -322,6 +344,8 @@ class _Trainable:
     optimizer: Any
     scheduler: Any
     plan: loop.Plan
+    initial: dict[str, Any] | None  # adapters.initial_weights
+    params: tuple[int, int]  # (trainable, total)
 
 
 def _model(cfg: RunConfig, accelerator: Any, model_name: str, prepared: Prepared,
@@ -339,6 +363,7 @@ def _model(cfg: RunConfig, accelerator: Any, model_name: str, prepared: Prepared
     set_seed(cfg.seed)
     model = adapters.attach(base, cfg.adapter, cfg.train.gradient_checkpointing,
                             autocast=cfg.train.mixed_precision != "no")
+    initial = adapters.initial_weights(model, cfg.adapter)  # PiSSA / OLoRA: what the saved adapter is converted by
     trainable, total = adapters.count_parameters(model)
     accelerator.print(f"model {cfg.model.name} ({model_name}): {cfg.adapter.method}, "
                       f"{trainable:,} of {total:,} parameters trainable")
@@ -347,10 +372,10 @@ def _model(cfg: RunConfig, accelerator: Any, model_name: str, prepared: Prepared
         accelerator.print(f"sharded: {shard.describe_shards(model)}"
                           + ("; weights read by process 0 alone and broadcast" if efficient else ""))
     plan = loop.make_plan(cfg.train, prepared, cfg.seed, accelerator.num_processes, share_prefix=cfg.shares_prefix)
-    optimizer = optim.build_optimizer(model, cfg.train)
+    optimizer = optim.build_optimizer(model, cfg.train, cfg.adapter.loraplus_lr_ratio)
     scheduler = optim.build_scheduler(optimizer, cfg.train, plan.total_steps)
     model, optimizer = shard.prepare(accelerator, model, optimizer)
-    return _Trainable(model, optimizer, scheduler, plan)
+    return _Trainable(model, optimizer, scheduler, plan, initial, (trainable, total))
 
 
 def _log_interval(r: Run, result: StepResult, *, lr: float, started: float, bar: Any) -> None:
@@ -395,17 +420,3 @@ def _dynamo(cfg: RunConfig) -> Any:
     # dynamic=True: batches are padded to their longest example, so shapes change from step to step;
     # compiling for symbolic shapes avoids a recompilation for every new length.
     return TorchDynamoPlugin(backend="inductor", dynamic=True)
-
-
-def _prepare_output_dir(out: Path) -> None:
-    """Create output_dir (or say why it cannot be written) and drop checkpoint writes cut by a kill."""
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".multitune-write-test"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as e:
-        raise UserError(f"cannot write to the output folder: {e.strerror}", where=str(out),
-                        fix="choose a writable output_dir, or fix the folder's permissions or free space") from None
-    for path in checkpoint.remove_partial(out):
-        print(f"removed an unfinished checkpoint write: {path}")

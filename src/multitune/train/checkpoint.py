@@ -284,6 +284,20 @@ def _check_fit(weights: dict[str, torch.Tensor], params: dict[str, torch.Tensor]
             raise ValueError(f"{name} has shape {tuple(weights[name].shape)}, the model {tuple(p.shape)}")
 
 
+def prepare_output_dir(out: Path) -> list[Path]:
+    """Create output_dir (or say why it cannot be written) and drop checkpoint writes cut by a kill, which
+    are returned."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".multitune-write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise UserError(f"cannot write to the output folder: {e.strerror}", where=str(out),
+                        fix="choose a writable output_dir, or fix the folder's permissions or free space") from None
+    return remove_partial(out)
+
+
 def remove_partial(output_dir: str | Path) -> list[Path]:
     """Delete temporary folders left by writes that were killed; returns what was removed."""
     folder = root(output_dir)
