@@ -1,6 +1,7 @@
 # multitune: two commands do all the set-up.
 #   make quickstart   set up .venv if needed, then train the quickstart run (runs/quickstart)
 #   make test         set up .venv if needed, then run the test suite
+#   make test-distributed  the multi-process FSDP/HSDP runs too slow for make test (CI runs both)
 #
 # .venv is (re)built when it is missing or older than pyproject.toml / constraints.txt / this Makefile.
 # Without a CUDA GPU the pinned CPU build of torch goes in first (set
@@ -18,13 +19,16 @@ CONSTRAINTS ?= constraints.txt
 TORCH_INDEX_URL ?=
 PIP := $(BIN)/python -m pip --disable-pip-version-check -qq
 
-.PHONY: quickstart test setup lint clean upgrade-pins
+.PHONY: quickstart test test-distributed setup lint clean upgrade-pins
 
 quickstart: $(STAMP)
 	$(BIN)/multitune train configs/quickstart.yaml
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
+
+test-distributed: $(STAMP)
+	$(BIN)/python -m pytest -m distributed
 
 setup: $(STAMP)
 

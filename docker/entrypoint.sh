@@ -93,9 +93,15 @@ train() {
   if (( nodes > 1 )) && [[ -z "${NCCL_SOCKET_IFNAME:-}" && -e /sys/class/net/ens1 ]]; then
     export NCCL_SOCKET_IFNAME=ens1  # RunPod clusters: the fast inter-node interface; eth0 is the internet
   fi
-  local launch=(accelerate launch)
-  [[ -n "${ACCELERATE_CONFIG:-}" ]] && launch+=(--config_file "$ACCELERATE_CONFIG")
-  (( gpus > 1 || nodes > 1 )) && launch+=(--multi_gpu)
+  # Through multitune.launch: a run stopped by SIGTERM after its checkpoint exits 75 through the launcher
+  # too (accelerate launch alone says 1). --multi_gpu only without a config file: given beside one, it
+  # makes accelerate ignore the file's distributed_type (an FSDP config would run as DDP).
+  local launch=(python -m multitune.launch accelerate launch)
+  if [[ -n "${ACCELERATE_CONFIG:-}" ]]; then
+    launch+=(--config_file "$ACCELERATE_CONFIG")
+  elif (( gpus > 1 || nodes > 1 )); then
+    launch+=(--multi_gpu)
+  fi
   launch+=(--num_processes "$(( nodes * gpus ))" --num_machines "$nodes")
   if (( nodes > 1 )); then
     : "${MASTER_ADDR:?MASTER_ADDR, the address of the main node, is needed on a multi-node cluster}"

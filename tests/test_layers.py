@@ -21,7 +21,7 @@ FLOORS: list[set[str]] = [
     {"train", "eval"},
     {"report", "export", "serve"},
     {"recipes"},  # one module per verb: the orchestration of one whole command
-    {"cli", "__main__"},
+    {"cli", "__main__", "launch"},  # launch: torchrun / accelerate launch with a status schedulers requeue on
 ]
 SIBLINGS = {frozenset({"train", "eval"})}
 # The report is built from the files a run wrote (eval/metrics.json, metrics.jsonl), never from the code

@@ -106,6 +106,22 @@ def _parser() -> argparse.ArgumentParser:
                    help="resume from output_dir's checkpoint even if the config or data changed")
     t.set_defaults(func=_train)
 
+    sw = sub.add_parser("sweep", help="a grid of runs over config keys, one after another, then one table and plot")
+    sw.add_argument("config", help="path of the runs' YAML config")
+    sw.add_argument("overrides", nargs="+", metavar="KEY=V1,V2",
+                    help="the grid: each key with its values, e.g. adapter.method=lora,ia3 train.learning_rate=1e-4,3e-4 "
+                         "(a key with one value is set for every run)")
+    sw.add_argument("--output-dir", help="the sweep folder, holding one run folder per grid point "
+                                         "(default: the config's output_dir + '-sweep')")
+    sw.add_argument("--shard", default="1/1", metavar="K/N",
+                    help="run only every N-th run of the grid, from the K-th (to spread a sweep over N machines)")
+    sw.add_argument("--zip", action="append", default=[], metavar="KEY,KEY",
+                    help="keys whose values advance together instead of crossing, e.g. --zip "
+                         "adapter.method,train.learning_rate for a learning rate per method (repeatable)")
+    sw.add_argument("--report-only", action="store_true",
+                    help="train nothing: rebuild the table and report from the run folders that exist")
+    sw.set_defaults(func=_sweep)
+
     pr = sub.add_parser("predict", help="batch inference with a trained run on rows in a task's format")
     pr.add_argument("run_dir", help="a run's output_dir (holds config.yaml and adapter/)")
     pr.add_argument("--input", required=True, help="rows to predict: csv, tsv, jsonl, json or parquet")
@@ -160,6 +176,8 @@ def _plan_command(sub: argparse._SubParsersAction) -> None:
     pl.add_argument("--gpu-tflops", type=Number(float, 0, above=True, meaning="dense bf16 TFLOPS per GPU, e.g. 312"),
                     help="dense bf16 TFLOPS per GPU (instead of a name)")
     pl.add_argument("--gpus", type=COUNT, default=1, help="GPUs in all: FSDP shards over them (default 1)")
+    pl.add_argument("--nodes", type=COUNT, default=1,
+                    help="machines the GPUs are on: compares FSDP, HSDP and DDP by what crosses between them")
     pl.add_argument("--price", type=Number(float, 0, meaning="price of one GPU-hour, e.g. 2.5"),
                     help="price per GPU-hour, for the cost")
     pl.add_argument("--mfu", type=Number(float, 0, 1, above=True, meaning="the share of the GPU's peak FLOPs that "
@@ -180,12 +198,18 @@ def _shipping_commands(sub: argparse._SubParsersAction) -> None:
     m.add_argument("--device", default="cpu", help="where to merge and check: cpu (default) or cuda")
     m.set_defaults(func=_merge)
 
-    x = sub.add_parser("export", help="merge a run and write it as one GGUF file for llama.cpp and Ollama")
+    x = sub.add_parser("export", help="a run in a serving format: merged GGUF, LoRA adapter GGUF, or vLLM adapter")
     x.add_argument("run_dir", help="a run's output_dir")
-    x.add_argument("--format", required=True, choices=["gguf"], help="gguf: llama.cpp / Ollama (Llama models)")
-    x.add_argument("--output", required=True, help="the GGUF file to write (new); a Modelfile goes beside it")
-    x.add_argument("--type", default="f16", choices=["f16", "bf16", "q8_0"],
-                   help="weight type: f16 (default), bf16, or q8_0 (8-bit, about half the size)")
+    x.add_argument("--format", required=True, choices=["gguf", "gguf-lora", "vllm"],
+                   help="gguf: the merged model for llama.cpp / Ollama (Llama models); gguf-lora: the LoRA adapter "
+                        "alone for llama.cpp --lora / Ollama ADAPTER; vllm: the adapter folder for vllm serve --lora-modules")
+    x.add_argument("--output", required=True, help="the GGUF file to write (new; a Modelfile goes beside it), or "
+                                                   "the folder for --format vllm")
+    x.add_argument("--type", default="f16", choices=["f16", "bf16", "q8_0", "f32"],
+                   help="gguf: f16 (default), bf16 or q8_0 (8-bit, about half the size); gguf-lora: f16 or f32")
+    x.add_argument("--base-gguf", help="gguf-lora: the base GGUF the Modelfile names (default: the run's own GGUF "
+                                       "base, else the base written beside the adapter in f16)")
+    x.add_argument("--base", help="vllm: the model id or folder vllm serves the adapter on (for the command shown)")
     x.set_defaults(func=_export)
 
     pu = sub.add_parser("push", help="upload a run's adapter (or merged model) to the Hugging Face Hub with a model card")
@@ -232,6 +256,20 @@ def _train(args: argparse.Namespace) -> int:
     return EXIT_PREEMPTED if result.stopped else 0
 
 
+def _sweep(args: argparse.Namespace) -> int:
+    from multitune.recipes.sweep import sweep
+
+    k, _, n = args.shard.partition("/")
+    if not (k.isdigit() and n.isdigit() and 1 <= int(k) <= int(n)):
+        raise UserError(f"--shard {args.shard} is not K/N with 1 <= K <= N", fix="e.g. --shard 2/3 on the second of 3 machines")
+    zipped = [[key.strip() for key in group.split(",") if key.strip()] for group in args.zip]
+    r = sweep(args.config, args.overrides, args.output_dir, (int(k), int(n)), args.report_only, zipped)
+    if r.skipped:
+        print(f"\nalready finished, kept: {', '.join(r.skipped)}")
+    print(f"\n{r.table}\n\nsweep: {r.sweep_dir / 'sweep.json'}\nreport: {r.report}")
+    return 0
+
+
 def _plan(args: argparse.Namespace) -> int:
     from multitune import config
     from multitune.plan.gpus import gpu_table
@@ -242,8 +280,11 @@ def _plan(args: argparse.Namespace) -> int:
     if args.gpu == "list":
         print(gpu_table())
         return 0
+    if args.gpus % args.nodes:
+        raise UserError(f"--nodes {args.nodes} does not divide --gpus {args.gpus}",
+                        fix="give the GPUs in all and the machines they are on, e.g. --gpus 12 --nodes 3")
     cfg = config.load(args.config, args.overrides)
-    target = choose_target(args.gpu, args.gpu_memory, args.gpu_tflops, args.gpus)
+    target = choose_target(args.gpu, args.gpu_memory, args.gpu_tflops, args.gpus, args.nodes)
     plan, path = run_plan(cfg, target, args.price, args.mfu, args.measure, args.output)
     print(render(plan))
     print(f"\nplan: {path}")
@@ -295,6 +336,14 @@ def _merge(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
+    allowed = {"gguf": ("f16", "bf16", "q8_0"), "gguf-lora": ("f16", "f32"), "vllm": ("f16",)}[args.format]
+    if args.type not in allowed:
+        raise UserError(f"--type {args.type} does not apply to --format {args.format}",
+                        fix=f"use one of {', '.join(allowed)}" if len(allowed) > 1 else "leave --type out")
+    if args.format == "vllm":
+        return _export_vllm(args)
+    if args.format == "gguf-lora":
+        return _export_gguf_lora(args)
     from multitune.export.to_gguf import export_gguf
 
     r = export_gguf(args.run_dir, args.output, type=args.type)
@@ -304,6 +353,28 @@ def _export(args: argparse.Namespace) -> int:
     print(f"wrote {r.gguf.path} ({args.type}, {r.gguf.tensor_count} tensors, "
           f"{r.gguf.path.stat().st_size / 2**20:.1f} MiB) and {r.modelfile_path}")
     print(f"run it: llama-cli -m {r.gguf.path} -cnv   or   cd {r.gguf.path.parent} && ollama create NAME -f Modelfile")
+    return 0
+
+
+def _export_gguf_lora(args: argparse.Namespace) -> int:
+    from multitune.export.to_gguf import export_gguf_lora
+
+    r = export_gguf_lora(args.run_dir, args.output, type=args.type, base_gguf=args.base_gguf)
+    a = r.adapter
+    if r.base_written is not None:
+        print(f"wrote the base {r.base} (f16, {r.base_written.tensor_count} tensors)")
+    print(f"wrote {a.path} (LoRA adapter, {args.type}, {a.pairs} weights of rank {a.rank}, alpha {a.alpha:g}, "
+          f"{a.path.stat().st_size / 2**20:.1f} MiB) and {r.modelfile_path}")
+    print(f"run it: llama-cli -m {r.base} --lora {a.path} -cnv   or   cd {a.path.parent} && ollama create NAME -f Modelfile")
+    return 0
+
+
+def _export_vllm(args: argparse.Namespace) -> int:
+    from multitune.export.vllm import export_vllm
+
+    r = export_vllm(args.run_dir, args.output, base=args.base)
+    print(f"wrote {r.output_dir} (LoRA rank {r.rank}: vLLM's --max-lora-rank {r.max_lora_rank} or more serves it)")
+    print(f"serve it: {r.command}")
     return 0
 
 

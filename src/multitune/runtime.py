@@ -1,4 +1,4 @@
-"""CPU threads: no oversubscription when several processes share a machine's cores.
+"""CPU threads: no oversubscription when several processes share a machine's cores; the process's peak memory.
 
 PyTorch's CPU kernels run on an OpenMP pool of one thread per core, whose idle threads spin-wait for the
 next parallel region. Two such processes on the same cores fight: measured here, a SmolLM2 training step
@@ -14,6 +14,7 @@ took 41 s instead of 2.6 s with two runs on 2 cores, and 3.2 s with `OMP_WAIT_PO
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 
 def passive_openmp() -> None:
@@ -77,3 +78,20 @@ def tf32_matmuls(cuda: bool) -> bool:
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
     return True
+
+
+def peak_memory() -> tuple[float, str]:
+    """(bytes, what they are) of this process's peak memory so far: `torch.cuda.max_memory_allocated` on a
+    GPU, else the high-water resident memory (VmHWM, Linux) of the whole process."""
+    import torch
+
+    if torch.cuda.is_available():
+        return float(torch.cuda.max_memory_allocated()), "torch.cuda.max_memory_allocated"
+    status = Path("/proc/self/status")
+    if status.is_file():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return float(line.split()[1]) * 1024, "process high-water resident memory (VmHWM)"
+    import resource
+
+    return float(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024, "process maximum resident size"

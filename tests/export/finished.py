@@ -36,3 +36,29 @@ def finished_run(tmp_path_factory) -> Path:
         }))
         _built["run"] = out
     return _built["run"]
+
+
+def adapter_run(folder: Path, tiny_dir: Path, tokenizer, adapter: dict, seed: int = 0) -> Path:
+    """A run folder (config.yaml + adapter/) holding a fresh adapter of `adapter`'s method on the tiny base,
+    its weights moved off their start as training would (no training: seconds, not a run)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from multitune.config import dump, validate
+    from multitune.config.schema import AdapterConfig
+    from multitune.models import adapters
+
+    torch.manual_seed(seed)
+    cfg = AdapterConfig(**adapter)
+    model = adapters.attach(AutoModelForCausalLM.from_pretrained(tiny_dir), cfg)
+    initial = adapters.initial_weights(model, cfg)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(torch.randn_like(p) * 0.2)
+    adapters.save_final(model, tokenizer, folder / "adapter", adapters.gather_for_saving(model, trainable_only=True),
+                        initial)
+    run_cfg = validate({"model": {"name": str(tiny_dir)}, "adapter": adapter,
+                        "tasks": [{"name": "claims", "kind": "classification", "source": "demo:claims"}]})
+    (folder / "config.yaml").write_text(dump(run_cfg))
+    return folder

@@ -79,18 +79,20 @@ def test_entrypoint_launches_a_node_of_8_and_a_cluster_with_accelerate(tmp_path)
                                NUM_GPUS="8", ACCELERATE_CONFIG="/opt/multitune/configs/accelerate/fsdp.yaml",
                                MULTITUNE_RUN_NAME="big")
     assert code == 0
-    assert cmd[:9] == ["accelerate", "launch", "--config_file", "/opt/multitune/configs/accelerate/fsdp.yaml",
-                       "--multi_gpu", "--num_processes", "8", "--num_machines", "1"]
-    assert cmd[9:] == ["-m", "multitune", "train", str(REPO / "configs/quickstart.yaml"),
-                       f"output_dir={tmp_path}/runs/big", "train.max_steps=10"]
+    # No --multi_gpu beside a config file: accelerate would ignore the file's FSDP for DDP.
+    assert cmd[:11] == ["python", "-m", "multitune.launch", "accelerate", "launch", "--config_file",
+                        "/opt/multitune/configs/accelerate/fsdp.yaml", "--num_processes", "8", "--num_machines", "1"]
+    assert cmd[11:] == ["-m", "multitune", "train", str(REPO / "configs/quickstart.yaml"),
+                        f"output_dir={tmp_path}/runs/big", "train.max_steps=10"]
 
     # A RunPod Instant Cluster: 3 nodes x 4 GPUs, this is node 2.
     code, cmd, _ = _entrypoint(tmp_path, MULTITUNE_CONFIG="configs/quickstart.yaml", NUM_GPUS="",
                                NUM_TRAINERS="4", NUM_NODES="3", NODE_RANK="2", MASTER_ADDR="10.65.0.2",
                                MASTER_PORT="29400")
     assert code == 0
-    assert cmd[:13] == ["accelerate", "launch", "--multi_gpu", "--num_processes", "12", "--num_machines", "3",
-                        "--machine_rank", "2", "--main_process_ip", "10.65.0.2", "--main_process_port", "29400"]
+    assert cmd[:16] == ["python", "-m", "multitune.launch", "accelerate", "launch", "--multi_gpu",
+                        "--num_processes", "12", "--num_machines", "3", "--machine_rank", "2",
+                        "--main_process_ip", "10.65.0.2", "--main_process_port", "29400"]
 
 
 def test_entrypoint_does_not_train_a_finished_run_again_and_refuses_a_missing_config(tmp_path):

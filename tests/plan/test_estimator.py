@@ -122,3 +122,38 @@ def test_optimizer_step_traffic_counts_sixteen_passes_over_the_trainable_weights
     from multitune.plan.flops import update_bytes
 
     assert update_bytes(1_000, 4) == 64_000.0 and update_bytes(1_000, 2) == 32_000.0
+
+
+@pytest.mark.parametrize("adapter", [
+    {"method": "ia3"}, {"method": "ia3", "target_modules": ["k_proj", "v_proj", "down_proj"]},
+    {"method": "prompt_tuning", "num_virtual_tokens": 7}, {"method": "prefix_tuning", "num_virtual_tokens": 7},
+    {"method": "lora", "r": 4, "lora_init": "olora"},
+])
+def test_trainable_counts_of_each_method_equal_peft_on_the_model(tiny_dir, adapter):
+    from transformers import AutoModelForCausalLM
+
+    from multitune.config.schema import AdapterConfig
+    from multitune.models import adapters
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_dir)
+    shape = from_hf_config(model.config)
+    cfg = AdapterConfig(**adapter)
+    targets = [] if cfg.virtual_tokens else resolve_targets(shape, cfg.target_modules)
+    want = adapters.count_parameters(adapters.attach(model, cfg))[0]
+    assert trainable_params(shape, cfg.method, cfg.r, targets, virtual_tokens=cfg.virtual_tokens).total == want
+
+
+def test_ia3_keeps_attention_outputs_and_mlp_inputs_and_virtual_tokens_add_keys_and_mask_columns():
+    s = llama_shape(8, 16, 1, 2, 1, 10)
+    fp32, bf16 = Precision(act=4, weights=4), Precision(act=2, weights=2)
+    frozen = layer_saved_bytes(s, fp32, [], [])
+    # k_proj's output (4 wide), and down_proj's input (16): (IA)^3 multiplies them by its scales
+    assert layer_saved_bytes(s, fp32, [], ["k_proj", "down_proj"], ia3=True) - frozen == 4 * 4 + 4 * 16
+    bf16_frozen = layer_saved_bytes(s, bf16, [], [])
+    assert layer_saved_bytes(s, bf16, [], ["down_proj"], ia3=True) - bf16_frozen == 2 * 16 + 4 * 16  # + the fp32 copy
+    mb = MicroBatch(rows=2, width=10, logit_positions=3)
+    plain, virtual = (activation_bytes(s, fp32, mb, frozen, virtual_tokens=p) for p in (0, 5))
+    assert virtual["layers"] - plain["layers"] == 2 * 5 * 1 * 2 * 8 * 4  # rows x P x layers x (k, v) x heads' width
+    assert virtual["attention_masks"] - plain["attention_masks"] == 2 * 10 * 5 * 4
+    cpu = Setup("prompt_tuning", 0, (), virtual_tokens=5)
+    assert budget(s, cpu, fp32, mb).retained == 0.0 < budget(s, Setup("lora", 4, ("q_proj",)), fp32, mb).retained

@@ -232,14 +232,15 @@ def test_the_shipped_configs_are_the_ones_this_test_knows():
     assert names == ["accelerate/ddp-1xN.yaml", "accelerate/fsdp-1x4.yaml", "accelerate/fsdp-3x4.yaml",
                      "accelerate/fsdp-qlora-1x4.yaml", "accelerate/single-gpu.yaml", "banking77-tiny-full.yaml",
                      "banking77-tiny-lora.yaml", "multitask-llama3-8b-lora.yaml", "quickstart.yaml",
-                     "smollm2-banking77.yaml", "smollm2-multitask.yaml"]
-    assert len(SHIPPED) == 11
+                     "smollm2-banking77.yaml", "smollm2-methods.yaml", "smollm2-multitask.yaml"]
+    assert len(SHIPPED) == 12
 
 
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: str(p.relative_to(REPO / "configs")))
 def test_every_shipped_config_validates(path):
     text = path.read_text()
-    assert text.startswith("#") and ("multitune train" in text.splitlines()[0] or "launch" in text)
+    first = text.splitlines()[0]
+    assert text.startswith("#") and ("multitune train" in first or "multitune sweep" in first or "launch" in text)
     if path.parent.name != "accelerate":
         config.load(path)
         return
@@ -251,3 +252,9 @@ def test_every_shipped_config_validates(path):
     if raw["distributed_type"] == "FSDP":
         assert set(raw["fsdp_config"]) <= FSDP_KEYS and raw["fsdp_config"]["fsdp_version"] == 2
         assert raw["num_processes"] % raw["num_machines"] == 0
+    if "parallelism_config" in raw:  # HSDP: a copy per machine, sharded over its processes
+        hsdp = raw["parallelism_config"]
+        assert set(hsdp) == {"parallelism_config_dp_replicate_size", "parallelism_config_dp_shard_size"}
+        assert hsdp["parallelism_config_dp_replicate_size"] == raw["num_machines"]
+        assert hsdp["parallelism_config_dp_replicate_size"] * hsdp["parallelism_config_dp_shard_size"] == \
+            raw["num_processes"]

@@ -12,6 +12,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from multitune.best import best_metric_problems
+from multitune.config.adapter import VIRTUAL_TOKENS, AdapterConfig
 from multitune.config.section import Section
 from multitune.config.tasks import TaskConfig
 
@@ -88,26 +89,6 @@ class ModelConfig(Section):
     """`sdpa` (PyTorch's fused attention), `eager`, or `flash_attention_2` (needs the flash-attn package
     and a CUDA GPU)."""
     tiny: TinyModelConfig = TinyModelConfig()
-
-
-class AdapterConfig(Section):
-    method: Literal["lora", "dora", "qlora", "full"] = "lora"
-    """`lora`: low-rank adapters (peft); `dora`: weight-decomposed LoRA; `qlora`: LoRA on a base quantised
-    to 4 bits (bitsandbytes NF4, see `quantization`); `full`: every weight trains."""
-    r: int = Field(16, ge=1)
-    alpha: float = Field(32.0, gt=0)
-    dropout: float = Field(0.0, ge=0, lt=1)
-    """Dropout on the adapters' input. 0 by default: with dropout, DoRA runs every adapted layer's base
-    matmul a second time (on the dropped-out input) and every adapted layer keeps a dropped-out copy of its
-    input for the backward pass; regularise with it on small data where it helps."""
-    target_modules: str | list[str] = "all-linear"
-    """`all-linear` (every linear layer but the output head), `attention` (q/k/v/o projections) or an
-    explicit list of module names."""
-    modules_to_save: list[str] = []
-    """Modules trained in full and saved with the adapter, e.g. `[embed_tokens, lm_head]` when the
-    vocabulary changed or the base has never produced the answers' tokens."""
-    use_rslora: bool = False
-    """Rank-stabilised LoRA: scale by alpha / sqrt(r) instead of alpha / r (helps at large r)."""
 
 
 class QuantizationConfig(Section):
@@ -323,6 +304,7 @@ class RunConfig(Section):
             problems.append("quantization applies only to adapter.method=qlora; remove it or set the method")
         if self.train.share_prefix and self.data.packing:
             problems.append("train.share_prefix applies to padded batches, not to data.packing: set one of them false")
+        problems += _virtual_token_problems(self)
         if self.train.share_prefix and self.model.attn_implementation == "flash_attention_2":
             problems.append("train.share_prefix needs an attention mask, which flash_attention_2 does not take: "
                             "use model.attn_implementation=sdpa or set train.share_prefix false")
@@ -353,3 +335,20 @@ class RunConfig(Section):
             if t.name == name:
                 return t
         raise KeyError(name)
+
+
+def _virtual_token_problems(cfg: RunConfig) -> list[str]:
+    """What prompt and prefix tuning cannot run with: their virtual tokens reach every layer as a key/value
+    cache (models/virtual.py), which activation checkpointing drops and flash_attention_2 cannot mask."""
+    method = cfg.adapter.method
+    if method not in VIRTUAL_TOKENS:
+        return []
+    problems = []
+    if cfg.train.gradient_checkpointing:
+        problems.append(f"adapter.method={method} puts its virtual tokens in every layer's key/value cache, which "
+                        "transformers drops under activation checkpointing: set train.gradient_checkpointing false "
+                        "(or use lora)")
+    if cfg.model.attn_implementation == "flash_attention_2":
+        problems.append(f"adapter.method={method} needs an attention mask over its virtual tokens, which "
+                        "flash_attention_2 does not take: use model.attn_implementation=sdpa")
+    return problems

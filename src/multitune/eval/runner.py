@@ -4,6 +4,12 @@ Rows are sharded across processes (item i goes to process i % world_size); each 
 shard into per-row records, the records are gathered, and every process computes the same metrics from
 all of them. Each row is counted exactly once whatever the number of processes (the gather checks it),
 and nothing larger than a record is kept per row.
+
+Invariant: every process runs the same sequence of forward passes, because under FSDP each pass is a set
+of all-gathers all processes must join (`eval/lockstep.py` has the rules). Shards are padded to equal
+length with copies of a row whose records are dropped; scoring batches, search rounds and generation
+steps are agreed across processes. A change here that lets one process run a pass the others do not
+hangs every FSDP run: tests/train/test_fsdp.py runs one under a timeout.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from multitune.config.schema import EvalConfig
 from multitune.data.prepare import TaskSplit
 from multitune.data.tokenize import prompt_ids
 from multitune.eval.items import EvalItem, EvalSet, build_eval_set
+from multitune.eval.lockstep import Lockstep
 from multitune.eval.metrics import task_metrics
 from multitune.eval.records import closed_records, open_records, score_items
 from multitune.eval.scoring import CandidateTrie
@@ -45,17 +52,18 @@ def evaluate(
     `cfg.generate_max_rows` of those). Returns task name -> result, the same on every process."""
     was_training = model.training
     model.eval()
+    step = Lockstep(rank, world_size, next(model.parameters()).device)
     results = {}
     for es in eval_sets:
         items = spread(es.items, cfg.max_rows)
-        mine = items[rank::world_size]
+        mine, real = step.shard(items)
         chosen = {it.index for it in spread(items, cfg.generate_max_rows)} if generate else set()
         if es.closed:
             prompts = [it.prompt for it in items]
-            records = closed_records(model, tokenizer, es, mine, prompts, cfg, pad_id, chosen)
+            records = closed_records(model, tokenizer, es, mine, prompts, cfg, pad_id, chosen, step)
         else:
-            records = open_records(model, tokenizer, mine, cfg, pad_id, chosen)
-        records = gather_records(records, world_size, [it.index for it in items])
+            records = open_records(model, tokenizer, mine, cfg, pad_id, chosen, step)
+        records = gather_records(records[:real], world_size, [it.index for it in items])
         metrics, details = task_metrics(es.kind, records, es.labels)
         results[es.name] = TaskResult(metrics, records, details)
     model.train(was_training)

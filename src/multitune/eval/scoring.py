@@ -17,14 +17,14 @@ batch and the candidate set, never on the number of examples evaluated.
 
 from __future__ import annotations
 
-import functools
-import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
 import torch
+
+from multitune.models.cache import cache_kwargs, returned_cache
 
 # Upper bound on the floats of log-probabilities one scoring pass holds: (prompts x (tree nodes + 1) x
 # vocabulary). With Llama 3's 128k vocabulary and 77 labels this keeps a batch near 1 GiB in float32.
@@ -200,25 +200,6 @@ def score_batch(
 def additive_mask(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """A boolean attention mask (True: attend) as the additive float mask both `sdpa` and `eager` take."""
     return torch.zeros(mask.shape, dtype=dtype).masked_fill_(~mask, torch.finfo(dtype).min)
-
-
-def cache_kwargs(model: Any, cache: Any) -> dict[str, Any]:
-    """`{keyword: cache}` for `model`'s forward. transformers 5.24 renamed `past_key_values` to `cache`
-    (the old name still works there, with a FutureWarning every user would see); earlier 5.x releases
-    know only `past_key_values`. The model's own signature decides, so both work without a warning."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # under a peft wrapper
-    return {_cache_keyword(type(base)): cache}
-
-
-@functools.cache
-def _cache_keyword(model_class: type) -> str:
-    return "cache" if "cache" in inspect.signature(model_class.forward).parameters else "past_key_values"
-
-
-def returned_cache(out: Any) -> Any:
-    """The cache a forward with `use_cache=True` returned, under the name this transformers gives it."""
-    cache = out.get("cache")
-    return out.past_key_values if cache is None else cache
 
 
 def expanded_cache(prefix: Sequence[tuple[torch.Tensor, torch.Tensor]], batch: int) -> Any:

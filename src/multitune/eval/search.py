@@ -21,20 +21,15 @@ degrades to the whole tree, fed level by level.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Generator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-from multitune.eval.scoring import (
-    CandidateTrie,
-    Scores,
-    additive_mask,
-    cache_kwargs,
-    expanded_cache,
-    returned_cache,
-)
+from multitune.eval.lockstep import SOLO, Lockstep, idle_forward
+from multitune.eval.scoring import CandidateTrie, Scores, additive_mask, expanded_cache
+from multitune.models.cache import cache_kwargs, returned_cache
 
 SUBTREE_CAP = 4  # nodes of the likeliest subtree fed at once: fewer rounds against more padding
 
@@ -91,9 +86,10 @@ class _Row:
 @torch.no_grad()
 def search_batch(
     model: Any, prompts: Sequence[Sequence[int]], tries: Sequence[CandidateTrie], golds: Sequence[int | None],
-    prefix: Sequence[tuple[torch.Tensor, torch.Tensor]] = (), prefix_len: int = 0,
+    prefix: Sequence[tuple[torch.Tensor, torch.Tensor]] = (), prefix_len: int = 0, step: Lockstep = SOLO,
 ) -> list[Scores]:
-    """Each prompt's winning candidate and gold candidate, exactly (see the module docstring)."""
+    """Each prompt's winning candidate and gold candidate, exactly (see the module docstring). With other
+    processes (`step`), every process calls this as often, and the rounds go in lockstep (`_drive`)."""
     device = next(model.parameters()).device
     dtype = model.get_input_embeddings().weight.dtype
     suffixes = [list(p[prefix_len:]) for p in prompts]
@@ -115,13 +111,33 @@ def search_batch(
     first = torch.log_softmax(out.logits[:, -1].float(), dim=-1).cpu()  # (B, V)
     for b, row in enumerate(rows):
         row.learn(None, first[b])
-    _rounds(model, rows, returned_cache(out), prefix_len + width, prefix_len, width)
+    _drive(model, _rounds(model, rows, returned_cache(out), prefix_len + width, prefix_len, width), step)
     return [row.scores() for row in rows]
 
 
-def _rounds(model: Any, rows: list[_Row], cache: Any, columns: int, prefix_len: int, width: int) -> None:
-    """Feed rounds until every row is decided. When the rows' picks differ so much in number that most of
-    a round would be padding, the rows are split into two groups (each with its own copy of the cache)."""
+Request = dict[str, Any]  # the keyword arguments of one forward pass
+
+
+def _drive(model: Any, requests: Generator[Request, torch.Tensor, None], step: Lockstep) -> None:
+    """Run the forward passes `requests` asks for, sending each one's logits back. Before every pass the
+    processes agree whether any of them still has one to run; a process whose search is over runs an
+    idle pass beside the others' real ones, so all run as many passes (`eval/lockstep.py`)."""
+    pending = next(requests, None)
+    while step.any(pending is not None):
+        if pending is None:
+            idle_forward(model)
+            continue
+        logits = model(**pending).logits
+        try:
+            pending = requests.send(logits)
+        except StopIteration:
+            pending = None
+
+
+def _rounds(model: Any, rows: list[_Row], cache: Any, columns: int, prefix_len: int,
+            width: int) -> Generator[Request, torch.Tensor, None]:
+    """Ask for rounds until every row is decided. When the rows' picks differ so much in number that most
+    of a round would be padding, the rows are split into two groups (each with its own copy of the cache)."""
     device = next(model.parameters()).device
     dtype = model.get_input_embeddings().weight.dtype
     while True:
@@ -133,15 +149,15 @@ def _rounds(model: Any, rows: list[_Row], cache: Any, columns: int, prefix_len: 
         if split is not None:
             order = sorted(range(len(rows)), key=lambda b: sizes[b])
             for group in (order[:split], order[split:]):
-                _rounds(model, [rows[b] for b in group], _select(cache, group), columns, prefix_len, width)
+                yield from _rounds(model, [rows[b] for b in group], _select(cache, group), columns, prefix_len, width)
             return
         n = max(sizes)
         for row, pick in zip(rows, picks, strict=True):
             row.column.update({node: columns + k for k, node in enumerate(pick)})
         ids, positions, mask = _round(rows, picks, n, columns, prefix_len, width)
-        logits = model(input_ids=ids.to(device), position_ids=positions.to(device),
-                       attention_mask=additive_mask(mask, dtype).to(device), **cache_kwargs(model, cache),
-                       use_cache=True).logits
+        logits = yield {"input_ids": ids.to(device), "position_ids": positions.to(device),
+                        "attention_mask": additive_mask(mask, dtype).to(device), **cache_kwargs(model, cache),
+                        "use_cache": True}
         logp = torch.log_softmax(logits.float(), dim=-1).cpu()  # (B, n, V)
         for b, (row, pick) in enumerate(zip(rows, picks, strict=True)):
             for k, node in enumerate(pick):  # parents first: a child's bound needs its parent's

@@ -9,6 +9,7 @@ compared with base + adapter in the same dtype; a difference beyond tolerance st
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -57,6 +58,8 @@ def merge_run(run_dir: str | Path, output_dir: str | Path, dtype: str = "auto", 
         raise UserError(f"{adapter_dir} holds a fully fine-tuned model (adapter.method: {cfg.adapter.method}), "
                         "not an adapter: there is nothing to merge",
                         fix=f"use {adapter_dir} as it is: it loads with AutoModelForCausalLM.from_pretrained")
+    adapter_config = json.loads((adapter_dir / "adapter_config.json").read_text())
+    refuse_virtual_tokens(adapter_config, "merged into its base")
     _refuse_existing(output_dir)
     torch_dtype = merge_dtype(cfg.adapter.method, dtype, _stored_dtype(base_name, cfg))
     tokenizer = load.load_tokenizer(str(adapter_dir), cfg.model)
@@ -74,6 +77,21 @@ def merge_run(run_dir: str | Path, output_dir: str | Path, dtype: str = "auto", 
         )
     _save_atomic(merged, tokenizer, output_dir)
     return MergeResult(output_dir, torch_dtype, diff, tolerance, agreement)
+
+
+VIRTUAL_TOKEN_TYPES = {"PROMPT_TUNING": "prompt tuning", "PREFIX_TUNING": "prefix tuning"}
+
+
+def refuse_virtual_tokens(adapter_config: dict[str, Any], what: str) -> None:
+    """Refuse, naming the way out, an adapter of virtual tokens (prompt or prefix tuning): it adds inputs,
+    not weights, so no merged model equals it and no weight-adapter format holds it."""
+    kind = VIRTUAL_TOKEN_TYPES.get(adapter_config.get("peft_type", ""))
+    if kind is not None:
+        raise UserError(
+            f"a {kind} adapter cannot be {what}: it trains {adapter_config.get('num_virtual_tokens')} virtual "
+            "tokens put before every input, not weights, so no merged model computes what it computes",
+            fix="serve it as an adapter (multitune serve RUN, or PeftModel.from_pretrained(base, RUN/adapter)); "
+                "for a merged model or a GGUF, train with adapter.method=lora (or ia3, which merges)")
 
 
 def merge_dtype(method: str, requested: str, stored: torch.dtype | None) -> torch.dtype:

@@ -83,15 +83,19 @@ def derive_template(tokenizer: Any, system: str | None) -> tuple[str, str] | Non
     return None
 
 
-def modelfile(gguf_name: str, tokenizer: Any, systems: Sequence[str | None]) -> Modelfile:
-    """The Modelfile for `./gguf_name`. `systems`: the system prompt of each trained task (None for none);
-    one SYSTEM is written when they all agree, else the prompts are listed for the user to send."""
+def modelfile(gguf_name: str, tokenizer: Any, systems: Sequence[str | None], adapter: str | None = None) -> Modelfile:
+    """The Modelfile for `./gguf_name` (or that absolute path), with `ADAPTER ./adapter` when the trained part
+    is a LoRA adapter GGUF applied to that base. `systems`: the system prompt of each trained task (None
+    for none); one SYSTEM is written when they all agree, else the prompts are listed for the user to send."""
     distinct = list(dict.fromkeys(systems))
     system = distinct[0] if len(distinct) == 1 else None
     stop = stop_tokens(tokenizer)
     derived = derive_template(tokenizer, system)
     lines = ["# Ollama: ollama create NAME -f Modelfile && ollama run NAME  (written by multitune export)",
-             f"FROM ./{gguf_name}", ""]
+             f"FROM {_relative(gguf_name)}"]
+    if adapter is not None:
+        lines.append(f"ADAPTER {_relative(adapter)}")
+    lines.append("")
     if derived is None:
         lines += ["# No TEMPLATE: Ollama uses the chat template stored in the GGUF (tokenizer.chat_template).", ""]
     else:
@@ -105,3 +109,9 @@ def modelfile(gguf_name: str, tokenizer: Any, systems: Sequence[str | None]) -> 
         lines += ["# The tasks trained with different system prompts; send the one of the task you ask for:"]
         lines += [f"#   {json.dumps(s) if s is not None else '(no system prompt)'}" for s in distinct] + [""]
     return Modelfile("\n".join(lines), stop, derived[0] if derived else None, system)
+
+
+def _relative(name: str) -> str:
+    """A file beside the Modelfile as `./name` (Ollama resolves it from the Modelfile's folder); an absolute
+    path as it is."""
+    return name if name.startswith("/") else f"./{name}"

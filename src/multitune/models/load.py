@@ -148,11 +148,15 @@ def quantization_config(q: QuantizationConfig) -> Any:
 
 
 def load_model(name: str, cfg: ModelConfig, quantization: QuantizationConfig | None = None,
-               device: torch.device | None = None) -> Any:
+               device: torch.device | None = None, empty: bool = False) -> Any:
     """Load the base model; with `quantization`, in 4 bits on `device` (bitsandbytes quantises while
-    loading, so the weights must land on their final device)."""
+    loading, so the weights must land on their final device). `empty`: the model's shape on the meta
+    device, no weight read (FSDP's memory-efficient loading: process 0 reads them and broadcasts its
+    shards to the others once the model is sharded, `train/shard.py`)."""
     from transformers import AutoModelForCausalLM
 
+    if empty:
+        return _empty_model(name, cfg)
     kwargs: dict[str, Any] = {"dtype": torch_dtype(cfg)}
     if quantization is not None and (device is None or device.type == "cpu"):
         _refuse_shapes_the_cpu_4bit_kernel_cannot_take(name, cfg)
@@ -166,6 +170,18 @@ def load_model(name: str, cfg: ModelConfig, quantization: QuantizationConfig | N
         )
     except Exception as e:
         raise hub_error(e, "model", name) from None
+
+
+def _empty_model(name: str, cfg: ModelConfig) -> Any:
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    try:
+        config = AutoConfig.from_pretrained(name, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
+    except Exception as e:
+        raise hub_error(e, "model", name) from None
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(config, dtype=torch_dtype(cfg), trust_remote_code=cfg.trust_remote_code,
+                                                attn_implementation=cfg.attn_implementation)
 
 
 # bitsandbytes' CPU 4-bit kernel repacks each quantised weight for evaluation in blocks of 32 output rows

@@ -15,7 +15,10 @@ kernels: no (T, T) score matrix is kept), term by term:
   and the log-sum-exp per head; and, per row, the (T, T) mask made additive in the compute dtype;
 - SwiGLU keeps the gate projection, its SiLU and the up projection;
 - LoRA's B keeps A's output (r per token); DoRA keeps each wrapped layer's base output (it is rescaled by
-  the trained magnitude).
+  the trained magnitude); (IA)^3 keeps an attention projection's output (its scale multiplies it) and an
+  MLP projection's input (its scale multiplies that);
+- prompt and prefix tuning train no layer but need every layer's gradient: the frozen-layer terms, and at
+  every layer the virtual tokens' keys and values, which every row attends (`activation_bytes`).
 
 Checked against the tensors autograd really keeps (a `saved_tensors_hooks` count on the tiny model and
 SmolLM2-135M): within 2%.
@@ -27,6 +30,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from multitune.plan.shapes import ModelShape
+
+MLP = ("gate_proj", "up_proj", "down_proj")  # (IA)^3 scales their inputs, the other projections' outputs
 
 
 @dataclass(frozen=True)
@@ -49,12 +54,12 @@ class Precision:
 
 def layer_saved_bytes(shape: ModelShape, prec: Precision, trained: Sequence[str], wrapped: Sequence[str],
                       full: bool = False, dropout: bool = False, dora: bool = False, repeat_kv: bool = True,
-                      r: int = 0) -> float:
+                      r: int = 0, ia3: bool = False) -> float:
     """Bytes kept per token by one decoder layer. `trained`: linear kinds whose weights train (every one
-    under full fine-tuning); `wrapped`: kinds with a LoRA adapter of rank `r`."""
+    under full fine-tuning); `wrapped`: kinds with a LoRA adapter of rank `r`, or (IA)^3 scales (`ia3`)."""
     h, i, q, a = shape.hidden_size, shape.intermediate_size, shape.attn_dim, prec.act
     kv = q if repeat_kv and shape.num_kv_heads != shape.num_heads else shape.kv_dim
-    keeps = set(trained) | set(wrapped)
+    keeps = set(trained) | (set(wrapped) & set(MLP) if ia3 else set(wrapped))
     inputs = {("q_proj", "k_proj", "v_proj"): h, ("o_proj",): q, ("gate_proj", "up_proj"): h, ("down_proj",): i}
     total = 2 * 4 * (h + 1) + (2 * a * h if full else 0)  # norms: float32 inputs and 1/rms (normalised values)
     # o_proj's input is attention's output itself: the kernels return it laid out (B, T, heads, dim).
@@ -64,7 +69,10 @@ def layer_saved_bytes(shape: ModelShape, prec: Precision, trained: Sequence[str]
     copy = prec.act if prec.autocast else prec.adapter
     extra = copy if prec.adapter_cast or dropout else 0
     for lin in shape.linears:
-        if lin.name in wrapped:
+        if lin.name in wrapped and ia3:  # an MLP input's float32 copy, or an attention output
+            total += lin.in_features * (prec.adapter if prec.adapter_cast else 0) if lin.name in MLP \
+                else a * lin.out_features
+        elif lin.name in wrapped:
             total += lin.in_features * (extra + (1 if dropout else 0))  # cast/dropout copy and its mask
             total += r * copy  # A's output, kept by B
             if dora:
@@ -97,20 +105,24 @@ class MicroBatch:
 
 
 def activation_bytes(shape: ModelShape, prec: Precision, mb: MicroBatch, per_layer: float,
-                     checkpointing: bool = False, head_trains: bool = False, full: bool = False) -> dict[str, float]:
+                     checkpointing: bool = False, head_trains: bool = False, full: bool = False,
+                     virtual_tokens: int = 0) -> dict[str, float]:
     """The micro-batch's activations: the decoder layers (all of them, or with gradient checkpointing
     one kept input per layer plus one layer recomputed at a time), the final norm and head input, the
-    backward pass's transient gradients (a few hidden- and MLP-wide tensors), and the logits peak."""
+    backward pass's transient gradients (a few hidden- and MLP-wide tensors), and the logits peak.
+    `virtual_tokens` (prompt, prefix tuning): keys and values every row holds at every layer, repeated to
+    every query head (the rows' mask makes transformers repeat grouped keys), and mask columns."""
     h, i, n = shape.hidden_size, shape.intermediate_size, mb.positions
     if checkpointing:
         layers = n * (shape.num_layers * prec.act * h + per_layer)
     else:
         layers = n * shape.num_layers * per_layer
+    layers += mb.rows * virtual_tokens * shape.num_layers * 2 * shape.attn_dim * prec.act
     final = n * (4 * h + (prec.act * h if full else 0)) + (mb.logit_positions * prec.act * h if head_trains else 0)
     transient = n * prec.act * (2 * h + 3 * i)
     # sdpa turns the boolean (T, T) mask of a padded or packed row into an additive one in the compute
     # dtype at every layer and keeps it for the backward pass.
-    masks = mb.rows * mb.width**2 * prec.act * (1 if checkpointing else shape.num_layers)
+    masks = mb.rows * mb.width * (mb.width + virtual_tokens) * prec.act * (1 if checkpointing else shape.num_layers)
     logits = mb.logit_positions * logits_bytes_per_position(shape.vocab_size, prec.act)
     return {"layers": float(layers), "attention_masks": float(masks), "final_norm_and_head": float(final),
             "backward_transient": float(transient), "logits": float(logits)}

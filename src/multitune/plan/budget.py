@@ -25,12 +25,18 @@ class Budget:
     grads_during_backward: bool = False
     """With gradient accumulation, the earlier micro-batches' gradients are held during a backward pass."""
     shards: int = 1
+    whole: tuple[str, ...] = ()
+    """Weight dtypes FSDP leaves whole on every process: bitsandbytes' 4-bit weights (`nf4`)."""
     notes: list[str] = field(default_factory=list)
+
+    def weights_here(self) -> dict[str, float]:
+        """Each dtype's weight bytes one process holds: a 1/`shards` shard, or all of them if kept whole."""
+        return {k: v if k in self.whole else v / self.shards for k, v in self.weights.items()}
 
     @property
     def static(self) -> float:
         """Weights, trainable copies and optimizer states, sharded by FSDP over `shards` processes."""
-        return (sum(self.weights.values()) + self.trainable + self.optimizer) / self.shards + self.gather
+        return sum(self.weights_here().values()) + (self.trainable + self.optimizer) / self.shards + self.gather
 
     @property
     def backward_peak(self) -> float:

@@ -6,7 +6,8 @@ What is counted, and why it is there (the PyTorch and peft behaviour each term s
   (double quantisation stores those in 8 bits plus one float32 per 256 blocks), and the rest (embeddings,
   head, norms) in float32, because peft's `prepare_model_for_kbit_training` casts them up;
 - trainable: LoRA's A and B (float32: peft keeps adapters in float32 whatever the base), DoRA's magnitude
-  vectors, and a trainable copy of each `modules_to_save` module (the original stays, frozen);
+  vectors, (IA)^3's scale vectors, prompt tuning's embeddings or prefix tuning's keys and values (float32
+  too), and a trainable copy of each `modules_to_save` module (the original stays, frozen);
 - gradients: one per trainable parameter, in its dtype; AdamW: two states of the same size and dtype;
 - activations: what autograd keeps for the backward pass, per token and layer (`layer_saved_bytes`);
 - logits: the (positions, vocabulary) block, its float32 copy and log-softmax, and their gradients.
@@ -21,6 +22,8 @@ from multitune.plan.shapes import ModelShape
 
 GiB = 1024**3
 ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")
+MLP = ("gate_proj", "up_proj", "down_proj")
+"""(IA)^3 scales these layers' inputs (peft's feedforward modules), the others' outputs."""
 
 
 def nf4_bytes(n_params: int, blocksize: int = 64, double_quant: bool = True) -> float:
@@ -65,31 +68,51 @@ class Trainable:
     """LoRA A and B matrices: r x (in + out) per wrapped layer."""
     dora: int = 0
     """DoRA's magnitude vector: one value per output feature of each wrapped layer."""
+    ia3: int = 0
+    """(IA)^3's vectors: one value per output feature of an attention projection, per input feature of an
+    MLP projection."""
+    virtual: int = 0
+    """Prompt tuning's embeddings (P x hidden) or prefix tuning's keys and values (P x layers x 2 x kv)."""
     saved_modules: int = 0
     """Trainable copies of `modules_to_save`."""
     base: int = 0
     """Base weights that train (full fine-tuning)."""
 
     @property
+    def adapter(self) -> int:
+        """The adapter's own parameters, which peft keeps in float32."""
+        return self.lora + self.dora + self.ia3 + self.virtual
+
+    @property
     def total(self) -> int:
-        return self.lora + self.dora + self.saved_modules + self.base
+        return self.adapter + self.saved_modules + self.base
 
 
 def trainable_params(shape: ModelShape, method: str, r: int, targets: Sequence[str],
-                     modules_to_save: Sequence[str] = ()) -> Trainable:
+                     modules_to_save: Sequence[str] = (), virtual_tokens: int = 0) -> Trainable:
     """Trainable parameters by kind.
 
     >>> from multitune.plan.shapes import llama_shape
     >>> s = llama_shape(4096, 14336, 32, 32, 8, 128256)
     >>> trainable_params(s, "lora", 16, resolve_targets(s, "all-linear")).lora  # Llama 3 8B, r=16
     41943040
+    >>> trainable_params(s, "prefix_tuning", 0, (), virtual_tokens=20).virtual  # 20 x 32 layers x 2 x 1024
+    1310720
     """
     if method == "full":
         return Trainable(base=shape.total_params)
+    if method == "prompt_tuning":
+        return Trainable(virtual=virtual_tokens * shape.hidden_size)
+    if method == "prefix_tuning":
+        return Trainable(virtual=virtual_tokens * shape.num_layers * 2 * shape.kv_dim)
     wrapped = [lin for lin in shape.linears if lin.name in targets]
+    saved = sum(module_params(shape, m) for m in modules_to_save)
+    if method == "ia3":
+        return Trainable(ia3=sum((lin.in_features if lin.name in MLP else lin.out_features) * lin.count
+                                 for lin in wrapped), saved_modules=saved)
     lora = sum(r * (lin.in_features + lin.out_features) * lin.count for lin in wrapped)
     dora = sum(lin.out_features * lin.count for lin in wrapped) if method == "dora" else 0
-    return Trainable(lora=lora, dora=dora, saved_modules=sum(module_params(shape, m) for m in modules_to_save))
+    return Trainable(lora=lora, dora=dora, saved_modules=saved)
 
 
 def weight_bytes(shape: ModelShape, method: str, param_bytes: int, double_quant: bool = True,

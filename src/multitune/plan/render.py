@@ -19,16 +19,28 @@ def duration(s: float) -> str:
     return f"{s / 3600:.1f} h"
 
 
+TRAINABLE_KINDS = [("lora", "LoRA"), ("dora", "DoRA magnitudes"), ("ia3", "(IA)^3 scales"),
+                   ("virtual", "virtual tokens"), ("saved_modules", "saved modules"), ("base", "base")]
+
+
+def _method_detail(m: dict[str, Any]) -> str:
+    if m["method"] in ("prompt_tuning", "prefix_tuning"):
+        return f" with {m['virtual_tokens']} virtual tokens"
+    if m["method"] == "full":
+        return ""
+    return (f" r={m['r']}" if m["method"] != "ia3" else "") + f" on {', '.join(m['target_modules'])}"
+
+
 def render(plan: dict[str, Any]) -> str:
     """Model, memory per process, data, compute, time and cost, advice; measured figures when present."""
     m, mem, t, c, d = plan["model"], plan["memory"], plan["target"], plan["compute"], plan["data"]
     tr = m["trainable"]
     lines = [f"model      {m['name']}: {m['parameters']:,} parameters, {m['layers']} layers, hidden "
              f"{m['hidden_size']}, vocabulary {m['vocab_size']:,} (from {m['source']})",
-             f"method     {m['method']}" + (f" r={m['r']} on {', '.join(m['target_modules'])}" if m["method"] != "full" else "")
+             f"method     {m['method']}" + _method_detail(m)
              + (f"; modules_to_save {', '.join(m['modules_to_save'])}" if m["modules_to_save"] else ""),
-             f"trainable  {tr['total']:,} parameters (LoRA {tr['lora']:,}, DoRA magnitudes {tr['dora']:,}, "
-             f"saved modules {tr['saved_modules']:,}, base {tr['base']:,})",
+             f"trainable  {tr['total']:,} parameters (" + ", ".join(
+                 f"{label} {tr[key]:,}" for key, label in TRAINABLE_KINDS if tr.get(key) or key == "base") + ")",
              f"target     {t['gpus']} x {t['name']}: {gib(t['memory_bytes'])} each ({gib(t['usable_bytes'])} usable), "
              f"{t['tflops']:g} TFLOPS" + (" assumed" if t["assumed_rate"] else " dense bf16"), "",
              "memory per process" + (f" (FSDP: weights, gradients and states are 1/{mem['shards']} shards)"
@@ -46,6 +58,8 @@ def render(plan: dict[str, Any]) -> str:
               f"{mb['logit_positions']} with logits",
               f"  {'peak (max of backward and optimizer step)':<52} {gib(mem['peak']):>12}   "
               + ("fits" if plan["fits"] else "DOES NOT FIT"), ""]
+    if plan.get("layouts"):
+        lines += _layout_lines(plan["layouts"])
     lines += _data_lines(d, c)
     lines += _time_lines(c, t)
     if plan.get("measured"):
@@ -94,3 +108,20 @@ def _measured_lines(ms: dict[str, Any]) -> list[str]:
             f"{ms['step_s'] / ms['estimated_step_s']:>7.2f}",
             f"  tokens/s {ms['tokens_per_s']:,.0f} (real tokens); achieved {ms['achieved_tflops'] * 1000:.1f} GFLOP/s; "
             f"{ms['memory_kind']}"]
+
+
+LAYOUTS = {"hsdp": "HSDP: shard in a node, a copy per node", "fsdp": "FSDP: shard over every GPU",
+           "ddp": "DDP: a whole copy per GPU"}
+
+
+def _layout_lines(lay: dict[str, Any]) -> list[str]:
+    """Per layout: peak memory per GPU and the bytes each node sends to the others per optimizer step."""
+    lines = [f"layouts on {lay['nodes']} node{'s' if lay['nodes'] > 1 else ''} x {lay['gpus_per_node']} GPUs "
+             f"(network: what each node sends to the others per step; time at {lay['network_gbits']:g} Gbit/s)"]
+    for r in lay["rows"]:
+        sent = r["network_bytes_per_step"]
+        net = f"{sent / 1e9:10.2f} GB {duration(r['network_s_per_step']):>9}" if lay["nodes"] > 1 else f"{'-':>23}"
+        mark = "   <- fits, fewest bytes between nodes" if r["layout"] == lay["choice"] else ""
+        lines.append(f"  {LAYOUTS[r['layout']]:<40} {gib(r['peak']):>12} {'fits' if r['fits'] else 'NO':>5}"
+                     f" {net}{mark}")
+    return lines + [""]

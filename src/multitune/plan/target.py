@@ -14,9 +14,11 @@ from multitune.plan.gpus import Gpu, find_gpu
 # updates of SmolLM2's 134M float32 weights (docs/benchmarks.md).
 CPU_GFLOPS_PER_THREAD = 24.0
 CPU_BANDWIDTH_GBS = 4.0
-DEFAULT_MFU = {"full": 0.40, "lora": 0.35, "dora": 0.25, "qlora": 0.25}
+DEFAULT_MFU = {"full": 0.40, "lora": 0.35, "dora": 0.25, "qlora": 0.25, "ia3": 0.35, "prompt_tuning": 0.35,
+               "prefix_tuning": 0.35}
 """Assumed model FLOPs utilisation on a GPU: what well-tuned bf16 training reaches, lower for small
-adapter matmuls, DoRA's weight norms and QLoRA's dequantisation. `--mfu` overrides it."""
+adapter matmuls, DoRA's weight norms and QLoRA's dequantisation (an (IA)^3 scale or virtual tokens add
+no matmul of their own). `--mfu` overrides it."""
 
 
 @dataclass(frozen=True)
@@ -30,10 +32,19 @@ class Target:
     bandwidth_gbs: float = 1000.0
     assumed_rate: bool = False
     """True for a CPU, whose rate is an assumption until `--measure` calibrates it."""
+    nodes: int = 1
+    """Machines the GPUs are spread over (`gpus` in all): the layouts differ in what crosses between them."""
 
 
-def choose_target(gpu: str | None, memory_gib: float | None, tflops: float | None, gpus: int) -> Target:
+def choose_target(gpu: str | None, memory_gib: float | None, tflops: float | None, gpus: int,
+                  nodes: int = 1) -> Target:
     """The named or described GPU; else this machine's CUDA GPU; else this CPU (its memory, an assumed rate)."""
+    import dataclasses
+
+    return dataclasses.replace(_target(gpu, memory_gib, tflops, gpus), nodes=nodes)
+
+
+def _target(gpu: str | None, memory_gib: float | None, tflops: float | None, gpus: int) -> Target:
     import torch
 
     if gpu is not None or memory_gib is not None or tflops is not None:

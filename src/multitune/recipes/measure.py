@@ -51,9 +51,10 @@ def warm_up(cfg: RunConfig) -> float:
 
     config = LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
                          num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=32)
-    model = adapters.attach(LlamaForCausalLM(config), cfg.adapter.model_copy(update={"modules_to_save": [],
-                            "method": "lora" if cfg.adapter.method == "qlora" else cfg.adapter.method}),
-                            cfg.train.gradient_checkpointing)
+    # No modules_to_save or starting text: the minute model has no folder to read a tokenizer from.
+    model = adapters.attach(LlamaForCausalLM(config), cfg.adapter.model_copy(update={
+        "modules_to_save": [], "prompt_init_text": None, "lora_init": "default",
+        "method": "lora" if cfg.adapter.method == "qlora" else cfg.adapter.method}), cfg.train.gradient_checkpointing)
     optimizer = optim.build_optimizer(model, cfg.train)
     ids = torch.arange(16).reshape(2, 8)
     batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids}
@@ -87,7 +88,7 @@ def measure(cfg: RunConfig, model_name: str, tokenizer: Any, prepared: Prepared,
                             autocast=cfg.train.mixed_precision != "no")
     plan = loop.make_plan(cfg.train.model_copy(update={"max_steps": steps}), prepared, cfg.seed, 1,
                           share_prefix=cfg.shares_prefix)
-    optimizer = optim.build_optimizer(model, cfg.train)
+    optimizer = optim.build_optimizer(model, cfg.train, cfg.adapter.loraplus_lr_ratio)
     scheduler = optim.build_scheduler(optimizer, cfg.train, plan.total_steps)
     model, optimizer = accelerator.prepare(model, optimizer)
     model.train()

@@ -97,7 +97,7 @@ def estimate(cfg: RunConfig, shape: ModelShape, prepared: Prepared, target: Targ
     capacity = target.memory_bytes * (GPU_USABLE if target.on_gpu else 0.9)
     mfu = mfu or (DEFAULT_MFU[cfg.adapter.method] if target.on_gpu else 1.0)
     compute = _compute(cfg, shape, batches, plan, target, mfu, price)
-    return {
+    out = {
         "model": _model_json(cfg, shape, setup, prec),
         "target": {**asdict(target), "usable_bytes": capacity},
         "memory": _memory_json(mem, worst),
@@ -106,6 +106,32 @@ def estimate(cfg: RunConfig, shape: ModelShape, prepared: Prepared, target: Targ
         "compute": compute,
         "advice": [] if mem.peak <= capacity else advice(shape, setup, prec, worst, capacity, fixed, cfg, target),
     }
+    if target.gpus > 1:
+        out["layouts"] = layouts_json(shape, setup, prec, worst, fixed, capacity, target, plan.grad_accum_steps)
+    return out
+
+
+def layouts_json(shape: ModelShape, setup: Any, prec: Any, worst: MicroBatch, fixed: float, capacity: float,
+                 target: Target, micro_batches: int) -> dict[str, Any]:
+    """FSDP, HSDP and DDP on the target's GPUs and nodes: peak memory per GPU and the bytes each node sends
+    to the others per optimizer step; `choice`, the layout that fits and moves the fewest bytes."""
+    from multitune.plan import traffic
+
+    t = trainable_params(shape, setup.method, setup.r, setup.targets if setup.method != "full" else (),
+                         setup.modules_to_save)
+    layers, root = traffic.gathered_bytes(shape, setup, prec)
+    rows = []
+    for lay in traffic.layouts(target.gpus, target.nodes):
+        mem = budget(shape, setup.with_(shards=lay.shards), prec, worst, fixed)
+        sent = traffic.network_bytes(lay, target.nodes, micro_batches, layers, root, t.total,
+                                     round(mem.gradients / max(t.total, 1)))
+        rows.append({"layout": lay.name, "shards": lay.shards, "replicas": lay.replicas, "peak": mem.peak,
+                     "fits": mem.peak <= capacity, "network_bytes_per_step": sent,
+                     "network_s_per_step": traffic.seconds(sent)})
+    fitting = [r for r in rows if r["fits"]]
+    choice = min(fitting, key=lambda r: (r["network_bytes_per_step"], r["peak"]))["layout"] if fitting else None
+    return {"nodes": target.nodes, "gpus_per_node": target.gpus // target.nodes,
+            "network_gbits": traffic.NETWORK_GBITS, "rows": rows, "choice": choice}
 
 
 def _compute(cfg: RunConfig, shape: ModelShape, batches: list[Batch], plan: Any, target: Target, mfu: float,
@@ -137,7 +163,8 @@ def _per_token(cfg: RunConfig, shape: ModelShape, batches: list[Batch], on_gpu: 
     full = cfg.adapter.method == "full"
     positions = sum(b.shape.positions for b in batches)
     per = fl.flops_per_token(
-        shape, full, 0 if full else trainable_params(shape, setup.method, setup.r, setup.targets).lora,
+        shape, full, 0 if full else trainable_params(shape, setup.method, setup.r, setup.targets,
+                                                     virtual_tokens=setup.virtual_tokens).adapter,
         fl.attended_context([(b.shape.rows, b.shape.width) for b in batches]),
         sum(b.shape.logit_positions for b in batches) / max(positions, 1),
         head_trains=full or "lm_head" in setup.modules_to_save, checkpointing=setup.checkpointing)
@@ -146,24 +173,25 @@ def _per_token(cfg: RunConfig, shape: ModelShape, batches: list[Batch], on_gpu: 
 
 def _update_bytes(cfg: RunConfig, shape: ModelShape, setup: Any, target: Target) -> float:
     """The optimizer step's memory traffic: the trainable parameters in their dtype (adapters float32)."""
-    t = trainable_params(shape, setup.method, setup.r, setup.targets, setup.modules_to_save)
+    t = trainable_params(shape, setup.method, setup.r, setup.targets, setup.modules_to_save, setup.virtual_tokens)
     prec = precision_for(cfg, target)
-    return fl.update_bytes(t.lora + t.dora, prec.adapter) + fl.update_bytes(t.saved_modules + t.base, prec.weights)
+    return fl.update_bytes(t.adapter, prec.adapter) + fl.update_bytes(t.saved_modules + t.base, prec.weights)
 
 
 def _model_json(cfg: RunConfig, shape: ModelShape, setup: Any, prec: Any) -> dict[str, Any]:
-    t = trainable_params(shape, setup.method, setup.r, setup.targets, setup.modules_to_save)
+    t = trainable_params(shape, setup.method, setup.r, setup.targets, setup.modules_to_save, setup.virtual_tokens)
     return {"name": cfg.model.name, "source": shape.source, "parameters": shape.total_params,
             "layers": shape.num_layers, "hidden_size": shape.hidden_size, "vocab_size": shape.vocab_size,
             "method": setup.method, "r": setup.r, "target_modules": list(setup.targets),
             "modules_to_save": list(setup.modules_to_save), "trainable": asdict(t) | {"total": t.total},
-            "bytes": asdict(prec), "gradient_checkpointing": setup.checkpointing}
+            "bytes": asdict(prec), "gradient_checkpointing": setup.checkpointing,
+            "virtual_tokens": setup.virtual_tokens}
 
 
 def _memory_json(mem: Budget, mb: MicroBatch) -> dict[str, Any]:
     """Per process: FSDP's shards of weights, trainable copies, gradients and states (`shards` of them)."""
     n = mem.shards
-    return {"weights": {k: v / n for k, v in mem.weights.items()}, "trainable": mem.trainable / n,
+    return {"weights": mem.weights_here(), "trainable": mem.trainable / n,
             "gradients": mem.gradients / n, "optimizer": mem.optimizer / n, "activations": mem.activations,
             "step_temporary": mem.step_temporary / n,
             "fsdp_gather": mem.gather, "fixed": mem.fixed, "allocator_retained": mem.retained, "shards": mem.shards,

@@ -36,10 +36,11 @@ from multitune.kinds import primary_metrics
 from multitune.models import adapters, gguf, load
 from multitune.report.build import write_report
 from multitune.report.results import Summary, write_results
+from multitune.report.run_stats import RUN_STATS, run_stats
 from multitune.report.table import before_after
-from multitune.runtime import configure_cpu_threads, tf32_matmuls
+from multitune.runtime import configure_cpu_threads, peak_memory, tf32_matmuls
 from multitune.tracking import Trackers, make_trackers
-from multitune.train import checkpoint, loop, optim, resume
+from multitune.train import checkpoint, loop, optim, resume, shard
 from multitune.train.collectives import any_process
 from multitune.train.signals import Stopped, StopRequests
 from multitune.train.state import StepResult, TrainState, interval_row, record
@@ -84,10 +85,20 @@ class Run:
     primary: dict[str, str]  # task -> its primary metric
     last_save: LastSave
     pusher: CheckpointPusher | None = None  # uploads each checkpoint (hub.push_checkpoints), main process only
+    initial: dict[str, Any] | None = None  # PiSSA / OLoRA start (adapters.initial_weights), for saving
+    params: tuple[int, int] = (0, 0)  # (trainable, total) parameters
+    started: float = 0.0  # time.monotonic() when setup began: this session's share of wall_seconds
     out: Path = field(init=False)
+    wall_before: float = field(init=False)  # wall_seconds of the sessions before this one
 
     def __post_init__(self) -> None:
         self.out = Path(self.cfg.output_dir)
+        self.wall_before = self.state.wall_seconds
+
+    def account(self) -> None:
+        """Bring the state's wall time and peak memory up to now (before it is checkpointed or reported)."""
+        self.state.wall_seconds = self.wall_before + time.monotonic() - self.started
+        self.state.peak_memory_bytes = max(self.state.peak_memory_bytes, peak_memory()[0])
 
 
 def run(cfg: RunConfig, force: bool = False) -> TrainResult:
@@ -115,7 +126,8 @@ def run(cfg: RunConfig, force: bool = False) -> TrainResult:
 def setup(cfg: RunConfig, force: bool) -> Run:
     """Refuse what cannot work, load data and model, and restore the newest usable checkpoint (or start
     fresh); write the resolved config and data statistics."""
-    accelerator, config_yaml = _start(cfg, force)
+    started = time.monotonic()
+    accelerator, config_yaml, topology = _start(cfg, force)
     splits = load_splits(cfg)
     with accelerator.main_process_first():
         model_name = load.resolve(cfg.model, training_conversations(splits), cfg.seed)
@@ -123,7 +135,7 @@ def setup(cfg: RunConfig, force: bool) -> Run:
     with accelerator.main_process_first():  # the main process fills the tokenised cache, the others read it
         prepared = tokenize_splits(tokenizer, splits, cfg)
     accelerator.print(data_summary(prepared, cfg.seed))
-    parts = _model(cfg, accelerator, model_name, prepared)
+    parts = _model(cfg, accelerator, model_name, prepared, topology)
 
     out = Path(cfg.output_dir)
     meta = {"world_size": accelerator.num_processes, "data_fingerprint": resume.data_fingerprint(prepared)}
@@ -139,7 +151,9 @@ def setup(cfg: RunConfig, force: bool) -> Run:
     plan = parts.plan
     accelerator.print(
         f"training: {plan.total_steps} steps ({plan.steps_per_epoch}/epoch), global batch {plan.global_batch_size}"
-        + (" packed rows" if plan.packed else "")
+        + (" packed rows" if plan.packed else "") + (" in shared-prefix rows" + (
+            ", attended densely (block attention has no place for the virtual tokens)" if cfg.adapter.virtual_tokens
+            else "") if plan.share_prefix else "")
         + (f"; resumed from {resumed_from} (step {state.step})" if resumed_from else ""))
     return Run(
         cfg=cfg, accelerator=accelerator, config_yaml=config_yaml, meta=meta, tokenizer=tokenizer,
@@ -148,7 +162,8 @@ def setup(cfg: RunConfig, force: bool) -> Run:
         trackers=trackers,
         resumed_from=resumed_from, primary=primary_metrics([(t.name, t.kind) for t in cfg.tasks]),
         last_save=LastSave(state.step, time.monotonic(), resumed_from),
-        pusher=pusher_for(cfg) if accelerator.is_main_process else None,
+        pusher=pusher_for(cfg) if accelerator.is_main_process else None, initial=parts.initial,
+        params=parts.params, started=started,
     )
 
 
@@ -172,10 +187,12 @@ def train(r: Run) -> dict[str, TaskResult] | Stopped:
                 r.prepared, r.plan, step=state.step, seed=cfg.seed, rank=accelerator.process_index,
                 pad_id=load.pad_id(r.tokenizer), device=accelerator.device)
             lr = r.scheduler.get_last_lr()[0]
+            step_started = time.perf_counter()
             result = loop.train_step(
                 r.model, r.optimizer, r.scheduler, accelerator=accelerator, micro_batches=batches,
                 max_grad_norm=cfg.train.max_grad_norm, n_tasks=len(r.prepared.task_names),
                 answer_logits_only=cfg.train.answer_logits_only)
+            state.train_seconds += time.perf_counter() - step_started
             record(state, result)
             bar.update(1)
             if result.bad:
@@ -228,6 +245,7 @@ def evaluate_run(r: Run, step: int, *, baseline: bool = False, final: bool = Fal
     results = evaluate(plain, r.tokenizer, r.eval_sets, cfg=baseline_config(cfg) if baseline else cfg,
                        pad_id=load.pad_id(r.tokenizer), generate=generate,
                        rank=r.accelerator.process_index, world_size=r.accelerator.num_processes)
+    shard.reshard(plain)  # forwards without a backward leave the FSDP root gathered
     if state.last_eval_step == step:  # a run resumed at its very end has logged this one already
         return results
     row = {f"eval/{task}/{k}": v for task, res in results.items() for k, v in res.metrics.items() if k != "rows"}
@@ -246,6 +264,7 @@ def save_checkpoint(r: Run) -> Path:
     if r.last_save.path is not None and r.last_save.step == state.step:
         return r.last_save.path
     state.metrics_rows = r.trackers.rows_written
+    r.account()
     path = checkpoint.save(r.out, r.accelerator, model=r.model, optimizer=r.optimizer, scheduler=r.scheduler,
                            state=state, config_yaml=r.config_yaml, meta=r.meta)
     if r.accelerator.is_main_process:
@@ -262,12 +281,16 @@ def write_outputs(r: Run, after: dict[str, TaskResult]) -> TrainResult:
     summary = Summary(after={k: res.metrics for k, res in after.items()}, before=r.state.baseline,
                       primary=r.primary, best=r.state.best, final_step=r.plan.total_steps)
     plain = r.accelerator.unwrap_model(r.model, keep_torch_compile=False)  # no DDP/FSDP or compile wrapper
-    weights = adapters.gather_for_saving(plain, trainable_only=r.cfg.adapter.method != "full")  # a collective
+    weights = adapters.gather_for_saving(plain, trainable_only=r.cfg.adapter.method != "full",
+                                         keep=r.accelerator.is_main_process)  # a collective; kept by one
     if r.accelerator.is_main_process:
         try:
             tmp = r.out / ".adapter.tmp"
-            adapters.save_final(plain, r.tokenizer, tmp, weights)
+            adapters.save_final(plain, r.tokenizer, tmp, weights, r.initial)
             replace_dir_atomic(tmp, r.out / "adapter")
+            r.account()
+            write_json_atomic(r.out / RUN_STATS, run_stats(r.out, r.cfg.adapter.method, r.params, r.state,
+                                                           peak_memory()[1]))
             write_results(r.out / "eval", summary, after)
             write_report(r.out)
         except write_errors() as e:
@@ -282,31 +305,37 @@ def write_outputs(r: Run, after: dict[str, TaskResult]) -> TrainResult:
     return TrainResult(summary.to_json(), plain, r.tokenizer)
 
 
-def _start(cfg: RunConfig, force: bool) -> tuple[Any, str]:
-    """Refuse what cannot work before anything heavy loads; the Accelerator; a writable output folder."""
+def _start(cfg: RunConfig, force: bool) -> tuple[Any, str, shard.Topology]:
+    """Refuse what cannot work before anything heavy loads; the Accelerator and the topology the launch
+    asks for; a writable output folder."""
     import torch
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
     load.check_hardware(cfg)
     hub.preflight(cfg)  # a push that cannot happen fails now, not after hours of training
-    # cpu=True on a machine without CUDA makes torchrun's processes one gloo group (DDP on CPUs); the
-    # topology otherwise comes from the launcher and its accelerate config, never from this code.
+    # cpu=True without CUDA makes torchrun's processes one gloo group. The topology comes from the launch;
+    # multitune applies FSDP itself (train/shard.py), so accelerate is shown plain data parallelism.
     threads = configure_cpu_threads()  # before the first parallel region fixes the pool
     tf32_matmuls(torch.cuda.is_available())
-    accelerator = Accelerator(mixed_precision=cfg.train.mixed_precision, cpu=not torch.cuda.is_available(),
-                              dynamo_plugin=_dynamo(cfg))
+    with shard.hidden_from_accelerate():
+        accelerator = Accelerator(mixed_precision=cfg.train.mixed_precision, cpu=not torch.cuda.is_available(),
+                                  dynamo_plugin=_dynamo(cfg))
+    topology = shard.topology(accelerator.num_processes, cfg.train.mixed_precision)
     if threads:
         accelerator.print(threads)
     accelerator.print(describe_device_settings(cfg))
+    if accelerator.num_processes > 1:
+        accelerator.print(f"{accelerator.num_processes} processes: {topology.describe()}")
     set_seed(cfg.seed)
     out = Path(cfg.output_dir)
     config_yaml = config_mod.dump(cfg)
     if accelerator.is_main_process:
-        _prepare_output_dir(out)
+        for path in checkpoint.prepare_output_dir(out):
+            print(f"removed an unfinished checkpoint write: {path}")
     resume.refuse_changed_config(cfg.checkpoint.resume, out, config_yaml, force)
     accelerator.wait_for_everyone()
-    return accelerator, config_yaml
+    return accelerator, config_yaml, topology
 
 
 @dataclass
@@ -315,27 +344,38 @@ class _Trainable:
     optimizer: Any
     scheduler: Any
     plan: loop.Plan
+    initial: dict[str, Any] | None  # adapters.initial_weights
+    params: tuple[int, int]  # (trainable, total)
 
 
-def _model(cfg: RunConfig, accelerator: Any, model_name: str, prepared: Prepared) -> _Trainable:
-    """The base with its adapters, the optimizer and schedule, prepared for the topology; the plan."""
+def _model(cfg: RunConfig, accelerator: Any, model_name: str, prepared: Prepared,
+           topology: shard.Topology) -> _Trainable:
+    """The base with its adapters (sharded if the launch asks), optimizer and schedule; the plan."""
     from accelerate.utils import set_seed
 
     quantization = cfg.quantization if cfg.adapter.method == "qlora" else None
-    base = load.load_model(model_name, cfg.model, quantization, accelerator.device)
+    # FSDP's efficient loading: process 0 alone reads the weights (bitsandbytes quantises as it loads)
+    efficient = topology.efficient_loading and quantization is None
+    base = load.load_model(model_name, cfg.model, quantization, accelerator.device,
+                           empty=efficient and not accelerator.is_main_process)
     # Seed again: building the tiny model draws random numbers only when it is not cached yet, and the
     # adapters' initialisation must not depend on that.
     set_seed(cfg.seed)
     model = adapters.attach(base, cfg.adapter, cfg.train.gradient_checkpointing,
                             autocast=cfg.train.mixed_precision != "no")
+    initial = adapters.initial_weights(model, cfg.adapter)  # PiSSA / OLoRA: what the saved adapter is converted by
     trainable, total = adapters.count_parameters(model)
     accelerator.print(f"model {cfg.model.name} ({model_name}): {cfg.adapter.method}, "
                       f"{trainable:,} of {total:,} parameters trainable")
+    model = shard.shard_model(model, topology, accelerator)  # before the optimizer: FSDP2 swaps the parameters
+    if shard.is_sharded(model):
+        accelerator.print(f"sharded: {shard.describe_shards(model)}"
+                          + ("; weights read by process 0 alone and broadcast" if efficient else ""))
     plan = loop.make_plan(cfg.train, prepared, cfg.seed, accelerator.num_processes, share_prefix=cfg.shares_prefix)
-    optimizer = optim.build_optimizer(model, cfg.train)
+    optimizer = optim.build_optimizer(model, cfg.train, cfg.adapter.loraplus_lr_ratio)
     scheduler = optim.build_scheduler(optimizer, cfg.train, plan.total_steps)
-    model, optimizer = accelerator.prepare(model, optimizer)
-    return _Trainable(model, optimizer, scheduler, plan)
+    model, optimizer = shard.prepare(accelerator, model, optimizer)
+    return _Trainable(model, optimizer, scheduler, plan, initial, (trainable, total))
 
 
 def _log_interval(r: Run, result: StepResult, *, lr: float, started: float, bar: Any) -> None:
@@ -380,17 +420,3 @@ def _dynamo(cfg: RunConfig) -> Any:
     # dynamic=True: batches are padded to their longest example, so shapes change from step to step;
     # compiling for symbolic shapes avoids a recompilation for every new length.
     return TorchDynamoPlugin(backend="inductor", dynamic=True)
-
-
-def _prepare_output_dir(out: Path) -> None:
-    """Create output_dir (or say why it cannot be written) and drop checkpoint writes cut by a kill."""
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".multitune-write-test"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as e:
-        raise UserError(f"cannot write to the output folder: {e.strerror}", where=str(out),
-                        fix="choose a writable output_dir, or fix the folder's permissions or free space") from None
-    for path in checkpoint.remove_partial(out):
-        print(f"removed an unfinished checkpoint write: {path}")

@@ -14,8 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from multitune import kinds
+from multitune.config.adapter import LORA_FAMILY, VIRTUAL_TOKENS
 from multitune.config.schema import SMOLLM2, RunConfig
 from multitune.data.sources import source_kind
+from multitune.export.vllm import max_lora_rank
 from multitune.io import read_json
 from multitune.models.trained import read_run_config
 from multitune.report.table import baseline_note, change, number
@@ -180,9 +182,15 @@ def _base_model_section(cfg: RunConfig) -> str:
 def _method_section(cfg: RunConfig, metrics: Mapping[str, Any]) -> str:
     a, t, d = cfg.adapter, cfg.train, cfg.data
     rows: list[tuple[str, Any]] = [("method", a.method)]
-    if a.method != "full":
-        rows += [("LoRA rank r", a.r), ("LoRA alpha", a.alpha), ("LoRA dropout", a.dropout),
-                 ("target modules", _listing(a.target_modules)),
+    if a.method in LORA_FAMILY:
+        rows += [("LoRA rank r", a.r), ("LoRA alpha", a.alpha), ("LoRA dropout", a.dropout)]
+        rows += [(k, v) for k, v in [("rank-stabilised (alpha / sqrt(r))", a.use_rslora and "yes"),
+                                     ("initialisation", a.lora_init != "default" and a.lora_init),
+                                     ("LoRA+ learning rate ratio of B", a.loraplus_lr_ratio)] if v]
+    if a.method in VIRTUAL_TOKENS:
+        rows += [("virtual tokens", a.num_virtual_tokens)]
+    elif a.method != "full":
+        rows += [("target modules", _listing(a.target_modules)),
                  ("modules trained in full", _listing(a.modules_to_save) or "none")]
     length = f"{t.max_steps} steps (max_steps)" if t.max_steps else f"{t.epochs} epochs"
     rows += [
@@ -282,9 +290,13 @@ def _loading_section(cfg: RunConfig, repo: str, full_model: bool) -> str:
                    f'model = PeftModel.from_pretrained(base, "{repo}")')
         imports = "from peft import PeftModel\nfrom transformers import AutoModelForCausalLM, AutoTokenizer"
         vllm = (f"```bash\nvllm serve {base} --enable-lora --lora-modules {repo.split('/')[-1]}={repo} "
-                f"--max-lora-rank {max(cfg.adapter.r, 8)}\n```\n\nthen ask for model `{repo.split('/')[-1]}` "
+                f"--max-lora-rank {max_lora_rank(cfg.adapter.r)}\n```\n\nthen ask for model `{repo.split('/')[-1]}` "
                 "in OpenAI-style requests.")
-        if cfg.adapter.modules_to_save:
+        if cfg.adapter.method not in ("lora", "qlora"):
+            vllm = (f"vLLM serves LoRA adapters only, not {cfg.adapter.method}: use it with peft as above"
+                    + (", or merge it (`multitune merge`) and serve the merged model." if cfg.adapter.method
+                       not in VIRTUAL_TOKENS else "."))
+        elif cfg.adapter.modules_to_save:
             vllm += (f" This adapter also trains full copies of {', '.join(cfg.adapter.modules_to_save)}, which "
                      "vLLM's LoRA support does not load: merge it (`multitune merge`) and serve the merged model.")
     code = (f"```python\n{imports}\n\ntokenizer = AutoTokenizer.from_pretrained(\"{repo}\")\n{py_load}\n"

@@ -123,3 +123,17 @@ def confusion_matrix(matrix: Sequence[Sequence[int]], labels: Sequence[str], tit
                             color="white" if share[i, j] > 0.5 else "black")
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="share of the gold label's rows")
     return _png(fig)
+
+
+def sweep_bars(runs: Sequence[str], groups: Sequence[str], values: Sequence[Sequence[float | None]]) -> bytes:
+    """Grouped bars of a sweep: one group per task (`groups`), one bar per run; `values[run][group]`."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.5 * len(runs) * len(groups) + 2), 4))
+    width = 0.8 / len(runs)
+    for i, (run, row) in enumerate(zip(runs, values, strict=True)):
+        xs = [g + (i - (len(runs) - 1) / 2) * width for g in range(len(groups))]
+        ax.bar(xs, [v or 0.0 for v in row], width, label=run)
+    ax.set_xticks(range(len(groups)), list(groups))
+    ax.set_title("primary metric after training, per run")
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    return _png(fig)

@@ -17,6 +17,11 @@ Nothing here unpickles arbitrary objects: weights are safetensors, the rest JSON
 `get_optimizer_state_dict` / `set_optimizer_state_dict` with full state dicts gather the optimizer
 state whole (FSDP shards it like the weights) and put it back in the layout of the live parameters, so
 a checkpoint is the same file for CPU, DDP and FSDP runs.
+
+One process reads and writes the shared files: saving gathers each sharded tensor in turn and only the
+main process copies it to the CPU; loading reads weights and optimizer state on the main process only
+and broadcasts them (scattering each process's shard under FSDP), so no process but one ever holds a
+whole copy of a full fine-tuning's weights or optimizer state in memory.
 """
 
 from __future__ import annotations
@@ -66,7 +71,7 @@ def save(
     tmp = root(output_dir) / f".tmp-step-{state.step}"
     # Gathered on every process first: under FSDP these are collectives that all processes must join.
     unwrapped = accelerator.unwrap_model(model, keep_torch_compile=False)
-    weights = gather_for_saving(unwrapped, trainable_only=True)
+    weights = gather_for_saving(unwrapped, trainable_only=True, keep=accelerator.is_main_process)
     # Whole tensors on the CPU, on the main process (the others get an empty dict).
     opt_state = get_optimizer_state_dict(unwrapped, optimizer, options=StateDictOptions(full_state_dict=True,
                                                                                         cpu_offload=True))
@@ -131,14 +136,6 @@ def _keyed_by_name(sd: dict[str, Any], optimizer: Any, model: Any) -> dict[str, 
     order = [names[id(p)] for group in optimizer.param_groups for p in group["params"]]
     return {"state": {order[int(i)]: s for i, s in sd["state"].items()},
             "param_groups": [{**g, "params": [order[int(i)] for i in g["params"]]} for g in sd["param_groups"]]}
-
-
-def _like(value: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
-    if hasattr(param, "device_mesh"):  # a DTensor: keep only this process's shard
-        from torch.distributed.tensor import distribute_tensor
-
-        return distribute_tensor(value.to(param.device), param.device_mesh, param.placements)
-    return value.to(param.device)
 
 
 def _fsync_dir_files(folder: Path) -> None:
@@ -212,38 +209,70 @@ def read_meta(path: Path) -> tuple[TrainState, dict[str, Any], str]:
 def load(path: Path, accelerator: Any, model: Any, optimizer: Any, scheduler: Any) -> TrainState:
     """Restore weights, optimizer, schedule and this process's random state from a checkpoint.
 
-    Raises ValueError when a file is missing, unreadable or does not fit the model.
+    Weights and optimizer state are read by the main process and broadcast. Raises ValueError on every
+    process when a file is missing, unreadable or does not fit the model (all processes agree first).
     """
-    from safetensors.torch import load_file
-
     state, _, _ = read_meta(path)
+    plain = accelerator.unwrap_model(model, keep_torch_compile=False)
+    params = {n: p for n, p in plain.named_parameters() if p.requires_grad}
+    error: str | None = None
+    weights: dict[str, torch.Tensor] = {}
+    opt_state: dict[str, Any] = {}
     try:
-        weights = load_file(str(path / "trainable.safetensors"))
-        opt_state = torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True)
         sched_state = torch.load(path / "scheduler.pt", map_location="cpu", weights_only=True)
         rng_file = path / f"rng-{accelerator.process_index}.pt"
         rng = torch.load(rng_file, weights_only=True) if rng_file.is_file() else None
+        if accelerator.is_main_process:
+            weights, opt_state = _read_main(path, optimizer, plain, params)
     except Exception as e:  # safetensors and torch raise their own types for truncated or corrupt files
-        raise ValueError(f"{type(e).__name__}: {e}") from None
-    plain = accelerator.unwrap_model(model, keep_torch_compile=False)
-    params = {n: p for n, p in plain.named_parameters() if p.requires_grad}
+        error = str(e) if isinstance(e, ValueError) else f"{type(e).__name__}: {e}"
+    if any_process(error is not None, accelerator):
+        raise ValueError(error or "the main process could not load it")
+    # Everything was read and checked above: from here on nothing fails half-way through.
+    _broadcast_into(params, weights, accelerator)
+    set_optimizer_state_dict(plain, optimizer, opt_state, options=StateDictOptions(
+        full_state_dict=True, broadcast_from_rank0=accelerator.num_processes > 1))
+    scheduler.load_state_dict(sched_state)
+    if rng is not None:  # a process count change leaves some ranks without one; resume refuses that anyway
+        _set_rng_state(rng)
+    return state
+
+
+def _read_main(path: Path, optimizer: Any, model: Any, params: dict[str, torch.Tensor]) -> tuple[dict, dict]:
+    """The checkpoint's weights and optimizer state (keyed by name), checked against the model."""
+    from safetensors.torch import load_file
+
+    weights = load_file(str(path / "trainable.safetensors"))
+    opt_state = torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True)
     _check_fit(weights, params)
     try:
-        opt_state = _keyed_by_name(opt_state, optimizer, plain)
+        opt_state = _keyed_by_name(opt_state, optimizer, model)
     except (KeyError, IndexError, ValueError) as e:
         raise ValueError(f"the optimizer state does not fit the model ({type(e).__name__}: {e})") from None
     if not opt_state["state"].keys() <= params.keys():
         raise ValueError(f"the optimizer state names parameters the model does not train: "
                          f"{sorted(opt_state['state'].keys() - params.keys())[:3]}")
-    # Everything was read and checked above: from here on nothing fails half-way through.
-    with torch.no_grad():
-        for name, p in params.items():
-            p.copy_(_like(weights[name].to(p.dtype), p))
-    set_optimizer_state_dict(plain, optimizer, opt_state, options=StateDictOptions(full_state_dict=True))
-    scheduler.load_state_dict(sched_state)
-    if rng is not None:  # a process count change leaves some ranks without one; resume refuses that anyway
-        _set_rng_state(rng)
-    return state
+    return weights, opt_state
+
+
+@torch.no_grad()
+def _broadcast_into(params: dict[str, torch.Tensor], weights: dict[str, torch.Tensor], accelerator: Any) -> None:
+    """Copy `weights` (whole tensors, held by the main process only when there are several) into
+    `params` on every process, one tensor at a time: a sharded parameter gets its shard scattered from
+    process 0, any other one the whole tensor broadcast."""
+    for name, p in params.items():
+        value = weights.get(name)
+        if value is None:  # not the main process: a buffer of the right shape to receive into
+            value = torch.empty(p.shape, dtype=p.dtype)
+        value = value.to(device=p.device, dtype=p.dtype)
+        if hasattr(p, "device_mesh"):
+            from torch.distributed.tensor import distribute_tensor
+
+            p.copy_(distribute_tensor(value, p.device_mesh, p.placements, src_data_rank=0))
+            continue
+        if accelerator.num_processes > 1:
+            torch.distributed.broadcast(value, src=0)
+        p.copy_(value)
 
 
 def _check_fit(weights: dict[str, torch.Tensor], params: dict[str, torch.Tensor]) -> None:
@@ -253,6 +282,20 @@ def _check_fit(weights: dict[str, torch.Tensor], params: dict[str, torch.Tensor]
     for name, p in params.items():
         if weights[name].shape != p.shape:  # a DTensor reports its global shape
             raise ValueError(f"{name} has shape {tuple(weights[name].shape)}, the model {tuple(p.shape)}")
+
+
+def prepare_output_dir(out: Path) -> list[Path]:
+    """Create output_dir (or say why it cannot be written) and drop checkpoint writes cut by a kill, which
+    are returned."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".multitune-write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise UserError(f"cannot write to the output folder: {e.strerror}", where=str(out),
+                        fix="choose a writable output_dir, or fix the folder's permissions or free space") from None
+    return remove_partial(out)
 
 
 def remove_partial(output_dir: str | Path) -> list[Path]:

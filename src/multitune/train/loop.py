@@ -33,6 +33,7 @@ from multitune.loss import (
     token_losses_at,
 )
 from multitune.models import attention
+from multitune.train import shard
 from multitune.train.state import StepResult
 
 
@@ -81,9 +82,10 @@ def accumulate_gradients(
     task_sums = torch.zeros((n_tasks, 2), dtype=torch.float64, device=accelerator.device)
     for i, mb in enumerate(micro_batches):
         last = i == len(micro_batches) - 1
-        # Only the last micro-batch synchronises gradients across processes. Shared-prefix rows attend by
-        # blocks through the forward and the backward (a checkpointed layer recomputes the same way).
-        with contextlib.nullcontext() if last else accelerator.no_sync(model), \
+        # Only the last micro-batch synchronises gradients across processes (under FSDP, the reduction
+        # between copies: `shard.accumulating`). Shared-prefix rows attend by blocks through the forward
+        # and the backward (a checkpointed layer recomputes the same way).
+        with contextlib.nullcontext() if last else shard.accumulating(model, accelerator), \
                 attention.blocks(model, "block_q" in mb):
             token_loss = forward_loss(model, mb, answer_logits_only)  # (B, T-1)
             accelerator.backward(token_loss.sum() * scale)

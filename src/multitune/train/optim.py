@@ -15,13 +15,29 @@ from multitune.config.schema import TrainConfig
 SCHEDULES = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}
 
 
-def build_optimizer(model: Any, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """AdamW; weight decay applies to matrices only (not to norms' scales or biases)."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    decay = [p for p in params if p.ndim >= 2]
-    no_decay = [p for p in params if p.ndim < 2]
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+def build_optimizer(model: Any, cfg: TrainConfig, b_lr_ratio: float | None = None) -> torch.optim.Optimizer:
+    """AdamW; weight decay applies to matrices only (not to norms' scales or biases). `b_lr_ratio`
+    (LoRA+, `adapter.loraplus_lr_ratio`): LoRA's B matrices learn at learning_rate x this ratio, in
+    groups of their own after the others (the first group keeps the base rate, which the logs show; the
+    schedule scales every group alike)."""
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    params = [p for _, p in named]
+    groups = []
+    for fast in (False, True) if b_lr_ratio is not None else (False,):
+        members = [p for n, p in named if (b_lr_ratio is not None and is_lora_b(n)) == fast]
+        lr = cfg.learning_rate * (b_lr_ratio if fast and b_lr_ratio is not None else 1.0)
+        groups += [{"params": [p for p in members if p.ndim >= 2], "weight_decay": cfg.weight_decay, "lr": lr},
+                   {"params": [p for p in members if p.ndim < 2], "weight_decay": 0.0, "lr": lr}]
     return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.learning_rate, fused=can_fuse(params) or None)
+
+
+def is_lora_b(name: str) -> bool:
+    """Whether a parameter is a LoRA B matrix (peft names them `...lora_B.<adapter>.weight`).
+
+    >>> is_lora_b("base_model.model.model.layers.0.mlp.up_proj.lora_B.default.weight"), is_lora_b("x.lora_A.default.weight")
+    (True, False)
+    """
+    return ".lora_B." in name or ".lora_embedding_B." in name
 
 
 def can_fuse(params: list[torch.Tensor]) -> bool:

@@ -34,6 +34,13 @@ class TrainState:
     """Rows of metrics.jsonl written when the checkpoint was taken: a resumed run keeps exactly these."""
     last_eval_step: int | None = None
     """The step of the last logged evaluation, so a run resumed at its end does not log it twice."""
+    train_seconds: float = 0.0
+    """Time spent in optimizer steps, every session of the run (what tokens/s is computed over)."""
+    wall_seconds: float = 0.0
+    """The run's time from setup to its last checkpoint or output, every session added (work lost to a kill
+    after the last checkpoint is not counted: it is done again)."""
+    peak_memory_bytes: float = 0.0
+    """The largest peak memory of any session (`runtime.peak_memory`)."""
     # Sums since the last log line, so a resumed run logs the same rows as an uninterrupted one.
     interval_task_sums: list[list[float]] = field(default_factory=list)
     interval_tokens: int = 0

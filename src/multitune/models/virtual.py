@@ -1,0 +1,153 @@
+"""Prompt tuning and prefix tuning as a key/value prefix that every sequence sees, in every batch layout.
+
+peft's prompt-learning forward puts the virtual tokens in front of a plain padded batch. It cannot take what
+the rest of multitune feeds a model: packed rows (position ids restart inside a row), shared-prefix rows and
+scoring trees (4-D masks), a prompt's cache reused across batches, and answer-only logits (a boolean
+`logits_to_keep` the width of the real tokens). Both methods come down to one thing, which can:
+
+- per layer, P keys and values at positions 0 .. P-1 that every real token attends to, the real tokens at
+  positions P + i (peft's numbering);
+- prefix tuning: those keys and values are the trained parameters (peft's `get_prompt`);
+- prompt tuning: they are what the model computes for the P trained embeddings, which come first and so
+  attend only among themselves: the same for every sequence, computed once per forward.
+
+`VirtualTokensModel.forward` builds that prefix once, lends it to the batch as a cache (an expanded view),
+shifts the position ids by P and gives every attention mask P visible leading columns. Logits come out for
+the real tokens only, so the loss, scoring and search code is the same for every method. A cache passed in
+(a prompt's shared cache in scoring, a generation step) already holds the prefix: it came from here.
+tests/models/test_methods.py checks the logits against `PeftModel.from_pretrained`'s own on padded
+batches, and scoring against a full forward per candidate.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from peft import PeftConfig, PeftModelForCausalLM
+
+from multitune.models import attention
+from multitune.models.cache import cache_keyword, returned_cache
+
+
+class VirtualTokensModel(PeftModelForCausalLM):
+    """A peft prompt-learning model (prompt or prefix tuning) whose forward and generate take every layout
+    (module docstring). Saved and loaded exactly as peft's: the adapter folder is peft's own."""
+
+    @property
+    def n_virtual(self) -> int:
+        return int(self.active_peft_config.num_virtual_tokens)
+
+    def virtual_kv(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per layer (keys, values) of the virtual tokens, each (1, kv_heads, P, head_dim)."""
+        if self.active_peft_config.peft_type == "PREFIX_TUNING":
+            cache = self.get_prompt(batch_size=1)
+        else:  # the trained embeddings (1, P, D) through the decoder, at positions 0 .. P-1
+            embeds = self.get_prompt(batch_size=1).to(self.get_input_embeddings().weight.dtype)
+            decoder = self.get_base_model().get_decoder()
+            out = decoder(inputs_embeds=embeds, use_cache=True,
+                          position_ids=torch.arange(self.n_virtual, device=embeds.device)[None])
+            cache = returned_cache(out)
+        return [(k, v) for k, v, *_ in cache]
+
+    def virtual_cache(self, batch: int) -> Any:
+        """A fresh cache holding the virtual tokens for `batch` sequences (a view, not copies)."""
+        from transformers import DynamicCache
+
+        return DynamicCache(ddp_cache_data=[(k.expand(batch, -1, -1, -1), v.expand(batch, -1, -1, -1))
+                                            for k, v in self.virtual_kv()])
+
+    def forward(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
+                inputs_embeds: torch.Tensor | None = None, position_ids: torch.Tensor | None = None,
+                **kwargs: Any) -> Any:
+        base = self.get_base_model()
+        keyword = cache_keyword(type(base))
+        cache = kwargs.pop("cache", None)
+        cache = kwargs.pop("past_key_values", None) if cache is None else cache
+        kwargs.pop(attention.KWARG, None)  # block attention knows no virtual keys: the dense mask is exact
+        kwargs.pop("task_ids", None)
+        batch = (input_ids if input_ids is not None else inputs_embeds).shape[0]
+        fresh = cache is None or cache.get_seq_length() == 0
+        if fresh:
+            cache = self.virtual_cache(batch)
+        p = self.n_virtual
+        if attention_mask is None and position_ids is not None and fresh:
+            attention_mask = packed_mask(position_ids.expand(batch, -1))  # rows of several sequences
+        if attention_mask is not None:
+            attention_mask = with_virtual_columns(attention_mask, p)
+        if position_ids is not None:
+            position_ids = position_ids + p
+        return base(input_ids=input_ids, inputs_embeds=inputs_embeds, attention_mask=attention_mask,
+                    position_ids=position_ids, **{keyword: cache}, **kwargs)
+
+    def generate(self, *args: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                 **kwargs: Any) -> torch.Tensor:
+        """transformers' generate on the base, continuing from the virtual tokens' cache: P filler ids stand
+        for them in `input_ids` (generate skips what the cache holds) and P ones in the mask, so that the
+        position ids it derives from the mask put the real tokens at P + i. The filler is cut off again."""
+        base = self.get_base_model()
+        batch, p = input_ids.shape[0], self.n_virtual
+        filler = input_ids.new_zeros((batch, p))
+        mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
+        out = base.generate(*args, input_ids=torch.cat([filler, input_ids], dim=1),
+                            attention_mask=torch.cat([mask.new_ones((batch, p)), mask], dim=1),
+                            **{cache_keyword(type(base)): self.virtual_cache(batch)}, **kwargs)
+        return out[:, p:]
+
+
+def with_virtual_columns(mask: torch.Tensor, p: int) -> torch.Tensor:
+    """`mask` with P leading key columns every query attends: a 2-D padding mask gets ones; a 4-D mask,
+    boolean (True: attend) or additive (0: attend), gets its 'attend' value.
+
+    >>> with_virtual_columns(torch.tensor([[0, 1]]), 2).tolist()
+    [[1, 1, 0, 1]]
+    >>> with_virtual_columns(torch.tensor([[[[True, False]]]]), 1).tolist()
+    [[[[True, True, False]]]]
+    """
+    fill = True if mask.dtype == torch.bool else (1 if mask.dim() == 2 else 0)
+    return torch.cat([mask.new_full((*mask.shape[:-1], p), fill), mask], dim=-1)
+
+
+def packed_mask(position_ids: torch.Tensor) -> torch.Tensor:
+    """(B, 1, T, T) bool causal mask of rows that hold several sequences, each starting where its position
+    ids restart (what transformers detects by itself, but only without a cache).
+
+    >>> packed_mask(torch.tensor([[0, 1, 0, 1]]))[0, 0].int().tolist()
+    [[1, 0, 0, 0], [1, 1, 0, 0], [0, 0, 1, 0], [0, 0, 1, 1]]
+    """
+    starts = torch.ones_like(position_ids, dtype=torch.bool)
+    starts[:, 1:] = position_ids[:, 1:] != position_ids[:, :-1] + 1
+    sequence = starts.cumsum(dim=1)  # (B, T)
+    width = position_ids.shape[1]
+    causal = torch.ones(width, width, dtype=torch.bool, device=position_ids.device).tril()
+    return ((sequence[:, :, None] == sequence[:, None, :]) & causal)[:, None]
+
+
+@torch.no_grad()
+def prefix_from_text(model: VirtualTokensModel, ids: list[int]) -> None:
+    """Start prefix tuning's keys and values as those the base computes for the text `ids` (repeated or cut
+    to the P virtual tokens) at positions 0 .. P-1: the model then starts as the base reading the text
+    before every input. The inverse of the layout peft's `get_prompt` reads: row p of the embedding holds,
+    for each layer in turn, its keys then its values at position p."""
+    p = model.n_virtual
+    ids = [ids[i % len(ids)] for i in range(p)]
+    weight = model.prompt_encoder[model.active_adapter].embedding.weight
+    out = model.get_base_model().get_decoder()(input_ids=torch.tensor([ids], device=weight.device), use_cache=True)
+    rows = torch.stack([t[0] for k, v, *_ in returned_cache(out) for t in (k, v)])  # (layers x 2, heads, P, dim)
+    weight.copy_(rows.permute(2, 0, 1, 3).reshape(p, -1))
+
+
+def wrap(model: Any, peft_config: PeftConfig) -> VirtualTokensModel:
+    """`model` with fresh virtual tokens (what `get_peft_model` does for a prompt-learning config)."""
+    peft_config.base_model_name_or_path = model.__dict__.get("name_or_path", None) or None
+    return VirtualTokensModel(model, peft_config)
+
+
+def load(model: Any, adapter_dir: str) -> VirtualTokensModel:
+    """A saved prompt- or prefix-tuning adapter on its base, for inference (`PeftModel.from_pretrained`'s
+    steps, into this class)."""
+    config = PeftConfig.from_pretrained(adapter_dir)
+    config.inference_mode = True
+    wrapped = VirtualTokensModel(model, config)
+    wrapped.load_adapter(adapter_dir, "default", is_trainable=False)
+    return wrapped
