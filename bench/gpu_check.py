@@ -1,4 +1,5 @@
-"""One GPU check of every training path, on a Llama-3-8B-shaped model with random weights (issue 11).
+"""One GPU check of every training path and of evaluation, on a Llama-3-8B-shaped model with random weights,
+with the defaults a user gets on the device (issues 11 and 22).
 
     bench/gpu_check.sh                                  # on the GPU machine: wheels, then this, into $OUT
     python bench/gpu_check.py --out runs/gpu-check      # on any CUDA machine with the packages installed
@@ -10,9 +11,17 @@ and the others still run; the exit status is 1 if any failed):
 
 - environment: `multitune doctor`'s report, versions, the GPU, a measured bf16 matmul peak and the datasheet's;
 - data: banking77 + commonsense_qa rendered through the chat template by multitune's data layer (gpu_data.py);
-- lora, qlora (NF4, double quantisation, bf16 compute), dora, full (32 layers, else 16 if they do not fit),
-  lora_checkpointing: multitune's own train_step on packed rows of 2,048 tokens and on padded micro-batches:
-  tokens/s, peak memory, MFU against both peaks, FLOPs per step (gpu_shapes.py says how they are counted);
+- defaults: what the shipped `auto` / `null` settings resolve to on this device for each method
+  (config/device.py: precision, weight dtype, batch layout, TF32, the adapters' input cast);
+- lora: multitune's own train_step with those defaults (gpu_steps.py), on packed rows of 2,048 tokens and
+  in the device's default layout (padded micro-batches on a GPU): tokens/s, peak memory, MFU against both
+  peaks, FLOPs per step (gpu_shapes.py says how they are counted);
+- share_prefix: shared-prefix rows against padded rows on the same examples (LoRA, all layers): tokens/s,
+  peak memory, the first losses, and whether the layout should be the GPU default;
+- eval: multitune's evaluation (scoring over banking77's 77 labels, commonsense_qa's letters, greedy
+  generation) on the same model, rows/s, forward calls, peak memory (gpu_eval.py);
+- qlora (NF4, double quantisation, bf16 compute), dora, full (32 layers, else 16, else 8: float32 master
+  weights), lora_checkpointing: as lora;
 - trl: the same LoRA step through TRL's SFTTrainer + PEFT (peers.py), and multitune's ratio to it;
 - logits: answer-only logits against the plain loss at the 128k vocabulary (Liger when installed);
 - launch_single (CPU only), launch_fsdp, launch_fsdp_qlora: `multitune train` under `accelerate launch` with
@@ -20,6 +29,9 @@ and the others still run; the exit status is 1 if any failed):
   (the launched runs start early and run beside the timed sections where that times nothing: the
   single-process one on a CPU from the start, the FSDP + QLoRA one beside the FSDP one);
 - compile: `train.compile: true` (inductor) against eager on the LoRA step, compile time apart.
+
+Every timed section writes its config as a user would (bench/gpu_steps.py) and resolves it for the device
+as `multitune train` does; what it set and what it got are in its `overrides` and `settings`.
 
 A GPU-only part says "skipped: no CUDA" on a CPU; a part the time budget (`--budget-s`) cannot fit says so.
 """
@@ -38,14 +50,16 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-# Rough seconds each section takes on an H100/H200 at the 8B shape: a section starts only if it fits.
-GPU_COST_S = {"environment": 10, "data": 15, "lora": 20, "qlora": 80, "dora": 30, "full": 40,
-              "lora_checkpointing": 20, "trl": 45, "logits": 25, "launch_single": 60, "launch_fsdp": 80,
-              "launch_fsdp_qlora": 30, "compile": 90}
-# Timed sections first; the launched runs after them (the two FSDP ones side by side, timing nothing), and
-# compile last, the one whose cost is least known.
-SECTIONS = ["environment", "data", "lora", "qlora", "dora", "full", "lora_checkpointing", "trl", "logits",
-            "launch_single", "launch_fsdp", "launch_fsdp_qlora", "compile"]
+# Rough seconds each section takes on an H100/H200 at the 8B shape (guesses until a GPU has run it): a
+# section starts only if it fits in what is left of --budget-s. launch_single skips itself on a GPU.
+GPU_COST_S = {"environment": 10, "data": 15, "defaults": 2, "lora": 20, "share_prefix": 35, "eval": 60,
+              "qlora": 80, "dora": 30, "full": 40, "lora_checkpointing": 20, "trl": 45, "logits": 25,
+              "launch_single": 0, "launch_fsdp": 80, "launch_fsdp_qlora": 30, "compile": 90}
+# What users get first (the defaults, their layout question, evaluation), then the other methods and the
+# peer; the launched runs after them (the two FSDP ones side by side, timing nothing), and compile last,
+# the one whose cost is least known. What the budget leaves out goes to a second call (--only).
+SECTIONS = ["environment", "data", "defaults", "lora", "share_prefix", "eval", "qlora", "dora", "full",
+            "lora_checkpointing", "trl", "logits", "launch_single", "launch_fsdp", "launch_fsdp_qlora", "compile"]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,7 +15,7 @@ from typing import Any
 from gpu_shapes import Shape
 
 from multitune.config import validate
-from multitune.data.prepare import Prepared, load_splits, tokenize_splits, training_conversations
+from multitune.data.prepare import Prepared, TaskSplit, load_splits, tokenize_splits, training_conversations
 from multitune.data.tokenize import IGNORE, Tokenized
 from multitune.models.tiny import train_tokenizer
 from multitune.tasks.base import Example
@@ -33,6 +33,8 @@ class Streams:
     tokenizer: Any  # the BPE (its own ids: what a peer tokenises with)
     examples: list[Example]  # the training examples, rendered (the peer's rows)
     run_config: Any  # the RunConfig the streams were prepared with
+    tasks: list[dict[str, Any]]  # its `tasks:` as a user's YAML writes them (the timed sections' configs)
+    splits: list[TaskSplit]  # per task, the seeded train / validation split (the eval section's rows)
 
     def layout(self, name: str) -> Prepared:
         return self.packed if name == "packed" else self.padded
@@ -58,8 +60,8 @@ def task_configs(data_dir: Path, rows_per_task: int) -> list[dict[str, Any]]:
 
 def build_streams(shape: Shape, data_dir: Path) -> tuple[Streams, dict[str, Any]]:
     """Rows -> examples -> tokens, packed and padded, ids mapped into `shape.vocab`; and their statistics."""
-    cfg = validate({"tasks": task_configs(data_dir, shape.rows_per_task),
-                    "data": {"max_seq_len": shape.pack_len, "packing": True}, "seed": SEED})
+    tasks = task_configs(data_dir, shape.rows_per_task)
+    cfg = validate({"tasks": tasks, "data": {"max_seq_len": shape.pack_len, "packing": True}, "seed": SEED})
     splits = load_splits(cfg)
     conversations = training_conversations(splits)
     tokenizer = train_tokenizer(shape.tokenizer_vocab, [m["content"] for conv in conversations for m in conv])
@@ -68,7 +70,7 @@ def build_streams(shape: Shape, data_dir: Path) -> tuple[Streams, dict[str, Any]
     packed = dataclasses.replace(prepared, train=[map_ids(ex, table) for ex in prepared.train])
     padded = dataclasses.replace(packed, pack_len=None)
     examples = [ex for s in splits for ex in s.train]
-    streams = Streams(packed, padded, table[tokenizer.pad_token_id], tokenizer, examples, cfg)
+    streams = Streams(packed, padded, table[tokenizer.pad_token_id], tokenizer, examples, cfg, tasks, splits)
     lengths = packed.lengths
     stats = {
         "tasks": {name: {k: s[k] for k in ("rows", "train", "epoch")} for name, s in prepared.stats.items()},

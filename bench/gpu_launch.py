@@ -36,14 +36,15 @@ TOPOLOGIES = {
 
 
 def run_config(shape: Shape, folder: str, data_dir: Path, max_steps: int, every: int) -> dict[str, Any]:
-    cuda = _cuda()
+    """The run a user would write: precision and weight dtype left to the shipped `auto` (the run resolves
+    them for the device and records them in its config.yaml); the topology's own overrides come on top."""
     return {
-        "model": {"name": folder, "dtype": "bfloat16" if cuda else "float32"},
-        "adapter": {"method": "lora", "r": shape.lora_r, "alpha": shape.lora_alpha, "dropout": 0.05},
+        "model": {"name": folder},
+        "adapter": {"method": "lora", "r": shape.lora_r, "alpha": shape.lora_alpha},
         "tasks": task_configs(data_dir, 200),
         "data": {"max_seq_len": shape.pack_len, "packing": True},
         "train": {"max_steps": max_steps, "micro_batch_size": 1, "grad_accum_steps": 2,
-                  "learning_rate": shape.learning_rate, "mixed_precision": "bf16" if cuda else "no"},
+                  "learning_rate": shape.learning_rate},
         "eval": {"baseline": False, "generate": "never", "max_rows": 4, "micro_batch_size": 4},
         "checkpoint": {"every_steps": every, "keep_last": None},
         "logging": {"every_steps": 1},

@@ -13,11 +13,14 @@ def markdown(report: dict[str, Any]) -> str:
     lines = [f"# GPU check ({report['mode']})", "", f"Command: `{report['command']}`; started {report['started']}, "
              f"{report.get('wall_s', 0)} s in all.", ""]
     lines += _environment(s.get("environment", {}))
-    lines += ["## Methods (multitune's train_step)", "",
+    lines += _defaults(s.get("defaults"))
+    lines += ["## Methods (multitune's train_step, the defaults above)", "",
               "| method | layers | layout | tokens/s | s/step | peak GiB | MFU measured | MFU datasheet | "
               "TFLOP/step | loss first -> last |", "|---|---|---|---|---|---|---|---|---|---|"]
     for name in METHODS:
         lines += _method_rows(name, s.get(name))
+    lines += ["", "## Shared-prefix rows against padded rows (LoRA, same examples)", ""] + _share_prefix(s.get("share_prefix"))
+    lines += ["", "## Evaluation (eval.runner.evaluate)", ""] + _eval(s.get("eval"))
     lines += ["", "## TRL SFTTrainer + PEFT, same LoRA step", "", "| layout | tokens/s | s/step | peak GiB | "
               "loss first -> last | multitune tokens/s | ratio |", "|---|---|---|---|---|---|---|"]
     lines += _trl_rows(s.get("trl"), s.get("lora"))
@@ -42,33 +45,84 @@ def _environment(env: dict[str, Any]) -> list[str]:
             f"Versions: {', '.join(f'{k} {v}' for k, v in env.get('versions', {}).items())}.", ""]
 
 
+def _defaults(d: Any) -> list[str]:
+    if not isinstance(d, dict) or "lora" not in d:
+        return [f"Defaults: {_status(d)}", ""]
+    lines = [f"## Defaults resolved for this device ({d['device']}, bf16 {d['bf16']})", "",
+             "| method | layout | mixed precision | weights | adapters' input cast | TF32 | a run prints |",
+             "|---|---|---|---|---|---|---|"]
+    for method in ("lora", "qlora", "dora", "full"):
+        m = d[method]
+        lines.append(f"| {method} | {m['layout']} | {m['mixed_precision']} | {m['dtype']} | {m['adapter_input_cast']} | "
+                     f"{m['tf32']} | {m['run_prints']} |")
+    return lines + [""]
+
+
 def _method_rows(name: str, result: Any) -> list[str]:
-    if not isinstance(result, dict) or "packed" not in result:
+    if not isinstance(result, dict) or "layouts" not in result:
         return [f"| {name} | | | {_status(result)} | | | | | | |"]
     rows = []
-    for layout in ("packed", "padded"):
-        r = result.get(layout)
-        if not isinstance(r, dict):
-            continue
+    for layout in result["layouts"]:
+        r = result[layout]
         flops = r["tflop_per_step"]
-        rows.append(f"| {name} | {result['layers']} | {layout} x{r['micro_batch_size']} | {r['tokens_per_s']:,.0f} | "
+        shown = layout + (" (default)" if layout == result["default_layout"] else "")
+        rows.append(f"| {name} | {result['layers']} | {shown} x{r['micro_batch_size']} | {r['tokens_per_s']:,.0f} | "
                     f"{r['step_s']} | {r['peak_memory_gib']} | {_pct(r['mfu_measured_peak'])} | "
                     f"{_pct(r['mfu_datasheet_peak'])} | {flops['total']} | {r['losses'][0]} -> {r['losses'][-1]} |")
     return rows
 
 
+def _share_prefix(result: Any) -> list[str]:
+    if not isinstance(result, dict) or "verdict" not in result:
+        return [f"- {_status(result)}"]
+    lines = ["| layout | tokens/s | s/step | peak GiB | positions/step | real tokens/step | first loss |",
+             "|---|---|---|---|---|---|---|"]
+    for layout in ("padded", "shared_prefix"):
+        r = result[layout].get(layout) if isinstance(result[layout], dict) else None
+        if not isinstance(r, dict):
+            lines.append(f"| {layout} | {_status(result[layout])} | | | | | |")
+            continue
+        lines.append(f"| {layout} x{r['micro_batch_size']} | {r['tokens_per_s']:,.0f} | {r['step_s']} | "
+                     f"{r['peak_memory_gib']} | {r['positions_per_step']:,.0f} | {r['real_tokens_per_step']:,.0f} | "
+                     f"{r['losses'][0]} |")
+    ratios = ", ".join(f"{k} {result[k]}" for k in ("speedup", "peak_memory_ratio", "positions_ratio",
+                                                    "first_loss_relative_difference") if k in result)
+    return lines + ["", f"Shared-prefix over padded: {ratios}. {result['verdict']}."]
+
+
+def _eval(result: Any) -> list[str]:
+    if not isinstance(result, dict) or "settings" not in result:
+        return [f"- {_status(result)}"]
+    lines = [f"{result['layers']} layers, {result['settings']['run_prints']}, {result['method']} attached, "
+             f"micro-batch {result['micro_batch_size']}, weights {result['weights_gib']} GiB.", "",
+             "| task | kind | candidates (tree nodes) | rows | scoring rows/s | forward calls | peak GiB | "
+             "generated rows | generation rows/s | forward calls | peak GiB | accuracy | gen. accuracy |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for name, t in result.items():
+        if not isinstance(t, dict) or "scoring" not in t:
+            continue
+        sc, g, m = t["scoring"], t["generation"], t["metrics"]
+        lines.append(f"| {name} | {t['kind']} | {t['candidates']} ({t['tree_nodes']}) | {m.get('rows', 0):.0f} | "
+                     f"{sc['rows_per_s']} | {sc['forward_calls']} | {sc['peak_memory_gib']} | {m.get('gen_rows', 0):.0f} | "
+                     f"{g['rows_per_s']} | {g['forward_calls']} | {g['peak_memory_gib']} | {m.get('accuracy')} | "
+                     f"{m.get('gen_accuracy')} |")
+    return lines
+
+
 def _trl_rows(trl: Any, lora: Any) -> list[str]:
+    """TRL's packed and padded steps against multitune's packed rows and its default layout."""
     if not isinstance(trl, dict) or "packed" not in trl:
         return [f"| | {_status(trl)} | | | | | |"]
+    lora = lora if isinstance(lora, dict) else {}
     rows = []
-    for layout in ("packed", "padded"):
-        r, ours = trl.get(layout), (lora or {}).get(layout) if isinstance(lora, dict) else None
+    for layout, ours_layout in [("packed", "packed"), ("padded", lora.get("default_layout", "padded"))]:
+        r, ours = trl.get(layout), lora.get(ours_layout)
         if not isinstance(r, dict):
             continue
         ours_tps = ours["tokens_per_s"] if isinstance(ours, dict) else None
         ratio = f"{ours_tps / r['tokens_per_s']:.2f}x" if ours_tps else "n/a"
         rows.append(f"| {layout} | {r['tokens_per_s']:,.0f} | {r['step_s']} | {r['peak_memory_gib']} | "
-                    f"{r['losses'][0]} -> {r['losses'][-1]} | {ours_tps or 'n/a'} | {ratio} |")
+                    f"{r['losses'][0]} -> {r['losses'][-1]} | {ours_tps or 'n/a'} ({ours_layout}) | {ratio} |")
     return rows
 
 
@@ -92,7 +146,7 @@ def _compile_and_logits(compiled: Any, logits: Any) -> list[str]:
     else:
         lines.append(f"- compile: {_status(compiled)}")
     if isinstance(logits, dict) and "plain" in logits:
-        for layout in ("packed", "padded"):
+        for layout in logits["answer_only"]["layouts"]:
             a, p = logits["answer_only"][layout], logits["plain"][layout]
             lines.append(f"- logits ({logits['layers']} layers, vocabulary {logits['vocab']:,}, {layout}): answer-only "
                          f"{a['tokens_per_s']:,.0f} tokens/s, {a['peak_memory_gib']} GiB; plain "

@@ -3,17 +3,19 @@ streams, the model folders, the measured peak) so that each is built once and on
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import gpu_eval
 import gpu_launch
 import gpu_shapes
 import torch
 from gpu_data import Streams, build_streams, peer_rows
 from gpu_shapes import SKIP_CUDA, Shape, free_memory
-from gpu_steps import Method, measure
+from gpu_steps import Method, device_defaults, measure, resolved_config
 
 
 class Check:
@@ -70,29 +72,61 @@ class Check:
         self._streams, stats = build_streams(self.shape, self.data_dir)
         return stats
 
+    def defaults(self) -> dict[str, Any]:
+        return device_defaults(self.shape, self.streams.tasks)
+
     def lora(self) -> dict[str, Any]:
         return measure(self.shape, Method("lora", self.shape.layers), self.streams, self.peaks)
+
+    def share_prefix(self) -> dict[str, Any]:
+        """Shared-prefix rows (`train.share_prefix: true`) against padded rows, the GPU's default, on the
+        same examples: LoRA at the shape's layers, a fresh model of the same seed for each, so their first
+        losses must agree (the layout is exact). Running out of memory is a result here, not an error."""
+        out: dict[str, Any] = {"layers": self.shape.layers}
+        for layout in ("padded", "shared_prefix"):
+            free_memory()  # here, not in the except block: the traceback held the failed try's tensors
+            try:
+                out[layout] = measure(self.shape, Method("lora", self.shape.layers, layouts=(layout,)), self.streams,
+                                      self.peaks)
+            except torch.cuda.OutOfMemoryError as e:
+                out[layout] = {"status": "out of memory: " + str(e).splitlines()[0][:300]}
+        free_memory()
+        return {**out, **compare_layouts(out["padded"], out["shared_prefix"], torch.cuda.is_available())}
+
+    def eval(self) -> dict[str, Any]:
+        """multitune's evaluation (scoring, multiple choice, greedy generation) at the shape (gpu_eval.py)."""
+        return gpu_eval.measure_eval(self.shape, self.streams)
 
     def qlora(self) -> dict[str, Any]:
         folder = self.folder(self.shape.layers)
         # bitsandbytes' CPU 4-bit kernels take seconds a step even at the toy size: one layout there.
-        layouts = ("packed", "padded") if torch.cuda.is_available() else ("packed",)
+        layouts = ("packed", "default") if torch.cuda.is_available() else ("default",)
         return measure(self.shape, Method("qlora", self.shape.layers, layouts=layouts), self.streams, self.peaks, folder)
 
     def dora(self) -> dict[str, Any]:
         return measure(self.shape, Method("dora", self.shape.layers), self.streams, self.peaks)
 
     def full(self) -> dict[str, Any]:
-        """Full fine-tuning at the most layers that fit: each weight, its gradient and AdamW's two states."""
+        """Full fine-tuning at the most layers that fit: each weight (float32 master weights under the
+        shipped defaults on a GPU), its gradient and AdamW's two states. A size whose weights, gradients
+        and states alone pass 90% of the GPU's memory is not tried; a size that runs out is the next one."""
+        cfg, _ = resolved_config(self.shape, Method("full", 1), self.streams.tasks, "default", 1)
+        weight_bytes = torch.empty((), dtype=getattr(torch, cfg.model.dtype)).element_size()
+        memory = torch.cuda.get_device_properties(0).total_memory / 2**30 if torch.cuda.is_available() else None
+        not_tried: dict[int, str] = {}
         too_big: list[int] = []
         for layers in self.shape.full_layers:
+            need = gpu_shapes.full_state_gib(self.shape, layers, weight_bytes)
+            if memory is not None and need > 0.9 * memory:
+                not_tried[layers] = f"{need:.0f} GiB of weights, gradients and AdamW states > 90% of {memory:.0f} GiB"
+                continue
             free_memory()  # here, not in the except block: the traceback held the failed try's tensors
             try:
                 return {**measure(self.shape, Method("full", layers), self.streams, self.peaks),
-                        "out_of_memory_at_layers": too_big}
+                        "out_of_memory_at_layers": too_big, "not_tried": not_tried}
             except torch.cuda.OutOfMemoryError:
                 too_big.append(layers)
-        raise RuntimeError(f"full fine-tuning ran out of memory at every size tried: {too_big} layers")
+        raise RuntimeError(f"full fine-tuning fit at no size: out of memory at {too_big} layers, not tried {not_tried}")
 
     def lora_checkpointing(self) -> dict[str, Any]:
         return measure(self.shape, Method("lora", self.shape.layers, gradient_checkpointing=True), self.streams,
@@ -106,13 +140,16 @@ class Check:
 
         shape, streams = self.shape, self.streams
         rows = peer_rows(streams.examples)
-        out: dict[str, Any] = {"layers": shape.layers}
+        # The LoRA multitune trains with by default (dropout 0 since issue 22), and its base's dtype.
+        ours, _ = resolved_config(shape, Method("lora", shape.layers), streams.tasks, "default", 1)
+        lora = peers.LoraSettings(r=ours.adapter.r, alpha=ours.adapter.alpha, dropout=ours.adapter.dropout)
+        out: dict[str, Any] = {"layers": shape.layers, "lora": dataclasses.asdict(lora), "dtype": ours.model.dtype}
         for layout, micro, packing in [("packed", shape.packed_micro_batch, True),
                                        ("padded", shape.padded_micro_batch, False)]:
-            model = gpu_shapes.random_model(shape, shape.layers, streams.tokenizer, self.device)
+            model = gpu_shapes.random_model(shape, shape.layers, streams.tokenizer, self.device, dtype=ours.model.dtype)
             try:
                 out[layout] = peers.trl_lora_steps(
-                    model, streams.tokenizer, rows, peers.LoraSettings(r=shape.lora_r, alpha=shape.lora_alpha),
+                    model, streams.tokenizer, rows, lora,
                     micro_batch_size=micro, learning_rate=shape.learning_rate,
                     steps=shape.warmup_steps + shape.timed_steps, warmup_steps=shape.warmup_steps,
                     max_length=shape.pack_len, packing=packing, output_dir=str(self.work / f"trl-{layout}"))
@@ -177,6 +214,30 @@ class Check:
         return out
 
 
+def compare_layouts(padded: dict[str, Any], shared: dict[str, Any], gpu: bool) -> dict[str, Any]:
+    """Shared-prefix rows over padded rows: tokens/s, peak memory, positions run, the first losses (same
+    weights, same examples), and what the measurement says about the GPU default: the layout wins when it
+    is at least 5% faster at no more than 5% more memory."""
+    p, s = padded.get("padded"), shared.get("shared_prefix")
+    if isinstance(p, dict) and str(shared.get("status", "")).startswith("out of memory"):
+        return {"verdict": "padded rows stay the GPU default: shared-prefix rows ran out of memory where padded "
+                           "rows fit"}
+    if not isinstance(p, dict) or not isinstance(s, dict):
+        return {"verdict": "not measured: " + "; ".join(str(x.get("status", x.get("error"))) for x in (padded, shared)
+                                                        if "status" in x or "error" in x)}
+    first_diff = abs(s["losses"][0] - p["losses"][0]) / max(abs(p["losses"][0]), 1e-9)
+    out: dict[str, Any] = {"speedup": round(s["tokens_per_s"] / p["tokens_per_s"], 3),
+                           "positions_ratio": round(s["positions_per_step"] / p["positions_per_step"], 3),
+                           "first_loss_relative_difference": float(f"{first_diff:.3g}")}
+    if not gpu:
+        return {**out, "peak_memory_ratio": SKIP_CUDA, "verdict": "not judged on a CPU (the smoke runs the paths)"}
+    memory = s["peak_memory_gib"] / p["peak_memory_gib"]
+    wins = out["speedup"] >= 1.05 and memory <= 1.05
+    return {**out, "peak_memory_ratio": round(memory, 3),
+            "verdict": "shared-prefix rows win here: `train.share_prefix: null` could turn them on on this GPU" if wins
+            else "padded rows stay the GPU default (shared-prefix rows need 5% more tokens/s at most 5% more memory)"}
+
+
 def add_ratios(report: dict[str, Any]) -> None:
     """The issue's targets, from what was measured: LoRA MFU, QLoRA's memory against LoRA's, multitune
     against TRL. A target whose inputs are missing says so."""
@@ -192,10 +253,13 @@ def add_ratios(report: dict[str, Any]) -> None:
     lora_mem, qlora_mem = get("lora", "packed", "peak_memory_gib"), get("qlora", "packed", "peak_memory_gib")
     ratio = qlora_mem / lora_mem if isinstance(lora_mem, float) and isinstance(qlora_mem, float) else None
     targets["qlora_peak_over_lora_peak <= 0.5"] = _verdict(ratio, ratio <= 0.5 if ratio is not None else None)
-    for layout in ("packed", "padded"):
-        ours, theirs = get("lora", layout, "tokens_per_s"), get("trl", layout, "tokens_per_s")
+    # Packed against packed; and each tool's default, what a user gets: multitune's default layout for the
+    # device against TRL's padded batches (SFTTrainer's packing is off by default).
+    default = s.get("lora", {}).get("default_layout", "padded")
+    for name, ours_layout, trl_layout in [("packed", "packed", "packed"), ("defaults", default, "padded")]:
+        ours, theirs = get("lora", ours_layout, "tokens_per_s"), get("trl", trl_layout, "tokens_per_s")
         r = ours / theirs if ours and theirs else None
-        targets[f"multitune_over_trl_tokens_per_s_{layout} >= 1.5"] = _verdict(r, r >= 1.5 if r is not None else None)
+        targets[f"multitune_over_trl_tokens_per_s_{name} >= 1.5"] = _verdict(r, r >= 1.5 if r is not None else None)
     report["targets"] = targets
 
 

@@ -37,7 +37,7 @@ class Shape:
     heads: int
     kv_heads: int
     vocab: int
-    layers: int  # lora, qlora, dora, lora + checkpointing, TRL
+    layers: int  # lora, qlora, dora, lora + checkpointing, share_prefix, eval, TRL
     full_layers: tuple[int, ...]  # full fine-tuning: tried in order until every weight and its AdamW state fit
     small_layers: int  # torch.compile, the logits comparison and the launched runs: time, not memory
     rope_theta: float = 500_000.0
@@ -49,19 +49,23 @@ class Shape:
     learning_rate: float = 2e-4
     rows_per_task: int = 2500
     tokenizer_vocab: int = 8192  # the BPE trained on the rows; its ids are spread over `vocab`
-    dtype: str = "bfloat16"
+    dtype: str = "bfloat16"  # the saved model folders' and the peer's weights (the timed sections resolve theirs)
+    eval_rows: int = 128  # validation rows per task the eval section scores (`eval.max_rows`)
+    eval_generate_rows: int = 32  # of those, the rows it also generates for (`eval.generate_max_rows`)
     lora_r: int = 16
     lora_alpha: float = 32.0
 
 
+# Full fine-tuning keeps float32 master weights (the shipped `model.dtype: auto`): with their gradients and
+# AdamW's states, 120 GiB at 32 layers (no GPU here), 68 GiB at 16 (an H200), 42 GiB at 8 (an H100).
 LLAMA3_8B = Shape(hidden=4096, intermediate=14336, heads=32, kv_heads=8, vocab=128_256, layers=32,
-                  full_layers=(32, 16), small_layers=4)
+                  full_layers=(32, 16, 8), small_layers=4)
 # The CPU smoke: the same code at a toy size. Every projection is a multiple of 128, as bitsandbytes'
 # CPU 4-bit kernel needs ("N must be divisible by block_n").
 SMOKE = Shape(hidden=256, intermediate=512, heads=4, kv_heads=2, vocab=4096, layers=2, full_layers=(1,),
               small_layers=1, pack_len=256, packed_micro_batch=2, padded_micro_batch=8, warmup_steps=1,
               timed_steps=2, learning_rate=2e-3, rows_per_task=120, tokenizer_vocab=1024, dtype="float32",
-              lora_r=8, lora_alpha=16.0)
+              lora_r=8, lora_alpha=16.0, eval_rows=8, eval_generate_rows=2)
 
 
 def llama_config(shape: Shape, layers: int, tokenizer: Any) -> Any:
@@ -78,14 +82,17 @@ def llama_config(shape: Shape, layers: int, tokenizer: Any) -> Any:
     )
 
 
-def random_model(shape: Shape, layers: int, tokenizer: Any, device: torch.device, seed: int = 0) -> Any:
-    """A `LlamaForCausalLM` of `shape` with random weights, built directly on `device` (no download, and
-    no 16 GB detour through the CPU for the 8B shape)."""
+def random_model(shape: Shape, layers: int, tokenizer: Any, device: torch.device, seed: int = 0,
+                 dtype: str | None = None, attn_implementation: str = "sdpa") -> Any:
+    """A `LlamaForCausalLM` of `shape` with random weights in `dtype` (default `shape.dtype`), built
+    directly on `device` (no download, and no 16 GB detour through the CPU for the 8B shape)."""
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(seed)
     with torch.device(device):  # initialised where it runs, in its own dtype: no float32 copy of 8B weights
-        return AutoModelForCausalLM.from_config(llama_config(shape, layers, tokenizer), dtype=getattr(torch, shape.dtype))
+        return AutoModelForCausalLM.from_config(llama_config(shape, layers, tokenizer),
+                                                dtype=getattr(torch, dtype or shape.dtype),
+                                                attn_implementation=attn_implementation)
 
 
 def save_model_folder(shape: Shape, layers: int, tokenizer: Any, folder: Any, device: torch.device) -> dict[str, Any]:
@@ -107,6 +114,17 @@ def free_memory() -> None:
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
+
+
+def full_state_gib(shape: Shape, layers: int, weight_bytes: int) -> float:
+    """GiB that full fine-tuning holds before any activation: every weight (embedding and head
+    included), its gradient in the same dtype, and AdamW's two states (the weights' dtype too).
+
+    >>> round(full_state_gib(LLAMA3_8B, 32, 4), 1), round(full_state_gib(LLAMA3_8B, 8, 4), 1)
+    (119.7, 41.7)
+    """
+    params = linear_params(shape, layers) + 2 * shape.vocab * shape.hidden
+    return params * 4 * weight_bytes / 2**30
 
 
 def linear_params(shape: Shape, layers: int) -> int:

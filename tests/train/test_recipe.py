@@ -3,6 +3,8 @@
 import json
 from pathlib import Path
 
+import pytest
+
 from conftest import SMALL_TINY
 from multitune.config import validate
 from multitune.recipes.train import run
@@ -82,3 +84,32 @@ def test_a_null_baseline_max_rows_evaluates_every_row(tmp_path, monkeypatch, cap
     assert "baseline:" not in before_baseline and "fewer rows" not in after
     assert indices == [list(range(len(claims.items)))] * 2
     assert result.metrics["before"]["claims"]["rows"] == result.metrics["after"]["claims"]["rows"]
+
+
+@pytest.fixture
+def fresh_accelerate_state():
+    """accelerate keeps one state per process and refuses a second mixed precision in it: this test's bf16
+    run starts from a clean one and leaves a clean one behind."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    def reset() -> None:
+        AcceleratorState._reset_state(True)
+        GradientState._reset_state()
+
+    reset()
+    yield
+    reset()
+
+
+def test_a_bf16_autocast_run_generates_at_its_baseline_and_final_evaluations(tmp_path, fresh_accelerate_state):
+    """Under autocast the adapters take their layer's input as it comes, bf16 (models/adapters.py), while
+    their weights stay float32. `generate` calls the model outside the forward accelerate wrapped in
+    autocast, so the evaluation runs under the run's autocast, or the first generated token raises (what
+    every GPU run with the default `eval.generate: ends` hit at its baseline). bf16 on the CPU stands in."""
+    result = run(validate(small_run(tmp_path, model={"dtype": "bfloat16"},
+                                    train={"max_steps": 1, "mixed_precision": "bf16"},
+                                    eval={"baseline": True, "generate": "ends", "max_rows": 4,
+                                          "generate_max_rows": 2})))
+    for when in ("before", "after"):
+        claims = result.metrics[when]["claims"]
+        assert claims["rows"] == 4.0 and claims["gen_rows"] == 2.0 and 0.0 <= claims["gen_accuracy"] <= 1.0

@@ -242,9 +242,12 @@ def evaluate_run(r: Run, step: int, *, baseline: bool = False, final: bool = Fal
     if baseline and (notice := baseline_notice(r.eval_sets, cfg)):  # a sample is said before it runs
         r.accelerator.print(notice)
     plain = r.accelerator.unwrap_model(r.model, keep_torch_compile=False)  # eval shapes vary: not compiled
-    results = evaluate(plain, r.tokenizer, r.eval_sets, cfg=baseline_config(cfg) if baseline else cfg,
-                       pad_id=load.pad_id(r.tokenizer), generate=generate,
-                       rank=r.accelerator.process_index, world_size=r.accelerator.num_processes)
+    # Under the run's autocast as a whole: `generate` calls the model past the forward accelerate wrapped
+    # in it, and the adapters take bf16 inputs against their float32 weights (models/adapters.py).
+    with r.accelerator.autocast():
+        results = evaluate(plain, r.tokenizer, r.eval_sets, cfg=baseline_config(cfg) if baseline else cfg,
+                           pad_id=load.pad_id(r.tokenizer), generate=generate,
+                           rank=r.accelerator.process_index, world_size=r.accelerator.num_processes)
     shard.reshard(plain)  # forwards without a backward leave the FSDP root gathered
     if state.last_eval_step == step:  # a run resumed at its very end has logged this one already
         return results
