@@ -29,6 +29,7 @@ from multitune.config.schema import RunConfig
 from multitune.errors import EXIT_ABORTED, EXIT_PREEMPTED, UserError
 from multitune.io import write_json_atomic, write_text_atomic
 from multitune.kinds import primary_metrics
+from multitune.models import load
 from multitune.report import sweep as report
 from multitune.train.resume import differences
 
@@ -177,9 +178,11 @@ def sweep(config_path: str, items: list[str], sweep_dir: str | Path | None = Non
 
 
 def _refuse_changed(r: GridRun, cfg: RunConfig) -> None:
-    """A finished run is reused only if it was made from this config (a GGUF base's pinned hash aside)."""
+    """A finished run is reused only if it was made from this config (a GGUF base's pinned hash aside), as
+    the run resolved it for this machine (its config.yaml records the device settings it decided)."""
     saved = (r.dir / "config.yaml").read_text()
-    problems = [p for p in differences(saved, config_mod.dump(cfg), {}, {}) if not p.startswith("model.gguf_sha256")]
+    current = config_mod.dump(load.for_this_machine(cfg))
+    problems = [p for p in differences(saved, current, {}, {}) if not p.startswith("model.gguf_sha256")]
     if problems:
         raise UserError(f"the finished run {r.dir} was made from another config: " + "; ".join(problems[:3]),
                         fix="delete that run's folder to train it again, or give the sweep another --output-dir")
