@@ -55,10 +55,12 @@ def test_the_slurm_script_requeues_a_preempted_job_only(tmp_path, training_statu
     stubs = tmp_path / "bin"
     stubs.mkdir()
     log = tmp_path / "calls"
-    (stubs / "srun").write_text(f'#!/usr/bin/env bash\necho "srun $*" >> {log}\n'
+    (stubs / "srun").write_text(f'#!/usr/bin/env bash\necho "srun main=$MAIN_ADDR $*" >> {log}\n'
                                 f'case "$*" in *doctor*) exit 0 ;; esac\nexit {training_status}\n')
+    # Many host names, written one at a time: a reader that stops after the first line (`head -n 1`)
+    # closes the pipe while scontrol still writes, the SIGPIPE that once ended the script under pipefail.
     (stubs / "scontrol").write_text(f'#!/usr/bin/env bash\necho "scontrol $*" >> {log}\n'
-                                    'if [ "$1" = show ]; then printf "node1\\nnode2\\nnode3\\n"; fi\n')
+                                    'if [ "$1" = show ]; then for i in $(seq 1 20000); do echo "node$i"; done; fi\n')
     for stub in stubs.iterdir():
         stub.chmod(0o755)
     env = {**os.environ, "PATH": f"{stubs}{os.pathsep}{os.environ['PATH']}", "SLURM_JOB_ID": "4242",
@@ -68,6 +70,7 @@ def test_the_slurm_script_requeues_a_preempted_job_only(tmp_path, training_statu
     assert r.returncode == training_status, r.stderr
     calls = log.read_text()
     assert "doctor" in calls and "launch-multinode.sh" in calls
+    assert calls.count("srun main=node1 ") == 2, calls
     assert ("scontrol requeue 4242" in calls) == requeued
 
 
