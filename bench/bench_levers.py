@@ -50,7 +50,7 @@ def build(args: argparse.Namespace) -> Callable[[int], tuple[Any, float, int]]:
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
-    from multitune.models import adapters, load
+    from multitune.models import adapters, attention, load
     from multitune.train import loop, optim
 
     spec = Spec(model=args.model, data=str(args.data), max_rows=None, max_seq_len=1024, folder="", tokenizer_dir="",
@@ -68,9 +68,11 @@ def build(args: argparse.Namespace) -> Callable[[int], tuple[Any, float, int]]:
     base = load.load_model(folder, cfg.model, None, accelerator.device)
     set_seed(cfg.seed)
     model = adapters.attach(base, cfg.adapter, cfg.train.gradient_checkpointing)
+    shared = args.layout == "shared"
+    prefix_mask = attention.select_for_shared_prefix(model, cfg.adapter.virtual_tokens) if shared else None
     if args.compile:
         model = torch.compile(model, dynamic=True)
-    plan = loop.make_plan(cfg.train, prepared, cfg.seed, 1, share_prefix=args.layout == "shared")
+    plan = loop.make_plan(cfg.train, prepared, cfg.seed, 1, share_prefix=shared, prefix_mask=prefix_mask)
     optimizer = optim.build_optimizer(model, cfg.train)
     scheduler = optim.build_scheduler(optimizer, cfg.train, plan.total_steps)
     model, optimizer = accelerator.prepare(model, optimizer)

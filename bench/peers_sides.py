@@ -143,7 +143,7 @@ def multitune_side(spec: Spec, share_prefix: bool = True) -> dict[str, Any]:
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
-    from multitune.models import adapters, load
+    from multitune.models import adapters, attention, load
     from multitune.train import loop, optim
 
     started = time.perf_counter()
@@ -152,7 +152,9 @@ def multitune_side(spec: Spec, share_prefix: bool = True) -> dict[str, Any]:
     base = load.load_model(folder, cfg.model, None, accelerator.device)
     set_seed(cfg.seed)
     model = adapters.attach(base, cfg.adapter, cfg.train.gradient_checkpointing)
-    plan = loop.make_plan(cfg.train, prepared, cfg.seed, 1, share_prefix=share_prefix and cfg.shares_prefix)
+    shared = share_prefix and cfg.shares_prefix
+    prefix_mask = attention.select_for_shared_prefix(model, cfg.adapter.virtual_tokens) if shared else None
+    plan = loop.make_plan(cfg.train, prepared, cfg.seed, 1, share_prefix=shared, prefix_mask=prefix_mask)
     optimizer = optim.build_optimizer(model, cfg.train)
     scheduler = optim.build_scheduler(optimizer, cfg.train, plan.total_steps)
     model, optimizer = accelerator.prepare(model, optimizer)

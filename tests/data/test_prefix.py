@@ -39,7 +39,7 @@ def with_prefixes(vocab: int, n: int, seed: int, prefixes: int = 2, longest: int
 
 def test_each_example_is_laid_down_up_to_its_last_target_and_sees_what_it_saw_in_its_own_row():
     seqs = with_prefixes(vocab=500, n=10, seed=0)
-    batch = shared_prefix_batch(seqs, pad_id=0, max_len=1024)
+    batch = shared_prefix_batch(seqs, pad_id=0, max_len=1024, mask="dense")
     assert int(real_tokens(batch)) == sum(len(e.input_ids) for e in seqs)
     ids, pos, mask = batch["input_ids"][0], batch["position_ids"][0], batch["attention_mask"][0, 0]
     labels = batch["labels"][0]
@@ -58,15 +58,15 @@ def test_each_example_is_laid_down_up_to_its_last_target_and_sees_what_it_saw_in
 
 def test_blocks_hold_the_dense_mask():
     seqs = with_prefixes(vocab=500, n=9, seed=5)
-    batch = shared_prefix_batch(seqs, pad_id=0, max_len=60)  # several rows, the prefix repeated
+    batch = shared_prefix_batch(seqs, pad_id=0, max_len=60, mask="blocks")  # several rows, the prefix repeated
     rows, width = batch["input_ids"].shape
     assert rows > 1
     dense = torch.zeros(rows * width, rows * width, dtype=torch.bool)
     q_len = batch["block_q"].shape[1]
     for slot in batch["block_q_take"].tolist():  # the real query slots
         b, j = divmod(slot, q_len)
-        dense[batch["block_q"][b, j], batch["block_k"][b][batch["block_mask"][b, 0, j]]] = True
-    expected = torch.block_diag(*batch["attention_mask"][:, 0])
+        dense[batch["block_q"][b, j], batch["block_k"][b][batch["attention_mask"][b, 0, j]]] = True
+    expected = torch.block_diag(*shared_prefix_batch(seqs, pad_id=0, max_len=60, mask="dense")["attention_mask"][:, 0])
     real = batch["input_ids"].flatten() != 0  # padding (id 0: the rows' tokens are >= 10) is in no block
     assert torch.equal(dense[real][:, real], expected[real][:, real])
     assert not dense[~real].any()
@@ -87,7 +87,7 @@ def test_groups_share_only_what_every_row_holds_before_its_first_trained_positio
 
 def test_rows_longer_than_max_len_split_and_repeat_their_prefix():
     seqs = with_prefixes(vocab=500, n=8, seed=3, prefixes=1)
-    batch = shared_prefix_batch(seqs, pad_id=0, max_len=40)
+    batch = shared_prefix_batch(seqs, pad_id=0, max_len=40, mask="dense")
     assert batch["input_ids"].shape[0] > 1
     assert (batch["task_ids"] >= 0).sum(dim=1).max() <= 40
     assert int(real_tokens(batch)) == sum(len(e.input_ids) for e in seqs)
@@ -99,12 +99,15 @@ def test_rows_longer_than_max_len_split_and_repeat_their_prefix():
 def test_shared_prefix_gradients_and_per_task_losses_equal_the_padded_ones(tiny_dir, tokenizer, attn):
     from transformers import AutoModelForCausalLM
 
+    from multitune.models import attention
+
     model = AutoModelForCausalLM.from_pretrained(tiny_dir, attn_implementation=attn).train()
     seqs = with_prefixes(len(tokenizer), 12, seed=4)
     pad = tokenizer.pad_token_id
     padded = step_gradients(model, [pad_batch(seqs[:6], pad), pad_batch(seqs[6:], pad)], n_tasks=2)
-    shared = step_gradients(model, [shared_prefix_batch(seqs[:6], pad, 1024), shared_prefix_batch(seqs[6:], pad, 1024)],
-                            n_tasks=2)
+    mask = attention.select_for_shared_prefix(model, virtual_tokens=0)  # blocks under sdpa, additive under eager
+    shared = step_gradients(model, [shared_prefix_batch(seqs[:6], pad, 1024, mask),
+                                    shared_prefix_batch(seqs[6:], pad, 1024, mask)], n_tasks=2)
     assert shared[1].tolist() == padded[1].tolist()  # the same answer tokens and real tokens in the step
     torch.testing.assert_close(shared[2], padded[2], rtol=1e-4, atol=1e-4)  # per-task [loss sum, tokens]
     for name, g in padded[0].items():
@@ -125,28 +128,51 @@ def test_share_prefix_is_resolved_from_the_config_and_refused_where_it_cannot_ap
 def test_block_attention_gives_the_dense_masks_logits_and_is_what_runs(tiny_dir, tokenizer):
     from transformers import AutoModelForCausalLM
 
+    from multitune.data.collate import model_inputs
     from multitune.models import attention
 
     model = AutoModelForCausalLM.from_pretrained(tiny_dir, attn_implementation="sdpa").eval()
-    batch = shared_prefix_batch(with_prefixes(len(tokenizer), 8, seed=6), tokenizer.pad_token_id, 1024)
-    inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids")}
-    blocks = (batch["block_q"], batch["block_q_take"], batch["block_k"], batch["block_mask"])
+    seqs = with_prefixes(len(tokenizer), 8, seed=6)
+    batch = shared_prefix_batch(seqs, tokenizer.pad_token_id, 1024, mask="dense")
     real = batch["task_ids"] >= 0
     with torch.no_grad():
-        dense = model(**inputs).logits
-        with attention.blocks(model, True):
-            by_blocks = model(**inputs, **{attention.KWARG: blocks}).logits
-            seeing_all = model(**inputs, **{attention.KWARG: blocks[:3] + (torch.ones_like(blocks[3]),)}).logits
-        assert model.config._attn_implementation == "sdpa"  # restored on the way out
+        dense = model(**model_inputs(batch)).logits
+        assert attention.select_for_shared_prefix(model, virtual_tokens=0) == "blocks"
+        assert attention.implementation(model) == attention.NAME  # selected once, through the public interface
+        blocks = shared_prefix_batch(seqs, tokenizer.pad_token_id, 1024, mask="blocks")
+        assert torch.equal(blocks["input_ids"], batch["input_ids"]) and blocks["attention_mask"].shape[0] > 1
+        by_blocks = model(**model_inputs(blocks)).logits
+        seeing_all = model(**model_inputs({**blocks, "attention_mask": torch.ones_like(blocks["attention_mask"])})).logits
     torch.testing.assert_close(by_blocks[real], dense[real], rtol=1e-4, atol=1e-5)
     assert not torch.allclose(seeing_all[real], dense[real], atol=1e-3)  # the blocks' mask is the one used
+
+
+def test_a_block_attention_model_runs_every_other_batch_as_sdpa(tiny_dir, tokenizer):
+    from transformers import AutoModelForCausalLM
+
+    from multitune.models import attention
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_dir, attn_implementation="sdpa").eval()
+    padded = pad_batch(with_prefixes(len(tokenizer), 4, seed=7), tokenizer.pad_token_id)
+    prompt = padded["input_ids"][:1, :12]
+
+    def run() -> tuple[torch.Tensor, torch.Tensor]:  # padded rows' logits; greedy generation with a cache
+        with torch.no_grad():
+            logits = model(input_ids=padded["input_ids"], attention_mask=padded["attention_mask"]).logits
+            return logits, model.generate(prompt, max_new_tokens=4, do_sample=False)
+
+    as_sdpa = run()
+    attention.use_blocks(model)
+    assert attention.prefix_mask(model) == "blocks"
+    under_blocks = run()
+    assert torch.equal(under_blocks[0], as_sdpa[0]) and torch.equal(under_blocks[1], as_sdpa[1])
 
 
 @settings(max_examples=40, deadline=None)
 @given(st.integers(0, 10_000), st.integers(1, 12), st.sampled_from([40, 80, 1024]))
 def test_row_lengths_are_the_rows_the_batch_lays_down(seed, n, max_len):
     seqs = with_prefixes(vocab=50, n=n, seed=seed)
-    batch = shared_prefix_batch(seqs, pad_id=0, max_len=max(max_len, *(len(e.input_ids) for e in seqs)))
+    batch = shared_prefix_batch(seqs, pad_id=0, max_len=max(max_len, *(len(e.input_ids) for e in seqs)), mask="dense")
     widths = row_lengths(seqs, max(max_len, *(len(e.input_ids) for e in seqs)))
     # a row's last laid-down slot is an example's token or the padding slot holding its last target: a task
     laid = [int((row >= 0).nonzero().max()) + 1 for row in batch["task_ids"]]

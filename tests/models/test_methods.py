@@ -17,7 +17,7 @@ from multitune.data.packing import pack_batch
 from multitune.data.prefix import shared_prefix_batch
 from multitune.data.tokenize import IGNORE, Tokenized
 from multitune.errors import UserError
-from multitune.models import adapters
+from multitune.models import adapters, attention
 
 METHODS = {
     "prompt_tuning": {"method": "prompt_tuning", "num_virtual_tokens": 5},
@@ -89,9 +89,10 @@ def test_virtual_tokens_give_the_same_step_in_padded_shared_prefix_and_packed_ro
     model, _ = trained(tiny_dir, METHODS[name])
     model.train()
     seqs, pad = examples(len(tokenizer), 8, seed=3), tokenizer.pad_token_id
+    mask = attention.select_for_shared_prefix(model, virtual_tokens=model.n_virtual)  # dense: no block holds them
     padded = step_gradients(model, [pad_batch(seqs[:4], pad), pad_batch(seqs[4:], pad)], n_tasks=2)
     layouts = {
-        "shared": [shared_prefix_batch(seqs[:4], pad, 1024), shared_prefix_batch(seqs[4:], pad, 1024)],
+        "shared": [shared_prefix_batch(seqs[:4], pad, 1024, mask), shared_prefix_batch(seqs[4:], pad, 1024, mask)],
         "packed": [pack_batch([seqs[:2], seqs[2:4]], pad), pack_batch([seqs[4:6], seqs[6:]], pad)],
     }
     assert padded[0], "the virtual tokens must get a gradient"

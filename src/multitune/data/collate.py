@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 
+from multitune.data.prefix import BLOCK_KEYS, BLOCKS_KWARG
 from multitune.data.tokenize import IGNORE, Tokenized
 
 
@@ -30,9 +32,14 @@ def pad_batch(examples: Sequence[Tokenized], pad_id: int) -> dict[str, torch.Ten
 MODEL_KEYS = ("input_ids", "attention_mask", "position_ids")
 
 
-def model_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The tensors of a batch that go into the model's forward (labels and task ids stay out)."""
-    return {k: batch[k] for k in MODEL_KEYS if k in batch}
+def model_inputs(batch: dict[str, Any]) -> dict[str, Any]:
+    """The tensors of a batch that go into the model's forward (labels and task ids stay out). A
+    shared-prefix batch laid out for block attention (data/prefix.py) adds its block indices under one
+    keyword, which transformers hands down to the attention function (models/attention.py)."""
+    inputs: dict[str, Any] = {k: batch[k] for k in MODEL_KEYS if k in batch}
+    if BLOCK_KEYS[0] in batch:
+        inputs[BLOCKS_KWARG] = tuple(batch[k] for k in BLOCK_KEYS)
+    return inputs
 
 
 def real_tokens(batch: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -4,9 +4,9 @@ The rows of one task start with the same tokens: the chat template's header, the
 instruction (24 of banking77's 52 tokens on average with SmolLM2's template). A padded micro-batch runs
 them once per row, and pads every row to the longest. Here a micro-batch becomes one row (or a few, each
 at most `max_len` long): each group of rows that share a prefix lays it down once, followed by every row's
-remaining tokens (its suffix), with no padding between them. A 4D attention mask lets each suffix token
-see its group's prefix and the earlier tokens of its own suffix, nothing else, and position ids continue
-from the prefix in every suffix.
+remaining tokens (its suffix), with no padding between them. Each suffix token sees its group's prefix and
+the earlier tokens of its own suffix, nothing else, and position ids continue from the prefix in every
+suffix.
 
 The maths is the padded layout's: causal attention means a prefix token's hidden states never depend on
 what follows it, so they are the same in every row that holds it; each suffix token sees exactly the
@@ -17,12 +17,22 @@ predecessor, so no trained position is shared. Only the order of floating-point 
 
 It pays when the prefix is a good share of the rows (short classification prompts) and the attention over
 the whole row stays small next to the linear layers: `max_len` bounds the dense mask and that attention.
+
+A batch carries its attention mask once, in the one form the model's attention reads (`PrefixMask`, chosen
+once per run by `models/attention.py`'s `select_for_shared_prefix`):
+
+- `"blocks"`: for block attention (models/attention.py): one small mask per segment (prefix or suffix) and
+  the indices of its queries and keys, no (R, 1, T, T) mask;
+- `"dense"`: the (R, 1, T, T) boolean mask (True: attend), what sdpa takes (with virtual tokens, which
+  block attention has no place for);
+- `"additive"`: the same mask as eager attention adds it to the scores, 0 or float32's lowest value.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 
@@ -34,6 +44,15 @@ dense mask and the attention over the row, which pays for every pair of tokens i
 
 MIN_PREFIX = 8
 """Shorter common starts are not worth a group of their own: the rows are laid down whole instead."""
+
+PrefixMask = Literal["blocks", "dense", "additive"]
+"""The one form of the attention mask a shared-prefix batch carries (module docstring)."""
+
+BLOCK_KEYS = ("block_q", "block_q_take", "block_k")
+"""A `"blocks"` batch's indices (`blocks`), which go to the model as one keyword, `BLOCKS_KWARG`."""
+
+BLOCKS_KWARG = "multitune_blocks"
+"""The model keyword transformers hands down to the attention function with the block indices."""
 
 
 @dataclass(frozen=True)
@@ -93,13 +112,16 @@ def prefix_groups(examples: Sequence[Tokenized], min_prefix: int = MIN_PREFIX) -
 class _Row:
     """One output row being laid down: its tokens and, per token, the segment it attends within."""
 
-    ids: list[int]
-    labels: list[int]
-    positions: list[int]
-    tasks: list[int]
-    segments: list[int]  # the token's own segment: a prefix's or a suffix's; PAD_SEGMENT for padding
-    prefix_of: list[int]  # the prefix segment a suffix token may also see; -1 for prefix tokens and rows alone
-    targets: list[tuple[int, int, int]]  # (slot, label, task) of a dropped last target, written over the slot
+    ids: list[int] = field(default_factory=list)
+    labels: list[int] = field(default_factory=list)
+    positions: list[int] = field(default_factory=list)
+    tasks: list[int] = field(default_factory=list)
+    # the token's own segment: a prefix's or a suffix's; PAD_SEGMENT for padding
+    segments: list[int] = field(default_factory=list)
+    # the prefix segment a suffix token may also see; -1 for prefix tokens and rows alone
+    prefix_of: list[int] = field(default_factory=list)
+    # (label, task) of the last example's dropped last target, waiting for the next slot (`_lay_down`)
+    waiting: tuple[int, int] | None = None
 
 
 PAD_SEGMENT = -2
@@ -113,56 +135,59 @@ def last_target(ex: Tokenized) -> int:
 
 def _layout(examples: Sequence[Tokenized], groups: Sequence[Group], max_len: int, pad_id: int) -> list[_Row]:
     """Lay the groups down into rows of at most `max_len` tokens (a row that is longer on its own gets a
-    row of its own), a prefix again at the start of every row its group continues into.
-
-    Each example stops before its last target (`last_target`): that target's label goes on the next slot,
-    the next segment's first token (whose own label is never a target: a segment never starts with one)
-    or a padding slot closing the row; position t's target is the label at t + 1 either way."""
-    rows: list[_Row] = []
+    row of its own), a prefix again at the start of every row its group continues into. An example takes
+    its tokens up to its last target (`_lay_down`) and one slot more, where that target's label lands."""
+    rows = [_Row()]
     segment = 0
-
-    def new_row() -> _Row:
-        rows.append(_Row([], [], [], [], [], [], []))
-        return rows[-1]
-
-    row = new_row()
     for group in groups:
         prefix_ids = examples[group.rows[0]].input_ids[:group.prefix]
-        prefix_segment = -1
+        prefix_segment = -1  # the group's prefix segment in the current row; -1 until laid down there
         for i in group.rows:
             ex = examples[i]
-            end = last_target(ex)
-            need = end - group.prefix + 1 + (group.prefix if prefix_segment < 0 else 0)
-            if row.ids and len(row.ids) + need > max_len:
-                _close(row, pad_id)
-                row, prefix_segment = new_row(), -1
+            need = last_target(ex) - group.prefix + 1 + (group.prefix if prefix_segment < 0 else 0)
+            if rows[-1].ids and len(rows[-1].ids) + need > max_len:
+                _close(rows[-1], pad_id)
+                rows.append(_Row())
+                prefix_segment = -1
+            row = rows[-1]
             if group.prefix and prefix_segment < 0:  # the prefix, once in this row
                 prefix_segment, segment = segment, segment + 1
                 _extend(row, prefix_ids, [IGNORE] * group.prefix, 0, ex.task_id, prefix_segment, -1)
-            _extend(row, ex.input_ids[group.prefix:end], ex.labels[group.prefix:end], group.prefix, ex.task_id,
-                    segment, prefix_segment)
-            if end < len(ex.input_ids):
-                row.targets.append((len(row.ids), ex.labels[end], ex.task_id))
+            _lay_down(row, ex, group.prefix, segment, prefix_segment)
             segment += 1
-    _close(row, pad_id)
+    _close(rows[-1], pad_id)
     return rows
+
+
+def _lay_down(row: _Row, ex: Tokenized, start: int, segment: int, prefix_segment: int) -> None:
+    """Lay `ex` down from token `start` up to its last target (`last_target`), not including it: that
+    token's own input feeds no loss. Its label, the target of the token before it, is read at the next slot
+    (labels are read shifted): it waits on the row and lands on the next slot laid down (`_extend`), the next
+    segment's first token (never a target within its own segment) or the padding slot closing the row."""
+    end = last_target(ex)
+    _extend(row, ex.input_ids[start:end], ex.labels[start:end], start, ex.task_id, segment, prefix_segment)
+    if end < len(ex.input_ids):
+        row.waiting = (ex.labels[end], ex.task_id)
 
 
 def _close(row: _Row, pad_id: int) -> None:
     """End a row: a padding slot to hold the last example's dropped target, when it has one."""
-    if row.targets and row.targets[-1][0] == len(row.ids):
+    if row.waiting is not None:
         _extend(row, [pad_id], [IGNORE], 0, -1, PAD_SEGMENT, -1)
 
 
 def _extend(row: _Row, ids: Sequence[int], labels: Sequence[int], start: int, task: int, segment: int,
             prefix: int) -> None:
-    n = len(ids)
+    first, n = len(row.ids), len(ids)
     row.ids += ids
     row.labels += labels
     row.positions += range(start, start + n)
     row.tasks += [task] * n
     row.segments += [segment] * n
     row.prefix_of += [prefix] * n
+    if row.waiting is not None and n:  # the previous example's dropped last target (`_lay_down`)
+        row.labels[first], row.tasks[first] = row.waiting
+        row.waiting = None
 
 
 def row_lengths(examples: Sequence[Tokenized], max_len: int) -> list[int]:
@@ -176,18 +201,19 @@ def row_lengths(examples: Sequence[Tokenized], max_len: int) -> list[int]:
     return [len(row.ids) for row in _layout(examples, prefix_groups(examples), max_len, pad_id=0)]
 
 
-def shared_prefix_batch(examples: Sequence[Tokenized], pad_id: int, max_len: int) -> dict[str, torch.Tensor]:
-    """A micro-batch of examples as shared-prefix rows (module docstring).
+def shared_prefix_batch(examples: Sequence[Tokenized], pad_id: int, max_len: int,
+                        mask: PrefixMask) -> dict[str, torch.Tensor]:
+    """A micro-batch of examples as shared-prefix rows (module docstring), carrying its attention mask in
+    the one form `mask` names (`attention_inputs`).
 
     Returns input_ids, labels, position_ids, task_ids (-1 on padding): (R, T), where the label and task at
-    t + 1 are position t's target (as everywhere: labels are read shifted); attention_mask: (R, 1, T, T)
-    bool, True where a query (row 2) may attend a key (row 3); block_q, block_q_take, block_k,
-    block_mask: the same mask as blocks (`blocks`); row_tokens: the examples' own tokens (what a padded
-    batch counts as real), a 0-dim tensor.
+    t + 1 are position t's target (as everywhere: labels are read shifted); attention_mask (and for
+    `"blocks"` the block indices, BLOCK_KEYS); row_tokens: the examples' own tokens (what a padded batch
+    counts as real), a 0-dim tensor.
 
     >>> a = Tokenized([1] * 8 + [2, 3, 9], [IGNORE] * 10 + [9], 0)
     >>> b = Tokenized([1] * 8 + [4, 5, 6, 9], [IGNORE] * 10 + [6, 9], 0)
-    >>> out = shared_prefix_batch([a, b], pad_id=0, max_len=64)
+    >>> out = shared_prefix_batch([a, b], pad_id=0, max_len=64, mask="dense")
     >>> out["input_ids"].tolist(), out["position_ids"].tolist()
     ([[1, 1, 1, 1, 1, 1, 1, 1, 2, 3, 4, 5, 6, 0]], [[0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 8, 9, 10, 0]])
     >>> out["labels"].tolist()  # a's 9 waits on b's first slot, b's on the padding closing the row
@@ -197,26 +223,33 @@ def shared_prefix_batch(examples: Sequence[Tokenized], pad_id: int, max_len: int
     """
     rows = _layout(examples, prefix_groups(examples), max_len, pad_id)
     width = max(len(r.ids) for r in rows)
-    shape = (len(rows), width)
-    ids = torch.full(shape, pad_id, dtype=torch.long)
-    labels = torch.full(shape, IGNORE, dtype=torch.long)
-    positions = torch.zeros(shape, dtype=torch.long)
-    tasks = torch.full(shape, -1, dtype=torch.long)
-    segments = torch.full(shape, PAD_SEGMENT, dtype=torch.long)
-    prefix_of = torch.full(shape, -1, dtype=torch.long)
-    for r, row in enumerate(rows):
-        n = len(row.ids)
-        ids[r, :n] = torch.tensor(row.ids)
-        labels[r, :n] = torch.tensor(row.labels)
-        positions[r, :n] = torch.tensor(row.positions)
-        tasks[r, :n] = torch.tensor(row.tasks)
-        segments[r, :n] = torch.tensor(row.segments)
-        prefix_of[r, :n] = torch.tensor(row.prefix_of)
-        for slot, label, task in row.targets:
-            labels[r, slot], tasks[r, slot] = label, task
-    return {"input_ids": ids, "labels": labels, "position_ids": positions, "task_ids": tasks,
-            "attention_mask": attention_mask(segments, prefix_of), **blocks(segments, prefix_of),
+
+    def stacked(values: list[list[int]], fill: int) -> torch.Tensor:  # (R, T), each row filled on the right
+        return torch.tensor([v + [fill] * (width - len(v)) for v in values], dtype=torch.long)
+
+    segments = stacked([r.segments for r in rows], PAD_SEGMENT)
+    prefix_of = stacked([r.prefix_of for r in rows], -1)
+    return {"input_ids": stacked([r.ids for r in rows], pad_id), "labels": stacked([r.labels for r in rows], IGNORE),
+            "position_ids": stacked([r.positions for r in rows], 0), "task_ids": stacked([r.tasks for r in rows], -1),
+            **attention_inputs(segments, prefix_of, mask),
             "row_tokens": torch.tensor(sum(len(ex.input_ids) for ex in examples))}
+
+
+def attention_inputs(segments: torch.Tensor, prefix_of: torch.Tensor, mask: PrefixMask) -> dict[str, torch.Tensor]:
+    """The batch's attention mask from per-token segments (R, T), built once and in one form (`mask`):
+    the blocks' (`blocks`), or the dense (R, 1, T, T) one (`attention_mask`: query in dim 2, key in dim 3),
+    boolean (True: attend) or additive."""
+    if mask == "blocks":
+        return blocks(segments, prefix_of)
+    if mask == "dense":
+        return {"attention_mask": attention_mask(segments, prefix_of)}
+    if mask == "additive":
+        # Eager attention adds its mask to the scores and takes the softmax in float32 whatever the
+        # weights' dtype: 0 where a key is seen, float32's lowest value where it is not.
+        seen = attention_mask(segments, prefix_of)
+        return {"attention_mask": torch.zeros(seen.shape).masked_fill(~seen, torch.finfo(torch.float32).min)}
+    raise ValueError(f"shared-prefix rows carry their mask as one of {PrefixMask.__args__}, not {mask!r} "
+                     "(models/attention.py's select_for_shared_prefix says which the model's attention reads)")
 
 
 def attention_mask(segments: torch.Tensor, prefix_of: torch.Tensor) -> torch.Tensor:
@@ -235,8 +268,9 @@ def attention_mask(segments: torch.Tensor, prefix_of: torch.Tensor) -> torch.Ten
 def blocks(segments: torch.Tensor, prefix_of: torch.Tensor) -> dict[str, torch.Tensor]:
     """The attention mask as blocks, one per segment (models/attention.py): flat indices (row x T +
     position) of its queries (block_q (N, Q); block_q_take: the real slots of its N x Q) and of its keys, its
-    prefix's then its own (block_k (N, K)), and block_mask (N, 1, Q, K): the prefix and the earlier own
-    keys. A padded slot repeats the block's first index and sees the first key only."""
+    prefix's then its own (block_k (N, K)), and its mask, the batch's attention_mask (N, 1, Q, K): the prefix
+    and the earlier own keys. A padded slot repeats the block's first index and sees the first key only;
+    padding tokens are in no block."""
     width = segments.shape[1]
     own: dict[tuple[int, int], list[int]] = {}
     prefix: dict[tuple[int, int], int] = {}
@@ -257,4 +291,4 @@ def blocks(segments: torch.Tensor, prefix_of: torch.Tensor) -> dict[str, torch.T
         mask[b, :len(q), :before] = True
         mask[b, :len(q), before:len(k)] = torch.ones(len(q), len(q), dtype=torch.bool).tril()
         mask[b, len(q):, 0] = True
-    return {"block_q": block_q, "block_q_take": take, "block_k": block_k, "block_mask": mask[:, None]}
+    return {"attention_mask": mask[:, None], "block_q": block_q, "block_q_take": take, "block_k": block_k}

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from peft import PeftConfig, PeftModelForCausalLM
 
-from multitune.models import attention
+from multitune.data.prefix import BLOCKS_KWARG
 from multitune.models.cache import cache_keyword, returned_cache
 
 
@@ -64,7 +64,9 @@ class VirtualTokensModel(PeftModelForCausalLM):
         keyword = cache_keyword(type(base))
         cache = kwargs.pop("cache", None)
         cache = kwargs.pop("past_key_values", None) if cache is None else cache
-        kwargs.pop(attention.KWARG, None)  # block attention knows no virtual keys: the dense mask is exact
+        if BLOCKS_KWARG in kwargs:  # models/attention.select_for_shared_prefix gives this model dense masks
+            raise ValueError("shared-prefix rows laid out for block attention cannot take virtual tokens: "
+                             "lay them out with a dense mask")
         kwargs.pop("task_ids", None)
         batch = (input_ids if input_ids is not None else inputs_embeds).shape[0]
         fresh = cache is None or cache.get_seq_length() == 0

@@ -18,7 +18,7 @@ from typing import Any
 
 from multitune.config.schema import RunConfig
 from multitune.data.prepare import Prepared
-from multitune.models import adapters, load
+from multitune.models import adapters, attention, load
 from multitune.train import loop, optim
 
 
@@ -86,8 +86,9 @@ def measure(cfg: RunConfig, model_name: str, tokenizer: Any, prepared: Prepared,
     set_seed(cfg.seed)
     model = adapters.attach(base, cfg.adapter, cfg.train.gradient_checkpointing,
                             autocast=cfg.train.mixed_precision != "no")
+    prefix_mask = attention.select_for_shared_prefix(model, cfg.adapter.virtual_tokens) if cfg.shares_prefix else None
     plan = loop.make_plan(cfg.train.model_copy(update={"max_steps": steps}), prepared, cfg.seed, 1,
-                          share_prefix=cfg.shares_prefix)
+                          share_prefix=cfg.shares_prefix, prefix_mask=prefix_mask)
     optimizer = optim.build_optimizer(model, cfg.train, cfg.adapter.loraplus_lr_ratio)
     scheduler = optim.build_scheduler(optimizer, cfg.train, plan.total_steps)
     model, optimizer = accelerator.prepare(model, optimizer)

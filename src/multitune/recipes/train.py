@@ -33,7 +33,7 @@ from multitune.export import hub
 from multitune.export.checkpoints import CheckpointPusher, pusher_for
 from multitune.io import replace_dir_atomic, write_errors, write_json_atomic, write_text_atomic
 from multitune.kinds import primary_metrics
-from multitune.models import adapters, gguf, load
+from multitune.models import adapters, attention, gguf, load
 from multitune.report.build import write_report
 from multitune.report.results import Summary, write_results
 from multitune.report.run_stats import RUN_STATS, run_stats
@@ -370,11 +370,14 @@ def _model(cfg: RunConfig, accelerator: Any, model_name: str, prepared: Prepared
     trainable, total = adapters.count_parameters(model)
     accelerator.print(f"model {cfg.model.name} ({model_name}): {cfg.adapter.method}, "
                       f"{trainable:,} of {total:,} parameters trainable")
+    # Shared-prefix rows: the attention they run under (blocks, on a sdpa model) and the one mask they carry.
+    prefix_mask = attention.select_for_shared_prefix(model, cfg.adapter.virtual_tokens) if cfg.shares_prefix else None
     model = shard.shard_model(model, topology, accelerator)  # before the optimizer: FSDP2 swaps the parameters
     if shard.is_sharded(model):
         accelerator.print(f"sharded: {shard.describe_shards(model)}"
                           + ("; weights read by process 0 alone and broadcast" if efficient else ""))
-    plan = loop.make_plan(cfg.train, prepared, cfg.seed, accelerator.num_processes, share_prefix=cfg.shares_prefix)
+    plan = loop.make_plan(cfg.train, prepared, cfg.seed, accelerator.num_processes, share_prefix=cfg.shares_prefix,
+                          prefix_mask=prefix_mask)
     optimizer = optim.build_optimizer(model, cfg.train, cfg.adapter.loraplus_lr_ratio)
     scheduler = optim.build_scheduler(optimizer, cfg.train, plan.total_steps)
     model, optimizer = shard.prepare(accelerator, model, optimizer)

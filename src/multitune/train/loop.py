@@ -21,7 +21,7 @@ from multitune.config.schema import TrainConfig
 from multitune.data.collate import model_inputs, pad_batch, real_tokens
 from multitune.data.mixture import cached_mixture_order, step_micro_batches, steps_per_epoch
 from multitune.data.packing import RowLengths, epoch_rows, pack_batch, planned_rows_per_epoch
-from multitune.data.prefix import ROW_TOKENS, shared_prefix_batch
+from multitune.data.prefix import ROW_TOKENS, PrefixMask, shared_prefix_batch
 from multitune.data.prepare import Prepared
 from multitune.errors import UserError
 from multitune.loss import (
@@ -32,23 +32,14 @@ from multitune.loss import (
     token_losses,
     token_losses_at,
 )
-from multitune.models import attention
 from multitune.train import shard
 from multitune.train.state import StepResult
 
 
 def forward_loss(model: Any, batch: dict[str, torch.Tensor], answer_logits_only: bool) -> torch.Tensor:
-    """Next-token loss per position of one micro-batch, 0 off the answers: (B, T-1)."""
+    """Next-token loss per position of one micro-batch, 0 off the answers: (B, T-1). A batch carries the
+    mask the model's attention reads (shared-prefix rows: `Plan.prefix_mask`), so any layout runs as is."""
     inputs = model_inputs(batch)
-    mask = inputs.get("attention_mask")
-    if mask is not None and mask.dim() == 4 and _attention(model) == "eager":
-        # A shared-prefix batch's mask is boolean (what sdpa takes); eager attention adds its mask to the
-        # scores, so it gets 0 where a key is seen and float32's lowest value where it is not (eager takes
-        # the softmax in float32 whatever the weights' dtype).
-        inputs["attention_mask"] = torch.zeros(mask.shape, device=mask.device).masked_fill(
-            ~mask, torch.finfo(torch.float32).min)
-    if "block_q" in batch and _attention(model) == attention.NAME:  # inside attention.blocks (below)
-        inputs[attention.KWARG] = (batch["block_q"], batch["block_q_take"], batch["block_k"], batch["block_mask"])
     if not answer_logits_only:
         logits = model(**inputs, use_cache=False).logits  # (B, T, V)
         return token_losses(logits, batch["labels"])
@@ -56,11 +47,6 @@ def forward_loss(model: Any, batch: dict[str, torch.Tensor], answer_logits_only:
     to_keep, pick = logits_to_keep_argument(keep)
     logits = model(**inputs, use_cache=False, logits_to_keep=to_keep).logits  # (N, V) or (B, K, V)
     return token_losses_at(logits if pick is None else logits[pick], batch["labels"], keep)
-
-
-def _attention(model: Any) -> str:
-    """The attention implementation of a (possibly wrapped: PEFT, DDP, FSDP, compiled) transformers model."""
-    return getattr(attention.hf_config(model), "_attn_implementation", "sdpa")
 
 
 def accumulate_gradients(
@@ -83,10 +69,8 @@ def accumulate_gradients(
     for i, mb in enumerate(micro_batches):
         last = i == len(micro_batches) - 1
         # Only the last micro-batch synchronises gradients across processes (under FSDP, the reduction
-        # between copies: `shard.accumulating`). Shared-prefix rows attend by blocks through the forward
-        # and the backward (a checkpointed layer recomputes the same way).
-        with contextlib.nullcontext() if last else shard.accumulating(model, accelerator), \
-                attention.blocks(model, "block_q" in mb):
+        # between copies: `shard.accumulating`).
+        with contextlib.nullcontext() if last else shard.accumulating(model, accelerator):
             token_loss = forward_loss(model, mb, answer_logits_only)  # (B, T-1)
             accelerator.backward(token_loss.sum() * scale)
         task_sums += per_task_sums(token_loss, mb["labels"], mb["task_ids"], n_tasks)
@@ -157,15 +141,18 @@ class Plan:
     total_steps: int
     packed: bool = False
     share_prefix: bool = False  # padded micro-batches as shared-prefix rows (data/prefix.py)
+    prefix_mask: PrefixMask | None = None  # the mask they carry, for the model's attention (models/attention.py)
 
     @property
     def global_batch_size(self) -> int:
         return self.micro_batch_size * self.grad_accum_steps * self.world_size
 
 
-def make_plan(cfg: TrainConfig, prepared: Prepared, seed: int, world_size: int, share_prefix: bool = False) -> Plan:
+def make_plan(cfg: TrainConfig, prepared: Prepared, seed: int, world_size: int, share_prefix: bool = False,
+              prefix_mask: PrefixMask | None = None) -> Plan:
     """The run's batch geometry; `share_prefix` (the config's `shares_prefix`) lays padded micro-batches
-    out as shared-prefix rows."""
+    out as shared-prefix rows, carrying `prefix_mask` (`models.attention.select_for_shared_prefix`, decided
+    from the model once; needed to make batches, not to count them)."""
     global_batch = cfg.micro_batch_size * cfg.grad_accum_steps * world_size
     sizes, counts = tuple(prepared.task_sizes), tuple(prepared.epoch_counts)
     if prepared.pack_len is None:
@@ -183,7 +170,8 @@ def make_plan(cfg: TrainConfig, prepared: Prepared, seed: int, world_size: int, 
         )
     total = cfg.max_steps if cfg.max_steps is not None else per_epoch * cfg.epochs
     return Plan(cfg.micro_batch_size, cfg.grad_accum_steps, world_size, epoch_size, per_epoch, total,
-                packed=prepared.pack_len is not None, share_prefix=share_prefix and prepared.pack_len is None)
+                packed=prepared.pack_len is not None, share_prefix=share_prefix and prepared.pack_len is None,
+                prefix_mask=prefix_mask)
 
 
 def batches_for_step(
@@ -200,8 +188,8 @@ def batches_for_step(
         groups = step_micro_batches(order, *geometry, prepared.lengths)
         examples = [[prepared.train[i] for i in g] for g in groups]
         if plan.share_prefix:
-            batches = [shared_prefix_batch(exs, pad_id, max(ROW_TOKENS, *(len(ex.input_ids) for ex in exs)))
-                       for exs in examples]
+            batches = [shared_prefix_batch(exs, pad_id, max(ROW_TOKENS, *(len(ex.input_ids) for ex in exs)),
+                                           plan.prefix_mask) for exs in examples]
         else:
             batches = [pad_batch(exs, pad_id) for exs in examples]
     else:
