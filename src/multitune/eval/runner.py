@@ -121,7 +121,7 @@ def gather_records(records: list[dict[str, Any]], world_size: int, expected: Seq
     return records
 
 
-def score_examples(model: Any, tokenizer: Any, examples: Sequence[Example], micro_batch_size: int = 16) -> list[dict[str, Any]]:
+def score_examples(model: Any, tokenizer: Any, examples: Sequence[Example], tokens_per_pass: int = 512) -> list[dict[str, Any]]:
     """Pick each example's most likely candidate (unlabelled rows too). One record per example: row, gold
     (None when unlabelled), prediction, correct, score (the prediction's log-likelihood)."""
     tries: dict[tuple[str, ...], CandidateTrie] = {}
@@ -135,7 +135,7 @@ def score_examples(model: Any, tokenizer: Any, examples: Sequence[Example], micr
         gold = ex.candidates.index(ex.label) if ex.label in ex.candidates else None
         items.append(EvalItem(i, ex, None, prompt_ids(tokenizer, ex.prompt), tries[ex.candidates], gold))  # type: ignore[arg-type]
     out: list[dict[str, Any]] = [{} for _ in items]
-    for k, s in score_items(model, items, [it.trie for it in items], micro_batch_size, [], 0, every_candidate=False):
+    for k, s in score_items(model, items, [it.trie for it in items], tokens_per_pass, every_candidate=False):
         ex = items[k].example
         best = int(s.logprobs.argmax())
         prediction = ex.candidates[best]  # type: ignore[index]
