@@ -31,6 +31,9 @@ from multitune.eval.lockstep import SOLO, Lockstep, idle_forward
 
 NAME = "multitune_pool"
 KWARG = "multitune_pool"  # the model keyword that carries a `Packed` pass down to attention
+# New rows wait while the pool holds this many keys per token of a pass (SmolLM2 in float32: 46 KiB a key,
+# 750 MiB at 512 tokens a pass); rows under way never wait for memory.
+SLOTS_PER_PASS_TOKEN = 32
 
 
 @dataclass
@@ -64,7 +67,7 @@ class KVPool:
 
     def alloc(self, n: int) -> list[int]:
         if n > len(self._free):
-            grown = max(2 * self.capacity, self.capacity + n, 256)
+            grown = max(2 * self.capacity, self.capacity + n - len(self._free), 256)
             self._free = list(range(grown - 1, self.capacity - 1, -1)) + self._free
             self.capacity = grown
         taken = self._free[-n:] if n else []
@@ -73,6 +76,10 @@ class KVPool:
 
     def free(self, slots: Sequence[int]) -> None:
         self._free.extend(reversed(slots))
+
+    @property
+    def in_use(self) -> int:
+        return self.capacity - len(self._free)
 
     def layer(self, index: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Layer `index`'s (keys, values), at the current capacity; `like` (1, kv_heads, T, head_dim)."""
@@ -119,6 +126,7 @@ class Packed:
     pool: KVPool
     write: torch.Tensor  # (T,) the slot of each new token
     groups: list[_Group]
+    span: int  # the largest position in the pass, plus one
 
     def attend(self, layer: int, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                scaling: float | None) -> torch.Tensor:
@@ -166,7 +174,8 @@ def drive(model: Any, rows: Sequence[Row], prefix: Sequence[int], read: Reader, 
           step: Lockstep = SOLO, work: Work | None = None) -> Iterator[Any]:
     """Run `rows` to the end in packed passes of about `tokens_per_pass` tokens, yielding each row when it
     is done. The rows' prompts start after `prefix` (run once, every row sees it). Rows already under way
-    go first, new rows fill the rest of a pass, in the order given; `read` learns from each pass's logits.
+    go first, new rows fill the rest of a pass, in the order given, while the pool holds fewer than
+    SLOTS_PER_PASS_TOKEN x `tokens_per_pass` keys; `read` learns from each pass's logits.
 
     With other processes (`step`) the passes go in lockstep: before each, the processes agree whether any
     still has one to run; one with none runs an idle pass (`eval/lockstep.py`)."""
@@ -182,7 +191,7 @@ def drive(model: Any, rows: Sequence[Row], prefix: Sequence[int], read: Reader, 
         if head:
             segments, fed = head, []
         else:
-            segments, fed = _plan(pool, waiting, active, tokens_per_pass)
+            segments, fed = _plan(pool, waiting, active, tokens_per_pass, SLOTS_PER_PASS_TOKEN * tokens_per_pass)
         if not step.any(bool(segments)):
             return
         if not segments:
@@ -206,9 +215,10 @@ def drive(model: Any, rows: Sequence[Row], prefix: Sequence[int], read: Reader, 
                 yield row
 
 
-def _plan(pool: KVPool, waiting: deque[Any], active: list[Any], budget: int) -> tuple[list[Segment], list[tuple[Any, int]]]:
+def _plan(pool: KVPool, waiting: deque[Any], active: list[Any], budget: int,
+          max_slots: int) -> tuple[list[Segment], list[tuple[Any, int]]]:
     """The next pass: rows under way first, then new rows while the budget lasts (a row too large for any
-    budget goes alone); each fed row with the index of its first logits row."""
+    budget goes alone) and the pool is not full; each fed row with the index of its first logits row."""
     segments: list[Segment] = []
     fed: list[tuple[Any, int]] = []
     used = logits = 0
@@ -225,7 +235,7 @@ def _plan(pool: KVPool, waiting: deque[Any], active: list[Any], budget: int) -> 
         n = row.wants()
         if n and (not used or used + n <= budget):
             add(row)
-    while waiting and (not used or used + waiting[0].wants() <= budget):
+    while waiting and (not used or used + waiting[0].wants() <= budget) and (not active or pool.in_use < max_slots):
         active.append(waiting.popleft())
         add(active[-1])
     return segments, fed
@@ -250,7 +260,7 @@ def pack(pool: KVPool, segments: Sequence[Segment], work: Work, device: Any) -> 
     work.logit_positions += len(wanted)
     keep = torch.tensor(wanted or [total - 1], device=device)
     kwargs = {"input_ids": ids, "position_ids": positions, "use_cache": False, "logits_to_keep": keep,
-              KWARG: Packed(pool, write, groups)}
+              KWARG: Packed(pool, write, groups, int(positions.max()) + 1)}
     return kwargs, wanted
 
 
@@ -311,6 +321,10 @@ def pool_attention(
     if packed is None:
         return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout,
                                       **kwargs)
+    window = kwargs.get("sliding_window")
+    if kwargs.get("softcap") or kwargs.get("s_aux") is not None or (window and packed.span > window):
+        raise NotImplementedError(f"{type(module).__name__}: packed evaluation passes compute plain softmax "
+                                  "attention, without soft-capping, sinks or a sliding window shorter than a row")
     return packed.attend(module.layer_idx, query, key, value, scaling), None
 
 
@@ -342,13 +356,11 @@ def hf_config(model: Any) -> Any:
 
 
 def supported(model: Any) -> bool:
-    """Whether packed passes can run `model`: a decoder whose attention is a plain softmax over its keys
-    (Llama-family: no sliding window, no soft-capping, no attention sinks)."""
+    """Whether packed passes can run `model`: a transformers model whose attention is an attention function
+    (`AttentionInterface`); `pool_attention` refuses the variants it does not compute (soft-capping,
+    attention sinks, a sliding window shorter than the rows)."""
     config = hf_config(model)
-    if config is None or not hasattr(config, "_attn_implementation"):
-        return False
-    odd = ("sliding_window", "attn_logit_softcapping", "use_sliding_window")
-    return not any(getattr(config, name, None) for name in odd)
+    return config is not None and hasattr(config, "_attn_implementation")
 
 
 @contextlib.contextmanager

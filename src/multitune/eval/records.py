@@ -33,8 +33,7 @@ CLOSED_GENERATION_SLACK = 8
 
 
 def closed_records(
-    model: Any, tokenizer: Any, eval_set: EvalSet, items: Sequence[EvalItem], all_prompts: Sequence[Sequence[int]],
-    cfg: EvalConfig, pad_id: int, generate: set[int], step: Lockstep = SOLO, work: Work | None = None,
+    model: Any, tokenizer: Any, eval_set: EvalSet, items: Sequence[EvalItem], cfg: EvalConfig, pad_id: int, generate: set[int], step: Lockstep = SOLO, work: Work | None = None,
 ) -> list[dict[str, Any]]:
     """Score `items`, this process's rows of a classification or multiple-choice task, and generate for
     those whose index is in `generate`. With other processes (`step`), call with shards of equal length.
@@ -52,7 +51,7 @@ def closed_records(
             records[k] |= {"choice_scores": [float(x) for x in s.logprobs], "gold_index": it.gold_index,
                            "choice_chars": [len(t) for t in it.example.choice_texts or ()]}
     if generate:
-        _add_closed_generations(model, tokenizer, eval_set, items, records, cfg, pad_id, generate, step)
+        _add_closed_generations(model, tokenizer, eval_set, items, records, cfg, pad_id, generate, step, work)
     return records
 
 
@@ -92,14 +91,14 @@ def _closed_record(item: EvalItem, s: Scores, length_normalized: bool) -> dict[s
 
 def _add_closed_generations(
     model: Any, tokenizer: Any, eval_set: EvalSet, items: Sequence[EvalItem], records: list[dict[str, Any]],
-    cfg: EvalConfig, pad_id: int, generate: set[int], step: Lockstep,
+    cfg: EvalConfig, pad_id: int, generate: set[int], step: Lockstep, work: Work | None,
 ) -> None:
     chosen = [k for k, it in enumerate(items) if it.index in generate]
     # The longest candidate of the rows generated for on any process: the answers' room is the same
     # whatever the number of processes.
     longest = step.most(max((len(c) for k in chosen for c in items[k].trie.candidates), default=0))  # type: ignore[union-attr]
     answers = greedy(model, tokenizer, [items[k].prompt for k in chosen], longest + CLOSED_GENERATION_SLACK,
-                     cfg.micro_batch_size, pad_id, step)
+                     cfg.micro_batch_size, pad_id, step, cfg.tokens_per_pass, work)
     for k, text in zip(chosen, answers, strict=True):
         ex = items[k].example
         assert ex.candidates is not None
@@ -110,7 +109,7 @@ def _add_closed_generations(
 
 def open_records(
     model: Any, tokenizer: Any, items: Sequence[EvalItem], cfg: EvalConfig, pad_id: int, generate: set[int],
-    step: Lockstep = SOLO,
+    step: Lockstep = SOLO, work: Work | None = None,
 ) -> list[dict[str, Any]]:
     """Reference loss for `items` of a generation task, and a greedy answer with its ROUGE for those whose
     index is in `generate`. With other processes (`step`), call with shards of equal length."""
@@ -124,7 +123,7 @@ def open_records(
         })
     chosen = [k for k, it in enumerate(items) if it.index in generate]
     answers = greedy(model, tokenizer, [items[k].prompt for k in chosen], cfg.max_new_tokens, cfg.micro_batch_size,
-                     pad_id, step)
+                     pad_id, step, cfg.tokens_per_pass, work)
     for k, text in zip(chosen, answers, strict=True):
         rec = records[k]
         rec |= {"prediction": text, "score": rouge_row(rec["gold"], text)["rougeL"],
