@@ -157,7 +157,8 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--model", choices=["trained", "base"], default="trained",
                    help="trained: the run's adapter or weights (default); base: the base model alone")
     e.add_argument("--rows", choices=["val", "all"], default="val",
-                   help="val: each task's seeded validation split (default); all: every row of its source")
+                   help="val: each task's seeded validation split, eval.max_rows of it as the run evaluated "
+                        "(default); all: every row of its source (eval.max_rows does not apply unless set here)")
     e.add_argument("--output-dir", help="where to write metrics.json and predictions (default RUN_DIR/eval)")
     e.set_defaults(func=_eval)
 

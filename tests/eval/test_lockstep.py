@@ -52,19 +52,21 @@ def test_a_search_that_is_done_runs_idle_passes_while_another_process_searches(m
     calls.clear()
     others = Others(passes=3)
     together = search_batch(model, prompts, [trie] * 3, [0, 4, 7], step=others)
-    assert len(calls) == solo_passes + 3  # every round agreed before its pass; 3 idle passes at the end
-    assert others.calls.count(True) == solo_passes - 1 and others.calls[-4:] == [False] * 4
+    assert len(calls) == solo_passes + 3  # every pass agreed before it runs; 3 idle passes at the end
+    assert others.calls.count(True) == solo_passes and others.calls[-4:] == [False] * 4
     for a, b in zip(alone, together, strict=True):
         torch.testing.assert_close(a.logprobs, b.logprobs)
 
 
-def test_generation_runs_as_many_batches_as_the_process_with_the_most_rows(model, tokenizer):
+def test_generation_that_is_done_runs_idle_passes_while_another_process_decodes(model, tokenizer):
     prompts = [[1, 20, 30, 40], [1, 50, 60]]
     calls = counted(model)
     alone = greedy(model, tokenizer, prompts, 3, 2, tokenizer.pad_token_id)
-    generate_calls = len(calls)
+    solo_passes = len(calls)
     calls.clear()
-    padded = greedy(model, tokenizer, prompts, 3, 2, tokenizer.pad_token_id, step=Others(rows=5))
-    assert padded == alone  # the real rows batch together as alone; fillers come last
-    assert len(calls) > generate_calls  # 3 batches (5 rows of 2) instead of 1
-    assert greedy(model, tokenizer, [], 3, 2, tokenizer.pad_token_id, step=Others(rows=1)) == []
+    others = Others(passes=4)
+    assert greedy(model, tokenizer, prompts, 3, 2, tokenizer.pad_token_id, step=others) == alone
+    assert len(calls) == solo_passes + 4 and others.calls.count(True) == solo_passes
+    calls.clear()
+    assert greedy(model, tokenizer, [], 3, 2, tokenizer.pad_token_id, step=Others(passes=2)) == []
+    assert len(calls) == 2  # no rows here, two passes elsewhere

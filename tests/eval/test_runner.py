@@ -11,7 +11,6 @@ from multitune.eval.items import build_eval_set
 from multitune.eval.metrics import text_metrics
 from multitune.eval.records import SEARCH_FROM_NODES, reference_losses, score_items
 from multitune.eval.runner import baseline_config, baseline_notice, build_eval_sets, evaluate, spread
-from multitune.eval.scoring import prefix_cache, shared_prefix_len
 from multitune.tasks.base import Example, chat
 
 TASKS = [
@@ -105,11 +104,9 @@ def test_search_and_full_scoring_agree_on_a_large_label_set(model, tokenizer):
                 for i, t in enumerate(texts)]
     es = build_eval_set(tokenizer, "t", "classification", examples, 0, 256, "truncate", labels)
     assert len(es.items[0].trie) > SEARCH_FROM_NODES  # the search path is taken
-    n = shared_prefix_len([it.prompt for it in es.items])
-    prefix = prefix_cache(model, es.items[0].prompt[:n])
     tries = [it.trie for it in es.items]
-    full = dict(score_items(model, es.items, tries, 4, prefix, n, every_candidate=True))
-    found = dict(score_items(model, es.items, tries, 4, prefix, n, every_candidate=False))
+    full = dict(score_items(model, es.items, tries, 64, every_candidate=True))
+    found = dict(score_items(model, es.items, tries, 64, every_candidate=False))
     assert sorted(full) == sorted(found) == list(range(len(es.items)))
     for k, it in enumerate(es.items):
         f, s = full[k], found[k]
@@ -117,19 +114,18 @@ def test_search_and_full_scoring_agree_on_a_large_label_set(model, tokenizer):
         assert s.logprobs[it.gold_index].item() == pytest.approx(f.logprobs[it.gold_index].item(), abs=1e-4)
 
 
-def test_scores_come_batch_by_batch_so_nothing_per_row_is_kept(model, tokenizer, setup):
+def test_scores_come_row_by_row_so_nothing_per_row_is_kept(model, tokenizer, setup):
     _, _, sets = setup
-    items = sets[0].items  # 12 claims rows, batches of 4
+    items = sets[0].items  # 12 claims rows; passes of one token hold one row each
     calls = []
     handle = model.register_forward_hook(lambda *_: calls.append(1))
     try:
-        scores = score_items(model, items, [it.trie for it in items], 4, [], 0, every_candidate=True)
-        first = [next(scores) for _ in range(4)]
-        assert len(calls) == 1  # only the first batch has run
+        scores = score_items(model, items, [it.trie for it in items], 1, every_candidate=True)
+        first = next(scores)
+        assert len(calls) == 2  # only the shared prefix and the first row have run
         rest = list(scores)
     finally:
         handle.remove()
-    assert len(calls) == 3
-    assert sorted(k for k, _ in first + rest) == list(range(12))
-    shortest = sorted(range(12), key=lambda k: len(items[k].prompt))[:4]
-    assert sorted(k for k, _ in first) == sorted(shortest)
+    assert len(calls) == 1 + 12
+    assert sorted(k for k, _ in [first, *rest]) == list(range(12))
+    assert first[0] == min(range(12), key=lambda k: len(items[k].prompt))

@@ -6,14 +6,8 @@ import random
 import pytest
 import torch
 
-from multitune.eval.scoring import (
-    CandidateTrie,
-    candidate_logprobs,
-    prefix_cache,
-    score_batch,
-    shared_prefix_len,
-)
-from multitune.eval.search import search_batch
+from multitune.eval.scoring import CandidateTrie, shared_prefix_len
+from multitune.eval.search import candidate_logprobs, score_batch, search_batch
 
 
 def brute_force(model, prompt, candidate):
@@ -64,9 +58,8 @@ def test_batched_tree_behind_a_shared_prefix_equals_brute_force(attn):
     prompts = [[1, 2, 3, 4, 5, 6], [1, 2, 3, 9], [1, 2, 3, 7, 8, 9, 10, 11, 12, 13]]
     cands = [[[12], [30, 31], [7, 8, 9, 10], [30, 31, 4]], [[5, 6], [5, 7], [8]], [[3, 3, 3]]]
     assert shared_prefix_len(prompts) == 3
-    for prefix_len in (0, 1, 3):  # no prefix, begin-of-text only, the whole shared prefix
-        got = score_batch(m, prompts, [CandidateTrie.build(c) for c in cands],
-                          prefix_cache(m, prompts[0][:prefix_len]), prefix_len)
+    for tokens_per_pass in (512, 8, 1):  # all rows in one pass; a few at a time; one row a pass
+        got = score_batch(m, prompts, [CandidateTrie.build(c) for c in cands], tokens_per_pass=tokens_per_pass)
         for prompt, cs, scores in zip(prompts, cands, got, strict=True):
             want = torch.tensor([brute_force(m, prompt, c) for c in cs])
             torch.testing.assert_close(scores.logprobs, want, rtol=1e-4, atol=1e-4)
@@ -140,9 +133,8 @@ def test_search_finds_the_full_tree_winner_and_the_exact_gold(attn):
         trie = CandidateTrie.build(cands)
         prompts = [[1, 2] + [rng.randint(1, 38) for _ in range(rng.randint(1, 6))] for _ in range(4)]
         golds = [rng.randrange(len(cands)) for _ in prompts]
-        n = shared_prefix_len(prompts)
-        full = score_batch(m, prompts, [trie] * 4, prefix_cache(m, prompts[0][:n]), n)
-        found = search_batch(m, prompts, [trie] * 4, golds, prefix_cache(m, prompts[0][:n]), n)
+        full = score_batch(m, prompts, [trie] * 4)
+        found = search_batch(m, prompts, [trie] * 4, golds)
         for f, s, gold in zip(full, found, golds, strict=True):
             assert int(s.logprobs.argmax()) == int(f.logprobs.argmax())
             known = torch.isfinite(s.logprobs)

@@ -105,19 +105,17 @@ def test_virtual_tokens_give_the_same_step_in_padded_shared_prefix_and_packed_ro
 
 @pytest.mark.parametrize("name", VIRTUAL)
 def test_scoring_and_search_with_virtual_tokens_equal_a_full_pass_per_candidate(tiny_dir, name):
-    from multitune.eval.scoring import CandidateTrie, prefix_cache, score_batch, shared_prefix_len
-    from multitune.eval.search import search_batch
+    from multitune.eval.scoring import CandidateTrie
+    from multitune.eval.search import score_batch, search_batch
 
     model, _ = trained(tiny_dir, METHODS[name])
     model.eval()
     prompts = [[1, 2, 3, 4, 5, 6], [1, 2, 3, 9], [1, 2, 3, 7, 8, 9, 10, 11]]
     cands = [[12], [30, 31], [7, 8, 9, 10], [30, 31, 4]]
     trie = CandidateTrie.build(cands)
-    n = shared_prefix_len(prompts)
-    for prefix_len in (0, n):
-        scored = score_batch(model, prompts, [trie] * 3, prefix_cache(model, prompts[0][:prefix_len]), prefix_len)
-        found = search_batch(model, prompts, [trie] * 3, [1, 2, 0], prefix_cache(model, prompts[0][:prefix_len]),
-                             prefix_len)
+    for tokens_per_pass in (512, 4):  # every row in one pass; rows and rounds over several
+        scored = score_batch(model, prompts, [trie] * 3, tokens_per_pass)
+        found = search_batch(model, prompts, [trie] * 3, [1, 2, 0], tokens_per_pass=tokens_per_pass)
         for prompt, s, f in zip(prompts, scored, found, strict=True):
             want = torch.tensor([brute_force(model, prompt, c) for c in cands])
             torch.testing.assert_close(s.logprobs, want, rtol=1e-4, atol=1e-4)

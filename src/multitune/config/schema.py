@@ -196,7 +196,11 @@ class EvalConfig(Section):
     baseline of a large split can take longer than the training. Said before it runs, and shown beside
     the `before` figures. null: the same rows as every other evaluation."""
     micro_batch_size: int = Field(16, ge=1)
-    """Prompts per forward pass when computing losses, scoring candidates and generating."""
+    """Rows per forward pass of the validation loss of generation tasks."""
+    tokens_per_pass: int = Field(512, ge=1)
+    """Tokens per forward pass when scoring candidates and generating: prompts, candidate-tree nodes and
+    new tokens of many rows packed into one sequence with no padding (`eval/pool.py`). Larger passes use
+    the hardware better; the logits of a pass take up to this many x vocabulary floats."""
     max_rows: int | None = Field(None, ge=1)
     """Evaluate at most this many validation rows per task, spread evenly over the seeded split (sources
     are often sorted by label, so the first rows would hold a few classes only)."""

@@ -19,15 +19,9 @@ from multitune.eval.generate import greedy
 from multitune.eval.items import EvalItem, EvalSet, choice_text_tries
 from multitune.eval.lockstep import SOLO, Lockstep
 from multitune.eval.metrics import parse_choice, parse_label, rouge_row
-from multitune.eval.scoring import (
-    CandidateTrie,
-    Scores,
-    prefix_cache,
-    prompts_per_pass,
-    score_batch,
-    shared_prefix_len,
-)
-from multitune.eval.search import search_batch
+from multitune.eval.pool import Work
+from multitune.eval.scoring import CandidateTrie, Scores
+from multitune.eval.search import score_rows
 from multitune.loss import per_example_loss
 
 # Candidate trees up to this many nodes are scored in one pass; larger ones (77 banking labels: ~200
@@ -39,59 +33,46 @@ CLOSED_GENERATION_SLACK = 8
 
 
 def closed_records(
-    model: Any, tokenizer: Any, eval_set: EvalSet, items: Sequence[EvalItem], all_prompts: Sequence[Sequence[int]],
-    cfg: EvalConfig, pad_id: int, generate: set[int], step: Lockstep = SOLO,
+    model: Any, tokenizer: Any, eval_set: EvalSet, items: Sequence[EvalItem], cfg: EvalConfig, pad_id: int, generate: set[int], step: Lockstep = SOLO, work: Work | None = None,
 ) -> list[dict[str, Any]]:
     """Score `items`, this process's rows of a classification or multiple-choice task, and generate for
     those whose index is in `generate`. With other processes (`step`), call with shards of equal length.
-
-    `all_prompts` are the prompts of every process's rows: the prefix they share is computed once.
-    """
-    prefix_len = shared_prefix_len(all_prompts)
-    prefix = prefix_cache(model, all_prompts[0][:prefix_len]) if items and prefix_len else []
-    # Each row's scores become its record as soon as its batch is done: a record is all that is kept.
+    `work` counts the passes (`eval/pool.py`)."""
+    # Each row's scores become its record as soon as it is decided: a record is all that is kept.
     records: list[dict[str, Any]] = [{} for _ in items]
-    for k, s in score_items(model, items, [it.trie for it in items], cfg.micro_batch_size, prefix, prefix_len,
-                            every_candidate=cfg.length_normalized, step=step):
+    for k, s in score_items(model, items, [it.trie for it in items], cfg.tokens_per_pass,
+                            every_candidate=cfg.length_normalized, step=step, work=work):
         records[k] = _closed_record(items[k], s, cfg.length_normalized)
     if cfg.choice_texts and eval_set.spec.choice_texts and items:
-        texts = score_items(model, items, choice_text_tries(tokenizer, items), cfg.micro_batch_size, prefix, prefix_len,
-                            every_candidate=True, step=step)
+        texts = score_items(model, items, choice_text_tries(tokenizer, items), cfg.tokens_per_pass,
+                            every_candidate=True, step=step, work=work)
         for k, s in texts:
             it = items[k]
             records[k] |= {"choice_scores": [float(x) for x in s.logprobs], "gold_index": it.gold_index,
                            "choice_chars": [len(t) for t in it.example.choice_texts or ()]}
     if generate:
-        _add_closed_generations(model, tokenizer, eval_set, items, records, cfg, pad_id, generate, step)
+        _add_closed_generations(model, tokenizer, eval_set, items, records, cfg, pad_id, generate, step, work)
     return records
 
 
 def score_items(
-    model: Any, items: Sequence[EvalItem], tries: Sequence[CandidateTrie | None], micro_batch_size: int,
-    prefix: Sequence[tuple[torch.Tensor, torch.Tensor]], prefix_len: int, *, every_candidate: bool,
-    step: Lockstep = SOLO,
+    model: Any, items: Sequence[EvalItem], tries: Sequence[CandidateTrie | None], tokens_per_pass: int, *,
+    every_candidate: bool, step: Lockstep = SOLO, work: Work | None = None,
 ) -> Iterator[tuple[int, Scores]]:
-    """(position in `items`, candidate scores) of every item, batch after batch, batched by prompt length
-    (scores do not depend on the batching). A caller that keeps something small per row instead of the
-    scores keeps evaluation memory flat however many rows there are.
+    """(position in `items`, candidate scores) of every item, as each is decided (scores do not depend on
+    the order or the passes). A caller that keeps something small per row instead of the scores keeps
+    evaluation memory flat however many rows there are.
 
-    `every_candidate`: every candidate's exact log-likelihood (one tree pass); otherwise the winner's and
-    the gold answer's are exact and a candidate proven to lose may be -inf (`eval/search.py`). With other
-    processes (`step`, shards of equal length), the largest tree is agreed, so all run as many batches.
+    `every_candidate`: every candidate's exact log-likelihood (the whole tree with the prompt); otherwise
+    the winner's and the gold answer's are exact and a candidate proven to lose may be -inf
+    (`eval/search.py`), for trees larger than SEARCH_FROM_NODES. With other processes (`step`, shards of
+    equal length), the largest tree is agreed, so all take the same path.
     """
-    if not items:
-        return
     assert all(t is not None for t in tries)
-    largest = step.most(max(len(t) for t in tries))  # type: ignore[arg-type]
-    search = not every_candidate and largest > SEARCH_FROM_NODES
-    per_pass = micro_batch_size if search else prompts_per_pass(largest, model.config.vocab_size, micro_batch_size)
-    order = sorted(range(len(items)), key=lambda i: len(items[i].prompt))
-    for start in range(0, len(order), per_pass):
-        chunk = order[start : start + per_pass]
-        prompts, chunk_tries = [items[i].prompt for i in chunk], [tries[i] for i in chunk]
-        got = (search_batch(model, prompts, chunk_tries, [items[i].gold_index for i in chunk], prefix, prefix_len, step)
-               if search else score_batch(model, prompts, chunk_tries, prefix, prefix_len))
-        yield from zip(chunk, got, strict=True)
+    largest = step.most(max((len(t) for t in tries), default=0))  # type: ignore[arg-type]
+    every = every_candidate or largest <= SEARCH_FROM_NODES
+    yield from score_rows(model, [it.prompt for it in items], tries, [it.gold_index for it in items],  # type: ignore[arg-type]
+                          every_candidate=every, tokens_per_pass=tokens_per_pass, step=step, work=work)
 
 
 def _closed_record(item: EvalItem, s: Scores, length_normalized: bool) -> dict[str, Any]:
@@ -110,14 +91,14 @@ def _closed_record(item: EvalItem, s: Scores, length_normalized: bool) -> dict[s
 
 def _add_closed_generations(
     model: Any, tokenizer: Any, eval_set: EvalSet, items: Sequence[EvalItem], records: list[dict[str, Any]],
-    cfg: EvalConfig, pad_id: int, generate: set[int], step: Lockstep,
+    cfg: EvalConfig, pad_id: int, generate: set[int], step: Lockstep, work: Work | None,
 ) -> None:
     chosen = [k for k, it in enumerate(items) if it.index in generate]
     # The longest candidate of the rows generated for on any process: the answers' room is the same
     # whatever the number of processes.
     longest = step.most(max((len(c) for k in chosen for c in items[k].trie.candidates), default=0))  # type: ignore[union-attr]
     answers = greedy(model, tokenizer, [items[k].prompt for k in chosen], longest + CLOSED_GENERATION_SLACK,
-                     cfg.micro_batch_size, pad_id, step)
+                     cfg.micro_batch_size, pad_id, step, cfg.tokens_per_pass, work)
     for k, text in zip(chosen, answers, strict=True):
         ex = items[k].example
         assert ex.candidates is not None
@@ -128,7 +109,7 @@ def _add_closed_generations(
 
 def open_records(
     model: Any, tokenizer: Any, items: Sequence[EvalItem], cfg: EvalConfig, pad_id: int, generate: set[int],
-    step: Lockstep = SOLO,
+    step: Lockstep = SOLO, work: Work | None = None,
 ) -> list[dict[str, Any]]:
     """Reference loss for `items` of a generation task, and a greedy answer with its ROUGE for those whose
     index is in `generate`. With other processes (`step`), call with shards of equal length."""
@@ -142,7 +123,7 @@ def open_records(
         })
     chosen = [k for k, it in enumerate(items) if it.index in generate]
     answers = greedy(model, tokenizer, [items[k].prompt for k in chosen], cfg.max_new_tokens, cfg.micro_batch_size,
-                     pad_id, step)
+                     pad_id, step, cfg.tokens_per_pass, work)
     for k, text in zip(chosen, answers, strict=True):
         rec = records[k]
         rec |= {"prediction": text, "score": rouge_row(rec["gold"], text)["rougeL"],

@@ -14,6 +14,7 @@ hangs every FSDP run: tests/train/test_fsdp.py runs one under a timeout.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,6 +25,7 @@ from multitune.data.tokenize import prompt_ids
 from multitune.eval.items import EvalItem, EvalSet, build_eval_set
 from multitune.eval.lockstep import Lockstep
 from multitune.eval.metrics import task_metrics
+from multitune.eval.pool import Work
 from multitune.eval.records import closed_records, open_records, score_items
 from multitune.eval.scoring import CandidateTrie
 from multitune.tasks.base import Example
@@ -34,6 +36,9 @@ class TaskResult:
     metrics: dict[str, float]  # flat: what metrics.json, the trackers and the tables show
     predictions: list[dict[str, Any]]  # one record per evaluated row, in evaluation-set order
     details: dict[str, Any] = field(default_factory=dict)  # per-class scores and confusion (classification)
+    of_rows: int = 0  # rows of the task's evaluation set; `predictions` holds `metrics["rows"]` of them
+    seconds: float = 0.0  # this process's time on the task, generation included
+    work: Work = field(default_factory=Work)  # this process's passes (`eval/pool.py`)
 
 
 def build_eval_sets(tokenizer: Any, splits: Sequence[TaskSplit], max_seq_len: int, truncation: str) -> list[EvalSet]:
@@ -55,19 +60,38 @@ def evaluate(
     step = Lockstep(rank, world_size, next(model.parameters()).device)
     results = {}
     for es in eval_sets:
+        started, work = time.perf_counter(), Work()
         items = spread(es.items, cfg.max_rows)
         mine, real = step.shard(items)
         chosen = {it.index for it in spread(items, cfg.generate_max_rows)} if generate else set()
         if es.closed:
-            prompts = [it.prompt for it in items]
-            records = closed_records(model, tokenizer, es, mine, prompts, cfg, pad_id, chosen, step)
+            records = closed_records(model, tokenizer, es, mine, cfg, pad_id, chosen, step, work)
         else:
-            records = open_records(model, tokenizer, mine, cfg, pad_id, chosen, step)
+            records = open_records(model, tokenizer, mine, cfg, pad_id, chosen, step, work)
         records = gather_records(records[:real], world_size, [it.index for it in items])
         metrics, details = task_metrics(es.kind, records, es.labels)
-        results[es.name] = TaskResult(metrics, records, details)
+        results[es.name] = TaskResult(metrics, records, details, len(es.items), time.perf_counter() - started, work)
     model.train(was_training)
     return results
+
+
+def closing_line(what: str, results: dict[str, TaskResult], rows_of: str = "validation rows") -> str:
+    """The line that closes an evaluation: per task, the rows it covered of how many, its speed and its
+    primary metric.
+
+    >>> r = TaskResult({"rows": 200.0, "accuracy": 0.865}, [], of_rows=1998, seconds=12.5)
+    >>> closing_line("step 500", {"banking77": r})
+    'evaluation at step 500: banking77 200 of 1,998 validation rows in 12.5 s (16.0 rows/s), accuracy 0.8650'
+    """
+    parts = []
+    for name, r in results.items():
+        rows = int(r.metrics.get("rows", 0))
+        metric = "accuracy" if "accuracy" in r.metrics else "rougeL" if "rougeL" in r.metrics else "loss"
+        value = f", {metric} {r.metrics[metric]:.4f}" if metric in r.metrics else ""
+        generated = f", {int(r.metrics['gen_rows'])} generated" if r.metrics.get("gen_rows") else ""
+        parts.append(f"{name} {rows:,} of {r.of_rows:,} {rows_of} in {r.seconds:.1f} s "
+                     f"({rows / max(r.seconds, 1e-9):.1f} rows/s{generated}){value}")
+    return f"evaluation at {what}: " + "; ".join(parts)
 
 
 def spread(items: Sequence[EvalItem], k: int | None) -> list[EvalItem]:
@@ -121,7 +145,7 @@ def gather_records(records: list[dict[str, Any]], world_size: int, expected: Seq
     return records
 
 
-def score_examples(model: Any, tokenizer: Any, examples: Sequence[Example], micro_batch_size: int = 16) -> list[dict[str, Any]]:
+def score_examples(model: Any, tokenizer: Any, examples: Sequence[Example], tokens_per_pass: int = 512) -> list[dict[str, Any]]:
     """Pick each example's most likely candidate (unlabelled rows too). One record per example: row, gold
     (None when unlabelled), prediction, correct, score (the prediction's log-likelihood)."""
     tries: dict[tuple[str, ...], CandidateTrie] = {}
@@ -135,7 +159,7 @@ def score_examples(model: Any, tokenizer: Any, examples: Sequence[Example], micr
         gold = ex.candidates.index(ex.label) if ex.label in ex.candidates else None
         items.append(EvalItem(i, ex, None, prompt_ids(tokenizer, ex.prompt), tries[ex.candidates], gold))  # type: ignore[arg-type]
     out: list[dict[str, Any]] = [{} for _ in items]
-    for k, s in score_items(model, items, [it.trie for it in items], micro_batch_size, [], 0, every_candidate=False):
+    for k, s in score_items(model, items, [it.trie for it in items], tokens_per_pass, every_candidate=False):
         ex = items[k].example
         best = int(s.logprobs.argmax())
         prediction = ex.candidates[best]  # type: ignore[index]

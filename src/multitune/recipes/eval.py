@@ -25,7 +25,7 @@ from multitune.data.prepare import load_splits, training_conversations
 from multitune.data.sources import load_rows
 from multitune.errors import UserError
 from multitune.eval.items import EvalSet, build_eval_set
-from multitune.eval.runner import TaskResult, evaluate
+from multitune.eval.runner import TaskResult, closing_line, evaluate, spread
 from multitune.io import read_json
 from multitune.models import adapters, load
 from multitune.models.run_folder import check_model_folder, check_records, open_run
@@ -61,21 +61,25 @@ def run_eval(
     model_dir, kind = _model_dir(run_dir, which)
     eval_dir = Path(output_dir) if output_dir else run_dir / "eval"
     run_cfg = _checked_folder(run_dir, kind, eval_dir)
-    cfg = config_mod.load(config_path or run_cfg_path, list(overrides))
+    cfg = _rows_config(config_mod.load(config_path or run_cfg_path, list(overrides)), rows, overrides)
     run_cfg = run_cfg or cfg
     accelerator = Accelerator()
     tokenizer = load.load_tokenizer(str(model_dir if kind != "base" else _base_name(run_dir, run_cfg)), cfg.model)
     eval_sets = _eval_sets(tokenizer, cfg, rows, _trained_labels(run_dir))
     pad_id = load.pad_id(tokenizer)
 
-    def measure(model: Any) -> dict[str, TaskResult]:
-        model.to(accelerator.device)
-        return evaluate(model, tokenizer, eval_sets, cfg.eval, pad_id, generate=cfg.eval.generate != "never",
-                        rank=accelerator.process_index, world_size=accelerator.num_processes)
+    baseline = cfg.eval.baseline and kind != "base"
+    accelerator.print(rows_notice(eval_sets, cfg, rows, baseline))
 
-    after = measure(_load_model(run_dir, kind, model_dir, run_cfg, cfg))
-    before = measure(load.load_model(_base_name(run_dir, run_cfg), cfg.model).eval()) \
-        if cfg.eval.baseline and kind != "base" else None
+    def measure(model: Any, which: str) -> dict[str, TaskResult]:
+        model.to(accelerator.device)
+        results = evaluate(model, tokenizer, eval_sets, cfg.eval, pad_id, generate=cfg.eval.generate != "never",
+                           rank=accelerator.process_index, world_size=accelerator.num_processes)
+        accelerator.print(closing_line(f"the {which} model", results, "validation rows" if rows == "val" else "rows"))
+        return results
+
+    after = measure(_load_model(run_dir, kind, model_dir, run_cfg, cfg), "base" if kind == "base" else kind)
+    before = measure(load.load_model(_base_name(run_dir, run_cfg), cfg.model).eval(), "base") if baseline else None
     previous = load_summary(eval_dir.parent, eval_dir.name) if (eval_dir / "metrics.json").is_file() else None
     summary = Summary(
         after={k: r.metrics for k, r in after.items()},
@@ -92,6 +96,39 @@ def run_eval(
             write_report(run_dir)
     accelerator.wait_for_everyone()
     return Evaluated(summary, after, eval_dir)
+
+
+def _rows_config(cfg: RunConfig, rows: Rows, overrides: list[str] | tuple[str, ...]) -> RunConfig:
+    """`--rows all` means every row: the run's `eval.max_rows` (a sample for the curve) does not apply,
+    unless the command line sets it again."""
+    if rows != "all" or any(o.split("=", 1)[0].strip() == "eval.max_rows" for o in overrides):
+        return cfg
+    return cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"max_rows": None})})
+
+
+def rows_notice(eval_sets: list[EvalSet], cfg: RunConfig, rows: Rows, baseline: bool) -> str:
+    """What this evaluation covers, said before it starts: rows per task of how many, why fewer, and
+    whether the base model is evaluated too.
+
+    >>> from multitune.config import validate
+    >>> cfg = validate({"tasks": [{"name": "b77", "kind": "classification", "source": "x.csv"}],
+    ...                 "eval": {"max_rows": 200}})
+    >>> print(rows_notice([EvalSet("b77", "classification", list(range(1998)), None, 0)], cfg, "val", True))
+    evaluating b77 on 200 of 1,998 validation rows, spread evenly (eval.max_rows: 200; eval.max_rows=null or --rows all for every row)
+    then the base model on the same rows (eval.baseline: true; eval.baseline=false skips it)
+    """
+    cap, where = cfg.eval.max_rows, "validation rows" if rows == "val" else "rows"
+    parts = [f"{es.name} on {len(spread(es.items, cap)):,} of {len(es.items):,} {where}" for es in eval_sets]
+    line = "evaluating " + ", ".join(parts)
+    if cap is not None and any(cap < len(es.items) for es in eval_sets):
+        every = "eval.max_rows=null or --rows all" if rows == "val" else "eval.max_rows=null"
+        line += f", spread evenly (eval.max_rows: {cap}; {every} for every row)"
+    dropped = [f"{es.name} {es.dropped:,}" for es in eval_sets if es.dropped]
+    if dropped:
+        line += f"; longer than data.max_seq_len and left out: {', '.join(dropped)}"
+    if baseline:
+        line += "\nthen the base model on the same rows (eval.baseline: true; eval.baseline=false skips it)"
+    return line
 
 
 def _model_dir(run_dir: Path, which: Which) -> tuple[Path, str]:

@@ -27,6 +27,7 @@ from multitune.eval.runner import (
     baseline_config,
     baseline_notice,
     build_eval_sets,
+    closing_line,
     evaluate,
 )
 from multitune.export import hub
@@ -249,6 +250,8 @@ def evaluate_run(r: Run, step: int, *, baseline: bool = False, final: bool = Fal
                            pad_id=load.pad_id(r.tokenizer), generate=generate,
                            rank=r.accelerator.process_index, world_size=r.accelerator.num_processes)
     shard.reshard(plain)  # forwards without a backward leave the FSDP root gathered
+    what = "the baseline" if baseline else f"the end (step {step})" if final else f"step {step}"
+    r.accelerator.print(closing_line(what, results))
     if state.last_eval_step == step:  # a run resumed at its very end has logged this one already
         return results
     row = {f"eval/{task}/{k}": v for task, res in results.items() for k, v in res.metrics.items() if k != "rows"}
