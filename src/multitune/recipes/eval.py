@@ -83,6 +83,7 @@ def run_eval(
         primary=kinds.primary_metrics([(t.name, t.kind) for t in cfg.tasks]),
         best=previous.best if previous and rows == "val" else None,
         final_step=previous.final_step if previous else None, model=kind,
+        retention=tuple(t.name for t in cfg.tasks if not t.train),
     )
     if accelerator.is_main_process:
         write_results(eval_dir, summary, after)

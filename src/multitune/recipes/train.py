@@ -28,6 +28,7 @@ from multitune.eval.runner import (
     build_eval_sets,
     evaluate,
 )
+from multitune.eval.shots import build_shot_sets, count_truncated
 from multitune.export import hub
 from multitune.export.checkpoints import CheckpointPusher, pusher_for
 from multitune.io import replace_dir_atomic, write_errors, write_json_atomic, write_text_atomic
@@ -37,6 +38,7 @@ from multitune.report.build import write_report
 from multitune.report.results import Summary, write_results
 from multitune.report.table import before_after
 from multitune.runtime import configure_cpu_threads
+from multitune.stall import run_warnings
 from multitune.tracking import Trackers, make_trackers
 from multitune.train import checkpoint, loop, optim, resume
 from multitune.train.collectives import any_process
@@ -83,6 +85,7 @@ class Run:
     primary: dict[str, str]  # task -> its primary metric
     last_save: LastSave
     pusher: CheckpointPusher | None = None  # uploads each checkpoint (hub.push_checkpoints), main process only
+    shot_sets: list[EvalSet] = field(default_factory=list)  # validation rows as k-shot prompts (eval.baseline_shots)
     out: Path = field(init=False)
 
     def __post_init__(self) -> None:
@@ -147,6 +150,8 @@ def setup(cfg: RunConfig, force: bool) -> Run:
         resumed_from=resumed_from, primary=primary_metrics([(t.name, t.kind) for t in cfg.tasks]),
         last_save=LastSave(state.step, time.monotonic(), resumed_from),
         pusher=pusher_for(cfg) if accelerator.is_main_process else None,
+        shot_sets=build_shot_sets(tokenizer, splits, cfg.eval.baseline_shots, cfg.seed, cfg.data.max_seq_len,
+                                  cfg.data.truncation) if cfg.eval.baseline_shots else [],
     )
 
 
@@ -158,6 +163,7 @@ def train(r: Run) -> dict[str, TaskResult] | Stopped:
     cfg, accelerator, state, total = r.cfg, r.accelerator, r.state, r.plan.total_steps
     if r.resumed_from is None and cfg.eval.baseline:
         state.baseline = {k: res.metrics for k, res in evaluate_run(r, 0, baseline=True).items()}
+        state.shots = evaluate_shots(r) if r.shot_sets else None
     bar = tqdm(total=total, initial=state.step, disable=not accelerator.is_main_process,
                desc="train", unit="step", dynamic_ncols=True)
     if not state.interval_task_sums:
@@ -217,7 +223,9 @@ def cleanup(r: Run) -> None:
 
 def evaluate_run(r: Run, step: int, *, baseline: bool = False, final: bool = False) -> dict[str, TaskResult]:
     """Evaluate every task (generation metrics where `eval.generate` says) and log it; the baseline
-    (on at most `eval.baseline_max_rows` rows) is never a candidate for the best (`eval.best_metric`)."""
+    (on at most `eval.baseline_max_rows` rows) is never a candidate for the best (`eval.best_metric`),
+    which ignores the retention tasks unless it names one. Later evaluations warn about a trained task
+    stuck at its zero-shot value while its loss falls (`stall.py`)."""
     cfg, state = r.cfg.eval, r.state
     generate = cfg.generate == "always" or (cfg.generate == "ends" and (baseline or final))
     if baseline and (notice := baseline_notice(r.eval_sets, cfg)):  # a sample is said before it runs
@@ -228,14 +236,33 @@ def evaluate_run(r: Run, step: int, *, baseline: bool = False, final: bool = Fal
                        rank=r.accelerator.process_index, world_size=r.accelerator.num_processes)
     if state.last_eval_step == step:  # a run resumed at its very end has logged this one already
         return results
+    trained = {t.name: t.kind for t in r.cfg.tasks if t.train}
+    metrics = {k: res.metrics for k, res in results.items()}
+    if not baseline:
+        for warning in run_warnings(trained, state.baseline, metrics, {k: v.predictions for k, v in results.items()}):
+            r.accelerator.print(f"\nwarning: step {step}: {warning}")
     row = {f"eval/{task}/{k}": v for task, res in results.items() for k, v in res.metrics.items() if k != "rows"}
     if cfg.best_metric and not baseline:
-        scores = {k: res.metrics for k, res in results.items()}
+        scores = {k: m for k, m in metrics.items() if k in trained or cfg.best_metric.startswith(f"{k}/")}
         state.best = update_best(state.best, cfg.best_metric, scores, r.primary, step=step)
         row["eval/best_metric"] = float(state.best["value"])
     r.trackers.log(row, step=step)
     state.last_eval_step = step
     return results
+
+
+def evaluate_shots(r: Run) -> dict[str, dict[str, float]]:
+    """The baseline's rows as k-shot prompts (`eval.baseline_shots`), scored and generated on as the
+    baseline is: what in-context learning gives without training. Logged at step 0, never the best."""
+    cfg = baseline_config(r.cfg.eval)
+    plain = r.accelerator.unwrap_model(r.model, keep_torch_compile=False)
+    results = evaluate(plain, r.tokenizer, r.shot_sets, cfg=cfg, pad_id=load.pad_id(r.tokenizer),
+                       generate=cfg.generate != "never", rank=r.accelerator.process_index,
+                       world_size=r.accelerator.num_processes)
+    count_truncated(results, r.shot_sets, cfg.max_rows)
+    metrics = {k: res.metrics for k, res in results.items()}
+    r.trackers.log({f"eval_{cfg.baseline_shots}shot/{t}/{k}": v for t, m in metrics.items() for k, v in m.items()}, step=0)
+    return metrics
 
 
 def save_checkpoint(r: Run) -> Path:
@@ -258,7 +285,8 @@ def write_outputs(r: Run, after: dict[str, TaskResult]) -> TrainResult:
     """The adapter (or the whole model) and tokenizer, replacing any earlier one in one rename; the
     evaluation files, the HTML report, the prediction tables to the trackers; the before/after table."""
     summary = Summary(after={k: res.metrics for k, res in after.items()}, before=r.state.baseline,
-                      primary=r.primary, best=r.state.best, final_step=r.plan.total_steps)
+                      primary=r.primary, best=r.state.best, final_step=r.plan.total_steps, shots=r.state.shots,
+                      shots_k=r.cfg.eval.baseline_shots, retention=tuple(r.prepared.retention))
     plain = r.accelerator.unwrap_model(r.model, keep_torch_compile=False)  # no DDP/FSDP or compile wrapper
     weights = adapters.gather_for_saving(plain, trainable_only=r.cfg.adapter.method != "full")  # a collective
     if r.accelerator.is_main_process:
@@ -274,7 +302,7 @@ def write_outputs(r: Run, after: dict[str, TaskResult]) -> TrainResult:
                                 "resumes from the final checkpoint and only writes these") from None
         for task, result in after.items():
             r.trackers.log_predictions(task, result.predictions, step=summary.final_step)
-        print("\n" + before_after(summary.before, summary.after))
+        print("\n" + before_after(summary.before, summary.after, summary.shots, summary.shots_k, summary.retention))
         print(f"\nadapter: {r.out / 'adapter'}\nmetrics: {r.out / 'eval' / 'metrics.json'}\n"
               f"report:  {r.out / 'report.html'}")
     return TrainResult(summary.to_json(), plain, r.tokenizer)
