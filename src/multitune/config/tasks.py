@@ -92,6 +92,12 @@ class MultipleChoiceTask(TaskBase):
     choices_column: str = "choices"
     """A `{label: [...], text: [...]}` mapping per row (the Hub layout of tau/commonsense_qa)."""
     answer_column: str = "answerKey"
+    answer_format: Literal["letter", "text"] = "letter"
+    """What the model answers: `letter`, the correct choice's letter (scoring compares the letters), or
+    `text`, the correct choice's text (scoring compares the row's choice texts as whole answers; a row's
+    repeated text counts as its first occurrence). The prompt lists the lettered choices either way. A
+    small model may be unable to tie letters to choices (SmolLM2-135M stays at chance on commonsense_qa
+    letters) yet learn to rank the texts: see docs/benchmarks.md."""
 
 
 class InstructionTask(TaskBase):
