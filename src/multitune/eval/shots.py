@@ -9,10 +9,11 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from multitune.config.schema import EvalConfig
 from multitune.data.prepare import TaskSplit
 from multitune.data.shots import draw_shots, with_shots
 from multitune.eval.items import EvalSet, build_eval_set
-from multitune.eval.runner import spread
+from multitune.eval.runner import baseline_config, evaluate, spread
 
 TRUNCATED = "truncated"  # the metric counting k-shot prompts cut to data.max_seq_len (one of kinds.COUNTS)
 
@@ -36,3 +37,16 @@ def count_truncated(results: Mapping[str, Any], shot_sets: Sequence[EvalSet], ma
     for es in shot_sets:
         if es.name in results:
             results[es.name].metrics[TRUNCATED] = float(sum(it.truncated for it in spread(es.items, max_rows)))
+
+
+def evaluate_shots(
+    model: Any, tokenizer: Any, shot_sets: Sequence[EvalSet], cfg: EvalConfig, pad_id: int, *, rank: int = 0,
+    world_size: int = 1,
+) -> dict[str, dict[str, float]]:
+    """Task -> metrics of the untrained `model` on the baseline's rows as k-shot prompts, scored and
+    generated on as the baseline is, with the count of prompts cut to `data.max_seq_len`."""
+    used = baseline_config(cfg)
+    results = evaluate(model, tokenizer, shot_sets, used, pad_id, generate=cfg.generate != "never", rank=rank,
+                       world_size=world_size)
+    count_truncated(results, shot_sets, used.max_rows)
+    return {name: res.metrics for name, res in results.items()}

@@ -28,7 +28,8 @@ from multitune.eval.runner import (
     build_eval_sets,
     evaluate,
 )
-from multitune.eval.shots import build_shot_sets, count_truncated
+from multitune.eval.shots import build_shot_sets
+from multitune.eval.shots import evaluate_shots as evaluate_shots_on
 from multitune.export import hub
 from multitune.export.checkpoints import CheckpointPusher, pusher_for
 from multitune.io import replace_dir_atomic, write_errors, write_json_atomic, write_text_atomic
@@ -252,16 +253,13 @@ def evaluate_run(r: Run, step: int, *, baseline: bool = False, final: bool = Fal
 
 
 def evaluate_shots(r: Run) -> dict[str, dict[str, float]]:
-    """The baseline's rows as k-shot prompts (`eval.baseline_shots`), scored and generated on as the
-    baseline is: what in-context learning gives without training. Logged at step 0, never the best."""
-    cfg = baseline_config(r.cfg.eval)
+    """The in-context baseline (`eval.baseline_shots`): the baseline's rows with k training examples in
+    each prompt. Logged at step 0, never a candidate for the best."""
     plain = r.accelerator.unwrap_model(r.model, keep_torch_compile=False)
-    results = evaluate(plain, r.tokenizer, r.shot_sets, cfg=cfg, pad_id=load.pad_id(r.tokenizer),
-                       generate=cfg.generate != "never", rank=r.accelerator.process_index,
-                       world_size=r.accelerator.num_processes)
-    count_truncated(results, r.shot_sets, cfg.max_rows)
-    metrics = {k: res.metrics for k, res in results.items()}
-    r.trackers.log({f"eval_{cfg.baseline_shots}shot/{t}/{k}": v for t, m in metrics.items() for k, v in m.items()}, step=0)
+    metrics = evaluate_shots_on(plain, r.tokenizer, r.shot_sets, r.cfg.eval, load.pad_id(r.tokenizer),
+                                rank=r.accelerator.process_index, world_size=r.accelerator.num_processes)
+    k = r.cfg.eval.baseline_shots
+    r.trackers.log({f"eval_{k}shot/{t}/{name}": v for t, m in metrics.items() for name, v in m.items()}, step=0)
     return metrics
 
 

@@ -61,10 +61,11 @@ def render(
         if answer not in letters:
             raise UserError(f"answer {answer!r} is not one of the choices {letters}",
                             where=f"task {cfg.name}, row {i}", fix="fix the row's answer or its choices")
+        letter = answer
         if cfg.answer_format == "text":
-            answer = texts[letters.index(answer)]
+            answer = texts[letters.index(letter)]
         return Example(cfg.name, i, chat(system, user, answer), label=answer, candidates=candidates,
-                       choice_texts=tuple(texts))
+                       choice_texts=tuple(texts), stratum=letter if answer != letter else None)
 
     return render_rows(
         len(questions), make, cfg.name, empty,
