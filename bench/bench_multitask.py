@@ -168,6 +168,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.only:
         return 0
     text = table(work, records)
+    if args.smoke:
+        text = "SMOKE RUN (2 steps, 4 rows a task): it proves the plumbing; none of these figures is a result.\n\n" + text
     (work / "table.md").write_text(text + "\n")
     print("\n" + text)
     return 0
