@@ -22,6 +22,11 @@ def test_a_retention_task_refuses_mixture_settings_and_one_task_must_train():
     with pytest.raises(UserError, match="eval.baseline_shots is part of the baseline evaluation"):
         run_config([CLAIMS], eval={"baseline": False, "baseline_shots": 2})
     assert run_config([CLAIMS, {**QUIZ, "train": False}]).tasks[1].train is False
+    # `mean` averages the trained tasks only: a retention task without the metric at every evaluation is fine.
+    summary = {"name": "gen", "kind": "summarization", "source": "demo:instruct", "train": False}
+    assert run_config([CLAIMS, summary], eval={"best_metric": "mean"}).eval.best_metric == "mean"
+    with pytest.raises(UserError, match="rougeL, computed only with generation"):
+        run_config([CLAIMS, {**summary, "train": True}], eval={"best_metric": "mean"})
 
 
 def test_a_retention_task_has_no_training_example_and_no_share_but_the_same_validation_rows(tokenizer):

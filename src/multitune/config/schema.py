@@ -340,8 +340,9 @@ class RunConfig(Section):
     def _best_metric_exists(self) -> RunConfig:
         if self.eval.best_metric is None:
             return self
+        averaged = self.eval.best_metric in ("mean", "loss")  # over the trained tasks only
         problems = best_metric_problems(
-            self.eval.best_metric, [(t.name, t.kind) for t in self.tasks],
+            self.eval.best_metric, [(t.name, t.kind) for t in self.tasks if t.train or not averaged],
             generate_always=self.eval.generate == "always", choice_texts=self.eval.choice_texts,
         )
         if problems:
