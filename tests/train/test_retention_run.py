@@ -58,3 +58,10 @@ def test_retention_and_k_shot_figures_reach_the_table_the_report_and_the_card(tm
     assert "on 1 task at once: `claims` (classification). Also evaluated before and after, never trained" in card
     assert "### Retention: tasks evaluated, never trained" in card and "### Trade-off measured" in card
     assert "- `quiz` (retention, never trained): accuracy" in card
+    # `multitune eval` re-evaluates the run: the retention task stays one, the k-shot figures stay.
+    from multitune.cli import main
+
+    assert main(["eval", str(out)]) == 0
+    again = json.loads((out / "eval" / "metrics.json").read_text())
+    assert again["retention"] == ["quiz"] and again["shots"] == metrics["shots"] and again["baseline_shots"] == 2
+    assert "retention (evaluated, never trained" in capsys.readouterr().out
