@@ -78,3 +78,14 @@ def test_data_preview_shows_the_tokens_the_k_shot_evaluation_scores(tokenizer, c
                                                 f"validation row {first.example.row} after 3 training examples")
         assert marked_text(tokenizer, first.tokenized, PLAIN) in shown
         assert shown.count(PLAIN[0]) == 1  # only the row's own answer is marked as scored
+
+
+def test_data_preview_shows_an_evaluated_only_task_by_its_validation_rows(tiny_dir):
+    from multitune.recipes.preview import preview
+
+    retained = validate({"model": {"name": str(tiny_dir)},
+                         "tasks": [TASKS[0], {**TASKS[1], "train": False}], "eval": {"baseline_shots": 1}})
+    shown = preview(retained, n=1)
+    assert "=== instruct (instruction): 1 of 6 validation (train: false) examples ===" in shown
+    assert "=== claims (classification): 1 of 48 training examples ===" in shown
+    assert shown.count("1-shot baseline prompt (eval.baseline_shots)") == 2

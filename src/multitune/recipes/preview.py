@@ -39,9 +39,11 @@ def preview(cfg: RunConfig, task: str | None = None, n: int = 3, color: bool = F
     out = [f"Trained tokens are marked {marks[0]}like this{marks[1]}; everything else is context.\n"]
     for task_id, split in enumerate(splits):
         if task is None or split.cfg.name == task:
-            out.append(f"=== {split.cfg.name} ({split.cfg.kind}): {min(n, len(split.train))} of "
-                       f"{len(split.train)} training examples ===")
-            out += [_example(tokenizer, ex, task_id, cfg, marks) for ex in split.train[:n]]
+            # A task that is evaluated only (train: false) shows the validation rows it is scored on.
+            shown, what = (split.train, "training") if split.cfg.train else (split.val, "validation (train: false)")
+            out.append(f"=== {split.cfg.name} ({split.cfg.kind}): {min(n, len(shown))} of "
+                       f"{len(shown)} {what} examples ===")
+            out += [_example(tokenizer, ex, task_id, cfg, marks) for ex in shown[:n]]
             if cfg.eval.baseline_shots:
                 out.append(shot_prompt(tokenizer, splits, task_id, cfg, marks))
     out.append(data_summary(prepared, cfg.seed))
