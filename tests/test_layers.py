@@ -13,7 +13,7 @@ PACKAGE = Path(multitune.__file__).parent
 # but stay apart (SIBLINGS), so evaluation never depends on training code.
 FLOORS: list[set[str]] = [
     {"errors", "io", "runtime", "__init__"},  # runtime: CPU thread settings, read before torch starts
-    {"kinds", "best"},  # the table of task kinds and the best-metric rule: pure, read by the config
+    {"kinds", "best", "stall"},  # the table of task kinds, the best-metric rule, the stalled-task warning: pure
     {"config"},
     {"tasks"},
     {"data"},

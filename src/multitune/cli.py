@@ -321,7 +321,7 @@ def _eval(args: argparse.Namespace) -> int:
 
     done = run_eval(args.run_dir, args.overrides, config_path=args.config, which=args.model, rows=args.rows,
                     output_dir=args.output_dir)
-    print(before_after(done.summary.before, done.summary.after))
+    print(before_after(done.summary.before, done.summary.after, retention=done.summary.retention))
     print(f"\nmetrics: {done.eval_dir / 'metrics.json'}\npredictions: {done.eval_dir}/<task>/predictions.jsonl")
     return 0
 

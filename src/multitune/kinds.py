@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 LOWER_IS_BETTER = frozenset({"loss", "perplexity", "gen_invalid_rate"})
-COUNTS = frozenset({"rows", "gen_rows"})  # bookkeeping, not quality: left out of tables and curves
+COUNTS = frozenset({"rows", "gen_rows", "truncated"})  # bookkeeping, not quality: left out of tables and curves
 GENERATED_CLOSED = ("gen_accuracy", "gen_macro_f1", "gen_exact_match", "gen_invalid_rate")
 GENERATED_OPEN = ("rouge1", "rouge2", "rougeL", "bleu", "chrf")
 CHOICE_TEXT_METRICS = ("choice_acc", "choice_acc_norm")

@@ -34,3 +34,16 @@ def test_a_label_with_a_single_row_stays_in_training():
     examples = rows(10, labels="a") + [Example("t", 10, (), label="rare")]
     train, val = train_val_split(examples, 0.5, seed=0)
     assert any(e.label == "rare" for e in train) and not any(e.label == "rare" for e in val)
+
+
+def test_both_multiple_choice_answer_formats_hold_out_the_same_rows():
+    from data_helpers import run_config
+
+    from multitune.data.prepare import load_splits
+
+    quiz = {"name": "quiz", "kind": "multiple_choice", "source": "demo:quiz", "max_rows": 60}
+    (letters,) = load_splits(run_config([quiz]))
+    (texts,) = load_splits(run_config([{**quiz, "answer_format": "text"}]))
+    assert [ex.row for ex in texts.val] == [ex.row for ex in letters.val] and len(texts.val) == 12
+    assert all(t.label == t.choice_texts[t.candidates.index(t.label)] and t.stratum == lt.label
+               for t, lt in zip(texts.val, letters.val, strict=True))

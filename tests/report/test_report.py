@@ -74,7 +74,7 @@ def test_report_is_self_contained_with_every_image_embedded(tmp_path):
     page = write_report(run).read_text()
     tags = Tags()
     tags.feed(page)
-    assert len(tags.images) == 3  # loss, metrics, confusion of b77
+    assert len(tags.images) == 5  # loss, metrics, confusion of b77, each task's own curves
     for src in tags.images:
         assert src.startswith("data:image/png;base64,")
         Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1]))).verify()
@@ -83,7 +83,8 @@ def test_report_is_self_contained_with_every_image_embedded(tmp_path):
     for text in ("Best evaluation by <code>mean</code>", "intent_00", "Most confused pairs", "x.parquet",
                  "output_dir: run", "+0.6500"):
         assert text in page, text
-    assert sorted(p.name for p in (run / "plots").iterdir()) == ["confusion_b77.png", "loss.png", "metrics.png"]
+    assert sorted(p.name for p in (run / "plots").iterdir()) == ["confusion_b77.png", "loss.png", "metrics.png",
+                                                                 "task_b77.png", "task_gen.png"]
 
 
 def test_a_77_label_confusion_matrix_is_large_enough_to_read(tmp_path):
@@ -119,3 +120,31 @@ def test_load_summary_of_a_run_without_evaluation_says_what_to_do(tmp_path):
 
     with pytest.raises(UserError, match="evaluate the run first"):
         load_summary(tmp_path)
+
+
+def test_the_report_shows_retention_rows_k_shot_figures_and_a_task_stuck_at_zero_shot(tmp_path):
+    run = fake_run(tmp_path)
+    stuck = [{"row": i, "index": i, "input": f"q{i}", "gold": "ABCDE"[i % 5], "prediction": "C", "score": -1.0,
+              "correct": i % 5 == 2, "gold_score": -1.0, "answer_tokens": 2} for i in range(200)]
+    (run / "eval" / "csqa").mkdir()
+    (run / "eval" / "csqa" / "predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in stuck))
+    summary = load_summary(run)
+    after = {**summary.after, "csqa": {"loss": 0.81, "accuracy": 0.2, "rows": 200.0}}
+    before = {**summary.before, "csqa": {"loss": 5.82, "accuracy": 0.225, "rows": 200.0}}
+    shots = {t: {m: v if m == "rows" else v - 0.001 for m, v in ms.items() if v is not None} for t, ms in before.items()}
+    shots["b77"]["truncated"] = 3.0
+    write_json_atomic(run / "eval" / "metrics.json", Summary(
+        after=after, before=before, primary={**summary.primary, "csqa": "accuracy"}, shots=shots, shots_k=3,
+        retention=("gen",)).to_json())
+    stats = json.loads((run / "data_stats.json").read_text())
+    stats["csqa"] = {"kind": "multiple_choice", "source": "c.jsonl", "rows": 1000, "train": {}, "val": {}}
+    write_json_atomic(run / "data_stats.json", stats)
+    page = write_report(run).read_text()
+    assert "<th>3-shot</th>" in page and "prompts cut to data.max_seq_len (oldest turns first): b77 3 of 200" in page
+    # The retention task's rows come after the trained tasks', under their heading.
+    assert page.index("<td>b77</td>") < page.index("Retention: evaluated, never trained") < page.index("<td>gen</td>")
+    assert "(summarization, retention: evaluated, never trained)" in page
+    warning = page[page.index("<b>Warning:</b>"):]
+    assert warning.startswith("<b>Warning:</b> csqa: accuracy 0.2000 is still at its zero-shot value 0.2250")
+    assert "It answers &#x27;C&#x27; to 100% of the rows (20% of the gold answers)" in warning
+    assert page.count("<b>Warning:</b>") == 1  # b77 moved; gen is not trained

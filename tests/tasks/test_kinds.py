@@ -125,6 +125,16 @@ def test_multiple_choice_renders_lettered_choices():
     assert out[0].answer == "C" and out[0].candidates == ("A", "B", "C")
 
 
+def test_multiple_choice_can_answer_with_the_choice_text():
+    cfg = task(kind="multiple_choice", source="x", answer_format="text")
+    (ex,) = render(cfg, rows(question=["Which is the sky?"], choices=[CHOICES], answerKey=["C"])).examples
+    assert ex.messages[1]["content"] == "Which is the sky?\n\nA. red\nB. green\nC. blue"  # the same prompt
+    assert "with the text of the correct choice" in ex.messages[0]["content"]
+    assert ex.answer == ex.label == "blue" and ex.candidates == ex.choice_texts == ("red", "green", "blue")
+    (unlabelled,) = render(cfg, rows(question=["q"], choices=[CHOICES]), labelled=False).examples
+    assert unlabelled.candidates == ("red", "green", "blue") and unlabelled.label is None
+
+
 def test_multiple_choice_refuses_the_unlabelled_test_split():
     data = rows(question=["q1", "q2"], choices=[CHOICES, CHOICES], answerKey=["", ""])
     with pytest.raises(UserError, match="2 of 2 rows have no answer") as e:

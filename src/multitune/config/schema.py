@@ -195,6 +195,14 @@ class EvalConfig(Section):
     (the smaller of the two wins): an untrained model makes the label search explore widely, so a full
     baseline of a large split can take longer than the training. Said before it runs, and shown beside
     the `before` figures. null: the same rows as every other evaluation."""
+    baseline_shots: int = Field(0, ge=0)
+    """In-context baseline: with k > 0 the untrained model is also evaluated with k training examples of
+    the same task placed before each validation row as earlier chat turns (user, assistant), on the
+    baseline's rows with the same scoring and generation, so the results read zero-shot | k-shot |
+    fine-tuned. The k examples are drawn once per task with the seed from its training rows, never from
+    validation rows (`multitune data preview` shows the prompt). A prompt over `data.max_seq_len` is cut
+    as `data.truncation` cuts training examples (truncate: the oldest turns go first); the tables say how
+    many were. 0: no in-context baseline."""
     micro_batch_size: int = Field(16, ge=1)
     """Rows per forward pass of the validation loss of generation tasks."""
     tokens_per_pass: int = Field(512, ge=1)
@@ -206,9 +214,10 @@ class EvalConfig(Section):
     are often sorted by label, so the first rows would hold a few classes only)."""
     best_metric: str | None = None
     """What picks the best checkpoint: `<task>/<metric>` (e.g. `banking77/macro_f1`), `mean` (the mean of
-    the tasks' primary metrics: accuracy for classification and multiple choice, rougeL for generation
-    tasks) or `loss` (the mean validation loss, lower is better). Only metrics computed at every
-    evaluation qualify. null: none is tracked."""
+    the trained tasks' primary metrics: accuracy for classification and multiple choice, rougeL for
+    generation tasks) or `loss` (the trained tasks' mean validation loss, lower is better); tasks with
+    `train: false` count only when named. Only metrics computed at every evaluation qualify. null: none
+    is tracked."""
     length_normalized: bool = False
     """Pick the candidate with the highest log-likelihood per token instead of the highest total."""
     choice_texts: bool = False
@@ -303,9 +312,14 @@ class RunConfig(Section):
         repeated = sorted({n for n in names if names.count(n) > 1})
         if repeated:
             problems.append(f"task names must be unique; repeated: {', '.join(repeated)}")
+        if not any(t.train for t in self.tasks):
+            problems.append("every task has train: false (evaluated only): set train: true on at least one")
         # A saved config.yaml spells out every default, so only a changed section is an error.
         if self.quantization != QuantizationConfig() and self.adapter.method != "qlora":
             problems.append("quantization applies only to adapter.method=qlora; remove it or set the method")
+        if self.eval.baseline_shots and not self.eval.baseline:
+            problems.append("eval.baseline_shots is part of the baseline evaluation: set eval.baseline true, "
+                            "or eval.baseline_shots 0")
         if self.train.share_prefix and self.data.packing:
             problems.append("train.share_prefix applies to padded batches, not to data.packing: set one of them false")
         problems += _virtual_token_problems(self)
@@ -320,8 +334,9 @@ class RunConfig(Section):
     def _best_metric_exists(self) -> RunConfig:
         if self.eval.best_metric is None:
             return self
+        averaged = self.eval.best_metric in ("mean", "loss")  # over the trained tasks only
         problems = best_metric_problems(
-            self.eval.best_metric, [(t.name, t.kind) for t in self.tasks],
+            self.eval.best_metric, [(t.name, t.kind) for t in self.tasks if t.train or not averaged],
             generate_always=self.eval.generate == "always", choice_texts=self.eval.choice_texts,
         )
         if problems:

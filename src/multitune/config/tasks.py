@@ -42,6 +42,11 @@ class TaskBase(Section):
     """Replaces the kind's default system prompt; an empty string sends none."""
     prompt_template: str | None = None
     """Replaces the kind's default user-turn template (Python `str.format` fields, see the kind)."""
+    train: bool = True
+    """`false` makes the task evaluated but never trained (a retention task): its rows are split as usual
+    and its validation rows scored before and after training like every task's, but it takes no share of
+    the mixture and no gradient comes from it, so its before/after change is what training cost it
+    (catastrophic forgetting) and is reported under "retention"."""
 
     @field_validator("name")
     @classmethod
@@ -52,9 +57,16 @@ class TaskBase(Section):
 
     @model_validator(mode="after")
     def _val_split_differs(self) -> TaskBase:
+        problems = []
         if self.val_split is not None and self.val_split == self.split:
-            raise ValueError(f"val_split {self.val_split!r} is the training split: validation rows would be "
-                             "trained on; name another split, or leave val_split unset to carve one")
+            problems.append(f"val_split {self.val_split!r} is the training split: validation rows would be "
+                            "trained on; name another split, or leave val_split unset to carve one")
+        # A saved config.yaml spells out the defaults, so only a value changed from its default is refused.
+        if not self.train and (self.weight != 1.0 or self.max_examples_per_epoch is not None):
+            problems.append("weight and max_examples_per_epoch set a trained task's share of the mixture; this "
+                            "task has train: false (evaluated only): remove them, or set train: true")
+        if problems:
+            raise ValueError("; ".join(problems))
         return self
 
 
@@ -80,6 +92,12 @@ class MultipleChoiceTask(TaskBase):
     choices_column: str = "choices"
     """A `{label: [...], text: [...]}` mapping per row (the Hub layout of tau/commonsense_qa)."""
     answer_column: str = "answerKey"
+    answer_format: Literal["letter", "text"] = "letter"
+    """What the model answers: `letter`, the correct choice's letter (scoring compares the letters), or
+    `text`, the correct choice's text (scoring compares the row's choice texts as whole answers; a row's
+    repeated text counts as its first occurrence). The prompt lists the lettered choices either way. A
+    small model may be unable to tie letters to choices (SmolLM2-135M stays at chance on commonsense_qa
+    letters) yet learn to rank the texts: see docs/benchmarks.md."""
 
 
 class InstructionTask(TaskBase):

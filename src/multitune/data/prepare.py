@@ -71,6 +71,11 @@ class Prepared:
     def weights(self) -> list[float]:
         return [s.cfg.weight for s in self.splits]
 
+    @property
+    def retention(self) -> list[str]:
+        """The tasks evaluated but never trained (`train: false`): no training example, no mixture share."""
+        return [s.cfg.name for s in self.splits if not s.cfg.train]
+
 
 def load_splits(cfg: RunConfig) -> list[TaskSplit]:
     """Every task's rows, rendered and split. Raises one `UserError` per problem found (file, row, label)."""
@@ -114,12 +119,14 @@ def _training_labels(train: list[Example], val_rows: Any, task_cfg: Any) -> list
 
 
 def training_conversations(splits: Sequence[TaskSplit]) -> list[tuple]:
-    return [ex.messages for s in splits for ex in s.train]
+    """The conversations training sees (what the tiny model is built from); evaluated-only tasks have none."""
+    return [ex.messages for s in splits if s.cfg.train for ex in s.train]
 
 
 def tokenize_splits(tokenizer: Any, splits: Sequence[TaskSplit], cfg: RunConfig) -> Prepared:
     """Tokenise every task's training and validation examples (through the cache), then fix the
-    mixture's examples per epoch and collect the statistics."""
+    mixture's examples per epoch and collect the statistics. A task with `train: false` keeps its
+    validation examples only: it has no training example, so the mixture gives it no share."""
     train: list[Tokenized] = []
     val: dict[str, list[Tokenized]] = {}
     sizes: list[int] = []
@@ -127,18 +134,19 @@ def tokenize_splits(tokenizer: Any, splits: Sequence[TaskSplit], cfg: RunConfig)
     tokenizer_key = tokenizer_fingerprint(tokenizer)
     for task_id, split in enumerate(splits):
         args = (task_id, cfg.data.max_seq_len, cfg.data.truncation)
-        tok_train, s_train, hit_train = tokenize_cached(tokenizer, split.train, *args, tokenizer_key=tokenizer_key)
+        trained = split.train if split.cfg.train else []
+        tok_train, s_train, hit_train = tokenize_cached(tokenizer, trained, *args, tokenizer_key=tokenizer_key)
         tok_val, s_val, hit_val = tokenize_cached(tokenizer, split.val, *args, tokenizer_key=tokenizer_key)
         train.extend(tok_train)
         sizes.append(len(tok_train))
         val[split.cfg.name] = tok_val
         stats[split.cfg.name] = {
             "kind": split.cfg.kind, "source": split.cfg.source, "rows": split.rows,
-            "weight": split.cfg.weight, "train": asdict(s_train), "val": asdict(s_val),
+            "weight": split.cfg.weight, "trained": split.cfg.train, "train": asdict(s_train), "val": asdict(s_val),
             "validation": f"split {split.cfg.val_split}" if split.cfg.val_split else
                           f"{cfg.data.val_fraction:.0%} of {split.cfg.split}, seed {cfg.seed}",
             "empty_rows_dropped": split.empty_rows_dropped,
-            "tokenize_cache": "hit" if hit_train and (hit_val or not split.val) else "miss",
+            "tokenize_cache": "hit" if (hit_train or not trained) and (hit_val or not split.val) else "miss",
         }
         if split.labels is not None:
             stats[split.cfg.name]["labels"] = split.labels
@@ -153,7 +161,7 @@ def tokenize_splits(tokenizer: Any, splits: Sequence[TaskSplit], cfg: RunConfig)
 
 
 def _refuse_empty_tasks(splits: Sequence[TaskSplit], sizes: Sequence[int]) -> None:
-    empty = [s.cfg.name for s, n in zip(splits, sizes, strict=True) if n == 0]
+    empty = [s.cfg.name for s, n in zip(splits, sizes, strict=True) if n == 0 and s.cfg.train]
     if empty:
         raise UserError(f"no training examples left for task(s) {', '.join(empty)} after dropping empty, "
                         "too long and answerless examples (data_stats.json has the counts)",

@@ -12,7 +12,8 @@ from multitune.tasks.base import Example
 def train_val_split(
     examples: Sequence[Example], val_fraction: float, seed: int
 ) -> tuple[list[Example], list[Example]]:
-    """Hold out `val_fraction` of each label's rows (all rows when unlabelled) for validation.
+    """Hold out `val_fraction` of each label's rows (all rows when unlabelled) for validation; a row
+    with a `stratum` counts under it instead of its label.
 
     Each label group is shuffled by a generator seeded with (seed, task, label), so adding a task or a
     label elsewhere never moves these rows. Every label keeps at least one training row (a label with
@@ -26,7 +27,7 @@ def train_val_split(
     """
     groups: dict[str | None, list[Example]] = defaultdict(list)
     for ex in examples:
-        groups[ex.label].append(ex)
+        groups[ex.label if ex.stratum is None else ex.stratum].append(ex)
     held_out: set[int] = set()
     for label, group in groups.items():
         task = group[0].task

@@ -32,6 +32,8 @@ def data_summary(prepared: Prepared, seed: int) -> str:
 def _notes(s: dict[str, Any]) -> list[str]:
     """What happened to rows that are not trained as they are, and where validation comes from."""
     notes = []
+    if not s.get("trained", True):
+        notes.append("evaluated only (train: false): never trained, no share of the mixture (retention)")
     if s["empty_rows_dropped"]:
         notes.append(f"dropped {s['empty_rows_dropped']} rows with an empty text")
     for side in ("train", "val"):

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from multitune.data.tokenize import (
+    IGNORE,
     Tokenized,
     answer_ids,
     encode_segments,
@@ -35,6 +36,7 @@ class EvalItem:
     prompt: list[int]
     trie: CandidateTrie | None  # the candidates' token tree (closed tasks)
     gold_index: int | None  # position of the gold answer among the candidates
+    truncated: bool = False  # the prompt was cut to data.max_seq_len (data.truncation: truncate)
 
     @property
     def input(self) -> str:
@@ -63,16 +65,20 @@ class EvalSet:
 
 def build_eval_set(
     tokenizer: Any, name: str, kind: str, examples: Sequence[Example], task_id: int, max_seq_len: int,
-    truncation: str, labels: Sequence[str] | None = None,
+    truncation: str, labels: Sequence[str] | None = None, last_answer_only: bool = False,
 ) -> EvalSet:
-    """Tokenise `examples` as training does; examples the length policy drops are counted, not kept."""
+    """Tokenise `examples` as training does; examples the length policy drops are counted, not kept.
+    `last_answer_only` puts the loss on the final answer alone (a k-shot prompt's answers are context)."""
     answers: dict[str, list[int]] = {}  # candidate -> ids; an answer's encoding does not depend on the prompt
     tries: dict[tuple[str, ...], CandidateTrie] = {}
     items: list[EvalItem] = []
     dropped = 0
     for ex in examples:
-        tok = fit_length(encode_segments(tokenizer, segments(tokenizer, ex.messages), task_id), max_seq_len,
-                         truncation, where=f"task {name}, row {ex.row}")
+        whole = encode_segments(tokenizer, segments(tokenizer, ex.messages), task_id)
+        if last_answer_only:
+            start = last_answer_start(whole.labels)
+            whole = Tokenized(whole.input_ids, [IGNORE] * start + whole.labels[start:], task_id)
+        tok = fit_length(whole, max_seq_len, truncation, where=f"task {name}, row {ex.row}")
         if tok is None:
             dropped += 1
             continue
@@ -84,7 +90,8 @@ def build_eval_set(
                 tries[key] = CandidateTrie.build(ids)
             trie = tries[key]
             gold = key.index(ex.label) if ex.label in key else None
-        items.append(EvalItem(len(items), ex, tok, tok.input_ids[: last_answer_start(tok.labels)], trie, gold))
+        items.append(EvalItem(len(items), ex, tok, tok.input_ids[: last_answer_start(tok.labels)], trie, gold,
+                              truncated=tok is not whole))
     return EvalSet(name, kind, items, list(labels) if labels is not None else None, dropped)
 
 

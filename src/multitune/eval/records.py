@@ -102,7 +102,8 @@ def _add_closed_generations(
     for k, text in zip(chosen, answers, strict=True):
         ex = items[k].example
         assert ex.candidates is not None
-        parsed = (parse_label(text, ex.candidates) if eval_set.spec.labels
+        # A multiple-choice row answered by its choice texts (answer_format: text) is read like a label.
+        parsed = (parse_label(text, ex.candidates) if eval_set.spec.labels or ex.candidates == ex.choice_texts
                   else parse_choice(text, ex.candidates))
         records[k] |= {"generated": text, "generated_label": parsed, "generated_correct": parsed == ex.label}
 

@@ -87,6 +87,10 @@ def run_eval(
         primary=kinds.primary_metrics([(t.name, t.kind) for t in cfg.tasks]),
         best=previous.best if previous and rows == "val" else None,
         final_step=previous.final_step if previous else None, model=kind,
+        retention=tuple(t.name for t in cfg.tasks if not t.train),
+        # The run's k-shot figures stay with the rows they were measured on (this command does not redo them).
+        shots=previous.shots if previous and rows == "val" else None,
+        shots_k=previous.shots_k if previous and rows == "val" else 0,
     )
     if accelerator.is_main_process:
         write_results(eval_dir, summary, after)

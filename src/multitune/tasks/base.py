@@ -31,6 +31,10 @@ class Example:
     label: str | None = None
     candidates: tuple[str, ...] | None = None
     choice_texts: tuple[str, ...] | None = None
+    stratum: str | None = None
+    """What the seeded split groups the row by when it is not `label`: a multiple-choice row answered
+    with its choice's text is grouped by the choice's letter, so both answer formats hold out the same
+    rows."""
 
     @property
     def prompt(self) -> tuple[Message, ...]:

@@ -1,6 +1,7 @@
-"""Multiple choice: a question, lettered choices, the letter of the right one (tau/commonsense_qa).
+"""Multiple choice: a question, lettered choices, the letter of the right one (tau/commonsense_qa), or its
+text with `answer_format: text`.
 
-Scoring compares the likelihood of each choice's letter as the whole answer. The Hub's test split of
+Scoring compares the likelihood of each candidate (each choice's letter, or its text) as the whole answer. The Hub's test split of
 commonsense_qa has `answerKey == ""`: such rows are refused for training and evaluation, never read as a
 label.
 """
@@ -27,6 +28,7 @@ from multitune.tasks.base import (
 )
 
 DEFAULT_SYSTEM = "Answer the multiple-choice question with the letter of the correct choice only."
+DEFAULT_SYSTEM_TEXT = "Answer the multiple-choice question with the text of the correct choice only."
 DEFAULT_TEMPLATE = "{question}\n\n{choices}"
 FIELDS = ("question", "choices")
 
@@ -39,7 +41,7 @@ def render(
     require_columns(rows, wanted | ({"answer_column": cfg.answer_column} if labelled else {}), cfg.name)
     template = cfg.prompt_template or DEFAULT_TEMPLATE
     check_template(template, FIELDS, cfg.name)
-    system = system_prompt(cfg, DEFAULT_SYSTEM)
+    system = system_prompt(cfg, DEFAULT_SYSTEM_TEXT if cfg.answer_format == "text" else DEFAULT_SYSTEM)
     questions = column(rows, cfg.question_column)
     choices = column(rows, cfg.choices_column)
     answers = column(rows, cfg.answer_column) if labelled else [None] * len(questions)
@@ -49,8 +51,9 @@ def render(
         letters, texts = _choices(choices[i], i, cfg)
         rendered = "\n".join(f"{letter}. {text}" for letter, text in zip(letters, texts, strict=True))
         user = template.format(question=question, choices=rendered)
+        candidates = tuple(texts) if cfg.answer_format == "text" else tuple(letters)
         if not labelled:
-            return Example(cfg.name, i, chat(system, user, ""), candidates=tuple(letters), choice_texts=tuple(texts))
+            return Example(cfg.name, i, chat(system, user, ""), candidates=candidates, choice_texts=tuple(texts))
         answer = answers[i]
         if answer is None or str(answer).strip() == "":
             raise MissingAnswer(cfg.answer_column, i, cfg.name)
@@ -58,8 +61,11 @@ def render(
         if answer not in letters:
             raise UserError(f"answer {answer!r} is not one of the choices {letters}",
                             where=f"task {cfg.name}, row {i}", fix="fix the row's answer or its choices")
-        return Example(cfg.name, i, chat(system, user, answer), label=answer, candidates=tuple(letters),
-                       choice_texts=tuple(texts))
+        letter = answer
+        if cfg.answer_format == "text":
+            answer = texts[letters.index(letter)]
+        return Example(cfg.name, i, chat(system, user, answer), label=answer, candidates=candidates,
+                       choice_texts=tuple(texts), stratum=letter if answer != letter else None)
 
     return render_rows(
         len(questions), make, cfg.name, empty,

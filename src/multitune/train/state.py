@@ -29,6 +29,8 @@ class TrainState:
     is kept by rotation."""
     baseline: dict[str, dict[str, float]] | None = None
     """Metrics of the untrained model, kept to show before/after when a resumed run ends."""
+    shots: dict[str, dict[str, float]] | None = None
+    """Metrics of the untrained model prompted with `eval.baseline_shots` training examples."""
     tracker_run_id: str | None = None
     metrics_rows: int = 0
     """Rows of metrics.jsonl written when the checkpoint was taken: a resumed run keeps exactly these."""
