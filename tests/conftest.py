@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -16,10 +17,22 @@ os.environ["TOKENIZERS_PARALLELISM"] = "false"
 # Tests start `multitune train` processes while this one holds its own OpenMP pool: idle threads must sleep,
 # not spin, or the processes slow each other down many times over (src/multitune/runtime.py).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-os.environ.setdefault("MULTITUNE_CACHE", tempfile.mkdtemp(prefix="multitune-test-cache-"))
+if "MULTITUNE_CACHE" not in os.environ:
+    # This session's own cache (the tiny model, converted GGUF models), removed when the session ends
+    # (pytest_sessionfinish): every `make test` used to leave up to 340 MB in /tmp.
+    _OWN_CACHE = tempfile.mkdtemp(prefix="multitune-test-cache-")
+    os.environ["MULTITUNE_CACHE"] = _OWN_CACHE
+else:
+    _OWN_CACHE = None
 
 REPO = Path(__file__).resolve().parents[1]
+
 SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if _OWN_CACHE is not None:
+        shutil.rmtree(_OWN_CACHE, ignore_errors=True)
 
 # A tiny model small enough that building it takes a second.
 SMALL_TINY = {
