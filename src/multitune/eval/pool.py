@@ -111,10 +111,11 @@ class Segment:
 
 
 @dataclass(frozen=True)
-class _Group:
-    """Segments attended together: queries (R, Q) and keys (R, K) padded to the group's largest."""
+class _Blocks:
+    """Segments attended together, a block each (as a shared-prefix row's, `data/prefix.blocks`): queries
+    (R, Q) and keys (R, K) padded to the largest block's."""
 
-    flat: torch.Tensor  # (n,) flat positions of the group's real queries, segment by segment
+    flat: torch.Tensor  # (n,) flat positions of the real queries, segment by segment
     q_index: torch.Tensor  # (R x Q,) flat position per query slot (padding: any)
     q_take: torch.Tensor  # (n,) which query slots are real
     k_index: torch.Tensor  # (R x K,) pool slot per key column (padding: any)
@@ -127,7 +128,7 @@ class Packed:
 
     pool: KVPool
     write: torch.Tensor  # (T,) the slot of each new token
-    groups: list[_Group]
+    blocks: list[_Blocks]
     span: int  # the largest position in the pass, plus one
 
     def attend(self, layer: int, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
@@ -145,13 +146,13 @@ class Packed:
         values.index_copy_(0, self.write, value[0, :, extra:].transpose(0, 1))
         flat_q = query[0].transpose(0, 1)  # (T, H, D)
         out = query.new_empty((width, heads, dim))
-        for g in self.groups:
-            rows, q_len, k_len = g.mask.shape[0], g.mask.shape[2], g.mask.shape[3]
-            q = flat_q.index_select(0, g.q_index).view(rows, q_len, heads, dim).transpose(1, 2)
-            k = keys.index_select(0, g.k_index).view(rows, k_len, kv_heads, dim).transpose(1, 2)
-            v = values.index_select(0, g.k_index).view(rows, k_len, kv_heads, dim).transpose(1, 2)
-            o = F.scaled_dot_product_attention(q, k, v, attn_mask=g.mask, scale=scaling, enable_gqa=heads != kv_heads)
-            out.index_copy_(0, g.flat, o.transpose(1, 2).reshape(rows * q_len, heads, dim).index_select(0, g.q_take))
+        for b in self.blocks:
+            rows, q_len, k_len = b.mask.shape[0], b.mask.shape[2], b.mask.shape[3]
+            q = flat_q.index_select(0, b.q_index).view(rows, q_len, heads, dim).transpose(1, 2)
+            k = keys.index_select(0, b.k_index).view(rows, k_len, kv_heads, dim).transpose(1, 2)
+            v = values.index_select(0, b.k_index).view(rows, k_len, kv_heads, dim).transpose(1, 2)
+            o = F.scaled_dot_product_attention(q, k, v, attn_mask=b.mask, scale=scaling, enable_gqa=heads != kv_heads)
+            out.index_copy_(0, b.flat, o.transpose(1, 2).reshape(rows * q_len, heads, dim).index_select(0, b.q_take))
         return out[None]
 
 
@@ -253,7 +254,7 @@ def pack(pool: KVPool, segments: Sequence[Segment], work: Work, device: Any) -> 
         wanted += [total + i for i in s.logits]
         total += len(s.tokens)
     shared = len(pool.shared_slots)
-    groups = [_group(pool, [segments[i] for i in g], [starts[i] for i in g], work, device)
+    blocks = [_blocks(pool, [segments[i] for i in g], [starts[i] for i in g], work, device)
               for g in _by_size(segments, shared)]
     ids = torch.tensor([t for s in segments for t in s.tokens], device=device)[None]
     positions = torch.tensor([p for s in segments for p in s.positions], device=device)[None]
@@ -263,7 +264,7 @@ def pack(pool: KVPool, segments: Sequence[Segment], work: Work, device: Any) -> 
     work.logit_positions += len(wanted)
     keep = torch.tensor(wanted or [total - 1], device=device)
     kwargs = {"input_ids": ids, "position_ids": positions, "use_cache": False, "logits_to_keep": keep,
-              KWARG: Packed(pool, write, groups, int(positions.max()) + 1)}
+              KWARG: Packed(pool, write, blocks, int(positions.max()) + 1)}
     return kwargs, wanted
 
 
@@ -287,7 +288,7 @@ def _by_size(segments: Sequence[Segment], shared: int) -> list[list[int]]:
     return groups
 
 
-def _group(pool: KVPool, segments: Sequence[Segment], starts: Sequence[int], work: Work, device: Any) -> _Group:
+def _blocks(pool: KVPool, segments: Sequence[Segment], starts: Sequence[int], work: Work, device: Any) -> _Blocks:
     """The attention of `segments` (starting at `starts` in the pass) as one batch: per segment, its queries
     and as keys the shared slots then its own, under the shared slots (all seen) beside its own mask."""
     shared = len(pool.shared_slots)
@@ -307,8 +308,8 @@ def _group(pool: KVPool, segments: Sequence[Segment], starts: Sequence[int], wor
         work.attention_needed += n * (shared + k)
     work.attention_pairs += rows * q_len * k_len
     mask = padded_blocks([with_leading_keys(s.mask, shared) for s in segments], q_len, k_len)
-    return _Group(torch.tensor(flat, device=device), q_index.view(-1).to(device), torch.tensor(take, device=device),
-                  k_index.view(-1).to(device), mask.to(device))
+    return _Blocks(torch.tensor(flat, device=device), q_index.view(-1).to(device), torch.tensor(take, device=device),
+                   k_index.view(-1).to(device), mask.to(device))
 
 
 def pool_attention(
