@@ -95,7 +95,7 @@ class VirtualTokensModel(PeftModelForCausalLM):
         filler = input_ids.new_zeros((batch, p))
         mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
         out = base.generate(*args, input_ids=torch.cat([filler, input_ids], dim=1),
-                            attention_mask=torch.cat([mask.new_ones((batch, p)), mask], dim=1),
+                            attention_mask=with_leading_keys(mask, p),
                             **{cache_keyword(type(base)): self.virtual_cache(batch)}, **kwargs)
         return out[:, p:]
 
