@@ -5,8 +5,8 @@ shared-prefix rows of training (`data/prefix.py`), the virtual tokens' packed ro
 and the packed passes of evaluation (`eval/pool.py`, `eval/search.py`, `eval/generate.py`) build their
 masks here and nowhere else; the candidate tree's own mask is `eval/scoring.CandidateTrie.ancestry`.
 
-- `causal`: a run of new tokens after earlier keys it sees whole (a prompt after the shared prefix, a
-  suffix after its group's shared prefix);
+- `causal`: a run of new tokens after earlier keys it sees whole (a prompt; one decoding step after its
+  prompt and earlier answer tokens; a suffix after its group's shared prefix);
 - `segment_mask`: a dense (R, 1, T, T) mask of rows cut into segments, each seeing itself causally and
   optionally one other segment (its shared prefix); `packed_mask` is its case of sequences packed end to
   end, found from their position ids;
