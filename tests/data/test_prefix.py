@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from multitune.config import validate
 from multitune.data.collate import pad_batch, real_tokens
 from multitune.data.prefix import (
-    MIN_PREFIX,
+    MIN_PREFIX_LEN,
     last_target,
     prefix_groups,
     row_lengths,
@@ -26,7 +26,7 @@ def with_prefixes(vocab: int, n: int, seed: int, prefixes: int = 2, longest: int
     """Rows starting with one of `prefixes` shared starts (two tasks' headers), then their own tokens and an
     answer; one row in five has no shared start at all."""
     rng = random.Random(seed)
-    starts = [[rng.randrange(10, vocab) for _ in range(rng.randint(MIN_PREFIX, 14))] for _ in range(prefixes)]
+    starts = [[rng.randrange(10, vocab) for _ in range(rng.randint(MIN_PREFIX_LEN, 14))] for _ in range(prefixes)]
     out = []
     for i in range(n):
         start = starts[i % prefixes] if i % 5 else []
@@ -79,10 +79,10 @@ def test_groups_share_only_what_every_row_holds_before_its_first_trained_positio
     groups = prefix_groups(seqs)
     assert sorted(i for g in groups for i in g.rows) == list(range(n))
     for g in groups:
-        if g.prefix:
-            assert len(g.rows) > 1 and g.prefix >= MIN_PREFIX
-            head = seqs[g.rows[0]].input_ids[:g.prefix]
-            assert all(seqs[i].input_ids[:g.prefix] == head and g.prefix <= shareable(seqs[i]) for i in g.rows)
+        if g.prefix_len:
+            assert len(g.rows) > 1 and g.prefix_len >= MIN_PREFIX_LEN
+            head = seqs[g.rows[0]].input_ids[:g.prefix_len]
+            assert all(seqs[i].input_ids[:g.prefix_len] == head and g.prefix_len <= shareable(seqs[i]) for i in g.rows)
 
 
 def test_rows_longer_than_max_len_split_and_repeat_their_prefix():

@@ -7,9 +7,10 @@ import pytest
 import torch
 from test_scoring import bigram_model
 
+from multitune.data.masks import causal
 from multitune.eval.generate import _generate, greedy, plain_greedy
 from multitune.eval.lockstep import SOLO
-from multitune.eval.pool import KVPool, Segment, Work, causal, drive, pack, pooled
+from multitune.eval.pool import KVPool, Segment, Work, drive, pack, pooled
 from multitune.eval.scoring import CandidateTrie
 from multitune.eval.search import score_rows
 
@@ -31,7 +32,7 @@ def test_a_packed_pass_of_several_rows_equals_a_forward_per_row(model):
     kwargs, _ = pack(pool, [Segment(shared, [1, 20], [0, 1], causal(2), [])], work, "cpu")
     with torch.no_grad(), pooled(model):
         model(**kwargs)
-    pool.shared = shared
+    pool.shared_slots = shared
     segments = []
     for p in prompts:
         rest = p[2:]

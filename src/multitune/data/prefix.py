@@ -3,10 +3,15 @@
 The rows of one task start with the same tokens: the chat template's header, the task's system prompt and
 instruction (24 of banking77's 52 tokens on average with SmolLM2's template). A padded micro-batch runs
 them once per row, and pads every row to the longest. Here a micro-batch becomes one row (or a few, each
-at most `max_len` long): each group of rows that share a prefix lays it down once, followed by every row's
-remaining tokens (its suffix), with no padding between them. Each suffix token sees its group's prefix and
-the earlier tokens of its own suffix, nothing else, and position ids continue from the prefix in every
-suffix.
+at most `max_len` long): each group of rows lays its shared prefix (the tokens all its rows start with,
+`Group.prefix_len` of them) down once, followed by every row's remaining tokens (its suffix), with no
+padding between them. Each suffix token sees its group's shared prefix and the earlier tokens of its own
+suffix, nothing else, and position ids continue from the shared prefix in every suffix.
+
+Vocabulary, the same in evaluation (`eval/search.py`, `eval/generate.py`): the *shared prefix* is tokens
+run once for several sequences; a count of tokens is `*_len` (`common_prefix_len`, `Group.prefix_len`,
+`eval/scoring.shared_prefix_len`); the keys and values of a shared prefix are *slots*
+(`eval/pool.KVPool.shared_slots`).
 
 The maths is the padded layout's: causal attention means a prefix token's hidden states never depend on
 what follows it, so they are the same in every row that holds it; each suffix token sees exactly the
@@ -19,7 +24,7 @@ It pays when the prefix is a good share of the rows (short classification prompt
 the whole row stays small next to the linear layers: `max_len` bounds the dense mask and that attention.
 
 A batch carries its attention mask once, in the one form the model's attention reads (`PrefixMask`, chosen
-once per run by `models/attention.py`'s `select_for_shared_prefix`):
+once per run by `models/attention.py`'s `select_for_shared_prefix`), built by `data/masks.py`:
 
 - `"blocks"`: for block attention (models/attention.py): one small mask per segment (prefix or suffix) and
   the indices of its queries and keys, no (R, 1, T, T) mask;
@@ -36,14 +41,15 @@ from typing import Literal
 
 import torch
 
+from multitune.data.masks import additive, causal, padded_blocks, segment_mask
 from multitune.data.tokenize import IGNORE, Tokenized
 
 ROW_TOKENS = 1024
 """Longest shared-prefix row training lays down (a longer example gets a row of its own): it bounds the
 dense mask and the attention over the row, which pays for every pair of tokens in it."""
 
-MIN_PREFIX = 8
-"""Shorter common starts are not worth a group of their own: the rows are laid down whole instead."""
+MIN_PREFIX_LEN = 8
+"""Shorter shared prefixes are not worth a group of their own: the rows are laid down whole instead."""
 
 PrefixMask = Literal["blocks", "dense", "additive"]
 """The one form of the attention mask a shared-prefix batch carries (module docstring)."""
@@ -57,21 +63,26 @@ BLOCKS_KWARG = "multitune_blocks"
 
 @dataclass(frozen=True)
 class Group:
-    """Rows (indices into the micro-batch) sharing their first `prefix` tokens; 0 for a row on its own."""
+    """Rows (indices into the micro-batch) whose shared prefix is their first `prefix_len` tokens; 0 for a
+    row on its own."""
 
     rows: list[int]
-    prefix: int
+    prefix_len: int
 
 
-def common_length(a: Sequence[int], b: Sequence[int]) -> int:
-    """Length of the longest common start of two token lists.
+def common_prefix_len(sequences: Sequence[Sequence[int]]) -> int:
+    """Length of the longest start all token lists have in common (0 for none).
 
-    >>> common_length([1, 2, 3], [1, 2, 4, 5]), common_length([7], [8])
-    (2, 0)
+    >>> common_prefix_len([[1, 2, 3], [1, 2, 4, 5]]), common_prefix_len([[1, 2, 3], [1, 2], [1, 5]])
+    (2, 1)
+    >>> common_prefix_len([[7], [8]]), common_prefix_len([])
+    (0, 0)
     """
-    n = min(len(a), len(b))
+    if not sequences:
+        return 0
+    first, n = sequences[0], min(len(s) for s in sequences)
     for i in range(n):
-        if a[i] != b[i]:
+        if any(s[i] != first[i] for s in sequences):
             return i
     return n
 
@@ -84,27 +95,26 @@ def shareable(ex: Tokenized) -> int:
     return max(0, min(first_trained - 1, len(ex.input_ids) - 1))
 
 
-def prefix_groups(examples: Sequence[Tokenized], min_prefix: int = MIN_PREFIX) -> list[Group]:
-    """Group the rows by common start: rows sorted by their tokens, cut where neighbours share fewer than
-    `min_prefix` tokens; each group shares the start all its rows have (capped by `shareable`).
+def prefix_groups(examples: Sequence[Tokenized], min_prefix_len: int = MIN_PREFIX_LEN) -> list[Group]:
+    """Group the rows by shared prefix: rows sorted by their tokens, cut where neighbours share fewer than
+    `min_prefix_len` tokens; each group shares the start all its rows have (capped by `shareable`).
 
     >>> a, b, c = (Tokenized(ids, [IGNORE] * (len(ids) - 1) + [ids[-1]], 0) for ids in
     ...            ([1] * 9 + [2, 3], [1] * 9 + [4, 5, 6], [7, 8, 9]))
     >>> prefix_groups([a, c, b])
-    [Group(rows=[0, 2], prefix=9), Group(rows=[1], prefix=0)]
+    [Group(rows=[0, 2], prefix_len=9), Group(rows=[1], prefix_len=0)]
     """
     order = sorted(range(len(examples)), key=lambda i: examples[i].input_ids)
     groups: list[list[int]] = []
     for i in order:
-        if groups and common_length(examples[groups[-1][-1]].input_ids, examples[i].input_ids) >= min_prefix:
+        if groups and common_prefix_len([examples[groups[-1][-1]].input_ids, examples[i].input_ids]) >= min_prefix_len:
             groups[-1].append(i)
         else:
             groups.append([i])
     out = []
     for rows in groups:
-        first = examples[rows[0]].input_ids
-        shared = min([shareable(examples[i]) for i in rows] + [common_length(first, examples[i].input_ids) for i in rows])
-        out.append(Group(sorted(rows), shared if len(rows) > 1 and shared >= min_prefix else 0))
+        shared = min([shareable(examples[i]) for i in rows] + [common_prefix_len([examples[i].input_ids for i in rows])])
+        out.append(Group(sorted(rows), shared if len(rows) > 1 and shared >= min_prefix_len else 0))
     return out
 
 
@@ -116,9 +126,9 @@ class _Row:
     labels: list[int] = field(default_factory=list)
     positions: list[int] = field(default_factory=list)
     tasks: list[int] = field(default_factory=list)
-    # the token's own segment: a prefix's or a suffix's; PAD_SEGMENT for padding
+    # the token's own segment: a shared prefix's or a suffix's; PAD_SEGMENT for padding
     segments: list[int] = field(default_factory=list)
-    # the prefix segment a suffix token may also see; -1 for prefix tokens and rows alone
+    # the shared prefix's segment a suffix token also sees; -1 for prefix tokens and rows alone
     prefix_of: list[int] = field(default_factory=list)
     # (label, task) of the last example's dropped last target, waiting for the next slot (`_lay_down`)
     waiting: tuple[int, int] | None = None
@@ -135,25 +145,25 @@ def last_target(ex: Tokenized) -> int:
 
 def _layout(examples: Sequence[Tokenized], groups: Sequence[Group], max_len: int, pad_id: int) -> list[_Row]:
     """Lay the groups down into rows of at most `max_len` tokens (a row that is longer on its own gets a
-    row of its own), a prefix again at the start of every row its group continues into. An example takes
+    row of its own), a group's shared prefix again at the start of every row the group continues into. An example takes
     its tokens up to its last target (`_lay_down`) and one slot more, where that target's label lands."""
     rows = [_Row()]
     segment = 0
     for group in groups:
-        prefix_ids = examples[group.rows[0]].input_ids[:group.prefix]
-        prefix_segment = -1  # the group's prefix segment in the current row; -1 until laid down there
+        shared_prefix = examples[group.rows[0]].input_ids[:group.prefix_len]
+        prefix_segment = -1  # the shared prefix's segment in the current row; -1 until laid down there
         for i in group.rows:
             ex = examples[i]
-            need = last_target(ex) - group.prefix + 1 + (group.prefix if prefix_segment < 0 else 0)
+            need = last_target(ex) - group.prefix_len + 1 + (group.prefix_len if prefix_segment < 0 else 0)
             if rows[-1].ids and len(rows[-1].ids) + need > max_len:
                 _close(rows[-1], pad_id)
                 rows.append(_Row())
                 prefix_segment = -1
             row = rows[-1]
-            if group.prefix and prefix_segment < 0:  # the prefix, once in this row
+            if group.prefix_len and prefix_segment < 0:  # the shared prefix, once in this row
                 prefix_segment, segment = segment, segment + 1
-                _extend(row, prefix_ids, [IGNORE] * group.prefix, 0, ex.task_id, prefix_segment, -1)
-            _lay_down(row, ex, group.prefix, segment, prefix_segment)
+                _extend(row, shared_prefix, [IGNORE] * group.prefix_len, 0, ex.task_id, prefix_segment, -1)
+            _lay_down(row, ex, group.prefix_len, segment, prefix_segment)
             segment += 1
     _close(rows[-1], pad_id)
     return rows
@@ -177,14 +187,14 @@ def _close(row: _Row, pad_id: int) -> None:
 
 
 def _extend(row: _Row, ids: Sequence[int], labels: Sequence[int], start: int, task: int, segment: int,
-            prefix: int) -> None:
+            prefix_segment: int) -> None:
     first, n = len(row.ids), len(ids)
     row.ids += ids
     row.labels += labels
     row.positions += range(start, start + n)
     row.tasks += [task] * n
     row.segments += [segment] * n
-    row.prefix_of += [prefix] * n
+    row.prefix_of += [prefix_segment] * n
     if row.waiting is not None and n:  # the previous example's dropped last target (`_lay_down`)
         row.labels[first], row.tasks[first] = row.waiting
         row.waiting = None
@@ -237,58 +247,38 @@ def shared_prefix_batch(examples: Sequence[Tokenized], pad_id: int, max_len: int
 
 def attention_inputs(segments: torch.Tensor, prefix_of: torch.Tensor, mask: PrefixMask) -> dict[str, torch.Tensor]:
     """The batch's attention mask from per-token segments (R, T), built once and in one form (`mask`):
-    the blocks' (`blocks`), or the dense (R, 1, T, T) one (`attention_mask`: query in dim 2, key in dim 3),
-    boolean (True: attend) or additive."""
+    the blocks' (`blocks`), or the dense (R, 1, T, T) one (`data/masks.segment_mask`: query in dim 2, key
+    in dim 3), boolean (True: attend) or additive (`data/masks.additive`, for eager attention)."""
     if mask == "blocks":
         return blocks(segments, prefix_of)
     if mask == "dense":
-        return {"attention_mask": attention_mask(segments, prefix_of)}
+        return {"attention_mask": segment_mask(segments, prefix_of)}
     if mask == "additive":
-        # Eager attention adds its mask to the scores and takes the softmax in float32 whatever the
-        # weights' dtype: 0 where a key is seen, float32's lowest value where it is not.
-        seen = attention_mask(segments, prefix_of)
-        return {"attention_mask": torch.zeros(seen.shape).masked_fill(~seen, torch.finfo(torch.float32).min)}
+        return {"attention_mask": additive(segment_mask(segments, prefix_of))}
     raise ValueError(f"shared-prefix rows carry their mask as one of {PrefixMask.__args__}, not {mask!r} "
                      "(models/attention.py's select_for_shared_prefix says which the model's attention reads)")
-
-
-def attention_mask(segments: torch.Tensor, prefix_of: torch.Tensor) -> torch.Tensor:
-    """(R, 1, T, T) bool from per-token segments (R, T): a query sees the earlier keys of its own segment
-    and of its prefix segment. A padding token sees only itself, so no softmax row is empty."""
-    q_seg, k_seg = segments[:, :, None], segments[:, None, :]
-    same = (q_seg == k_seg) & (q_seg >= 0)
-    own_prefix = (prefix_of[:, :, None] == k_seg) & (prefix_of[:, :, None] >= 0)
-    width = segments.shape[1]
-    causal = torch.ones(width, width, dtype=torch.bool).tril()
-    mask = (same | own_prefix) & causal
-    mask |= torch.eye(width, dtype=torch.bool)
-    return mask[:, None]
 
 
 def blocks(segments: torch.Tensor, prefix_of: torch.Tensor) -> dict[str, torch.Tensor]:
     """The attention mask as blocks, one per segment (models/attention.py): flat indices (row x T +
     position) of its queries (block_q (N, Q); block_q_take: the real slots of its N x Q) and of its keys, its
-    prefix's then its own (block_k (N, K)), and its mask, the batch's attention_mask (N, 1, Q, K): the prefix
-    and the earlier own keys. A padded slot repeats the block's first index and sees the first key only;
-    padding tokens are in no block."""
+    shared prefix's then its own (block_k (N, K)), and its mask, the batch's attention_mask (N, 1, Q, K): the
+    shared prefix and the earlier own keys (`data/masks.causal`). A padded slot repeats the block's first
+    index and sees the first key only (`data/masks.padded_blocks`); padding tokens are in no block."""
     width = segments.shape[1]
     own: dict[tuple[int, int], list[int]] = {}
-    prefix: dict[tuple[int, int], int] = {}
+    prefix_segment: dict[tuple[int, int], int] = {}
     for r, (seg_row, pre_row) in enumerate(zip(segments.tolist(), prefix_of.tolist(), strict=True)):
         for t, (seg, pre) in enumerate(zip(seg_row, pre_row, strict=True)):
             if seg != PAD_SEGMENT:
                 own.setdefault((r, seg), []).append(r * width + t)
-                prefix[(r, seg)] = pre
+                prefix_segment[(r, seg)] = pre
     queries = list(own.values())
-    keys = [(own[(r, prefix[(r, seg)])] if prefix[(r, seg)] >= 0 else []) + own[(r, seg)] for (r, seg) in own]
-    n, q_len, k_len = len(queries), max(map(len, queries)), max(map(len, keys))
+    keys = [(own[(r, prefix_segment[(r, seg)])] if prefix_segment[(r, seg)] >= 0 else []) + own[(r, seg)]
+            for (r, seg) in own]
+    q_len, k_len = max(map(len, queries)), max(map(len, keys))
     block_q = torch.tensor([q + [q[0]] * (q_len - len(q)) for q in queries])
     block_k = torch.tensor([k + [k[0]] * (k_len - len(k)) for k in keys])
     take = torch.tensor([b * q_len + j for b, q in enumerate(queries) for j in range(len(q))])
-    mask = torch.zeros(n, q_len, k_len, dtype=torch.bool)
-    for b, (q, k) in enumerate(zip(queries, keys, strict=True)):
-        before = len(k) - len(q)  # the prefix's keys
-        mask[b, :len(q), :before] = True
-        mask[b, :len(q), before:len(k)] = torch.ones(len(q), len(q), dtype=torch.bool).tril()
-        mask[b, len(q):, 0] = True
-    return {"attention_mask": mask[:, None], "block_q": block_q, "block_q_take": take, "block_k": block_k}
+    mask = padded_blocks([causal(len(q), len(k) - len(q)) for q, k in zip(queries, keys, strict=True)], q_len, k_len)
+    return {"attention_mask": mask, "block_q": block_q, "block_q_take": take, "block_k": block_k}

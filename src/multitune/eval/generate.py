@@ -16,8 +16,9 @@ from typing import Any
 
 import torch
 
+from multitune.data.masks import causal
 from multitune.eval.lockstep import SOLO, Lockstep
-from multitune.eval.pool import KVPool, Segment, Work, causal, drive, supported
+from multitune.eval.pool import KVPool, Segment, Work, drive, supported
 from multitune.eval.scoring import shared_prefix_len
 from multitune.eval.search import TOKENS_PER_PASS
 
@@ -50,7 +51,7 @@ class _Decoding:
                            causal(len(self.prompt)), [len(self.prompt) - 1])
         self.keys += pool.alloc(1)
         return Segment(list(self.keys), [self.out[-1]], [self.start + len(self.prompt) + len(self.out) - 1],
-                       torch.ones((1, len(self.keys)), dtype=torch.bool), [0])
+                       causal(1, len(self.keys) - 1), [0])
 
     def take(self, token: int) -> None:
         self.out.append(token)
@@ -75,12 +76,12 @@ def greedy(
     if not plain_greedy(model):
         return _generate(model, tokenizer, prompts, max_new_tokens, batch_size, pad_id, step)
     stop = frozenset(_eos_ids(model))
-    n = shared_prefix_len(prompts)
+    prefix_len = shared_prefix_len(prompts)
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
-    rows = [_Decoding(i, list(prompts[i][n:]), n, max_new_tokens, stop) for i in order]
+    rows = [_Decoding(i, list(prompts[i][prefix_len:]), prefix_len, max_new_tokens, stop) for i in order]
     out: list[str] = [""] * len(prompts)
-    prefix = list(prompts[0][:n]) if prompts else []
-    for row in drive(model, rows, prefix, _read, tokens_per_pass=tokens_per_pass, step=step, work=work):
+    shared_prefix = list(prompts[0][:prefix_len]) if prompts else []
+    for row in drive(model, rows, shared_prefix, _read, tokens_per_pass=tokens_per_pass, step=step, work=work):
         out[row.index] = tokenizer.decode(row.out, skip_special_tokens=True).strip()
     return out
 

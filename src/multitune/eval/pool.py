@@ -8,12 +8,13 @@ Here a forward pass is one flat sequence of exactly the tokens that must run, fr
 
 Rows still attend only to their own tokens. Every token's keys and values go into a slot of a pool that
 outlives the pass (`KVPool`, in place of transformers' cache: the forward runs with `use_cache=False`),
-and the attention function registered here computes each row's attention on the slots it owns (the
-shared prefix, its prompt, its fed nodes or generated tokens) under a small mask per row. Padding exists
-only inside attention, where rows of similar sizes are grouped so little is computed for nothing.
+and the attention function registered here computes each row's attention on the slots every row sees
+(`KVPool.shared_slots`: the shared prefix of the rows' prompts, run once by `drive`) and the slots it owns
+(its prompt, its fed nodes or generated tokens) under a small mask per row (`data/masks.py`). Padding
+exists only inside attention, where rows of similar sizes are grouped so little is computed for nothing.
 
 Keys a model puts in front of the tokens it is given (the virtual tokens of prompt and prefix tuning,
-`models/virtual.py`, which come as a cache) go into slots that every row sees.
+`models/virtual.py`, which come as a cache) go into shared slots too (`KVPool.virtual_slots`).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from typing import Any, Protocol
 import torch
 import torch.nn.functional as F
 
+from multitune.data.masks import causal, padded_blocks, with_leading_keys
 from multitune.eval.lockstep import SOLO, Lockstep, idle_forward
 
 NAME = "multitune_pool"
@@ -58,8 +60,8 @@ class KVPool:
     """Key and value slots for every layer: (slots, kv_heads, head_dim) tensors made on first use and grown
     by doubling; a slot is owned by one row (or shared) until that row frees it."""
 
-    shared: list[int] = field(default_factory=list)  # slots every row sees: virtual tokens, shared prefix
-    virtual: list[int] = field(default_factory=list)  # of which the model's own leading keys
+    shared_slots: list[int] = field(default_factory=list)  # slots every row sees: virtual tokens, shared prefix
+    virtual_slots: list[int] = field(default_factory=list)  # of which the model's own leading keys
     capacity: int = 0
     _free: list[int] = field(default_factory=list)
     _keys: dict[int, torch.Tensor] = field(default_factory=dict)
@@ -109,10 +111,11 @@ class Segment:
 
 
 @dataclass(frozen=True)
-class _Group:
-    """Segments attended together: queries (R, Q) and keys (R, K) padded to the group's largest."""
+class _Blocks:
+    """Segments attended together, a block each (as a shared-prefix row's, `data/prefix.blocks`): queries
+    (R, Q) and keys (R, K) padded to the largest block's."""
 
-    flat: torch.Tensor  # (n,) flat positions of the group's real queries, segment by segment
+    flat: torch.Tensor  # (n,) flat positions of the real queries, segment by segment
     q_index: torch.Tensor  # (R x Q,) flat position per query slot (padding: any)
     q_take: torch.Tensor  # (n,) which query slots are real
     k_index: torch.Tensor  # (R x K,) pool slot per key column (padding: any)
@@ -125,7 +128,7 @@ class Packed:
 
     pool: KVPool
     write: torch.Tensor  # (T,) the slot of each new token
-    groups: list[_Group]
+    blocks: list[_Blocks]
     span: int  # the largest position in the pass, plus one
 
     def attend(self, layer: int, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
@@ -136,20 +139,20 @@ class Packed:
         keys, values = self.pool.layer(layer, key)
         extra = key.shape[2] - width
         if extra:  # the model's own leading keys (virtual tokens): the same every pass
-            slots = torch.tensor(self.pool.virtual, device=keys.device)
+            slots = torch.tensor(self.pool.virtual_slots, device=keys.device)
             keys.index_copy_(0, slots, key[0, :, :extra].transpose(0, 1))
             values.index_copy_(0, slots, value[0, :, :extra].transpose(0, 1))
         keys.index_copy_(0, self.write, key[0, :, extra:].transpose(0, 1))
         values.index_copy_(0, self.write, value[0, :, extra:].transpose(0, 1))
         flat_q = query[0].transpose(0, 1)  # (T, H, D)
         out = query.new_empty((width, heads, dim))
-        for g in self.groups:
-            rows, q_len, k_len = g.mask.shape[0], g.mask.shape[2], g.mask.shape[3]
-            q = flat_q.index_select(0, g.q_index).view(rows, q_len, heads, dim).transpose(1, 2)
-            k = keys.index_select(0, g.k_index).view(rows, k_len, kv_heads, dim).transpose(1, 2)
-            v = values.index_select(0, g.k_index).view(rows, k_len, kv_heads, dim).transpose(1, 2)
-            o = F.scaled_dot_product_attention(q, k, v, attn_mask=g.mask, scale=scaling, enable_gqa=heads != kv_heads)
-            out.index_copy_(0, g.flat, o.transpose(1, 2).reshape(rows * q_len, heads, dim).index_select(0, g.q_take))
+        for b in self.blocks:
+            rows, q_len, k_len = b.mask.shape[0], b.mask.shape[2], b.mask.shape[3]
+            q = flat_q.index_select(0, b.q_index).view(rows, q_len, heads, dim).transpose(1, 2)
+            k = keys.index_select(0, b.k_index).view(rows, k_len, kv_heads, dim).transpose(1, 2)
+            v = values.index_select(0, b.k_index).view(rows, k_len, kv_heads, dim).transpose(1, 2)
+            o = F.scaled_dot_product_attention(q, k, v, attn_mask=b.mask, scale=scaling, enable_gqa=heads != kv_heads)
+            out.index_copy_(0, b.flat, o.transpose(1, 2).reshape(rows * q_len, heads, dim).index_select(0, b.q_take))
         return out[None]
 
 
@@ -170,10 +173,11 @@ class Row(Protocol):
 Reader = Callable[[torch.Tensor, list[tuple[Any, int]]], None]  # (logits (K, V), [(row, its first logits row)])
 
 
-def drive(model: Any, rows: Sequence[Row], prefix: Sequence[int], read: Reader, *, tokens_per_pass: int,
+def drive(model: Any, rows: Sequence[Row], shared_prefix: Sequence[int], read: Reader, *, tokens_per_pass: int,
           step: Lockstep = SOLO, work: Work | None = None) -> Iterator[Any]:
     """Run `rows` to the end in packed passes of about `tokens_per_pass` tokens, yielding each row when it
-    is done. The rows' prompts start after `prefix` (run once, every row sees it). Rows already under way
+    is done. The rows' prompts start after `shared_prefix` (run first, alone, into slots every row sees:
+    `KVPool.shared_slots`). Rows already under way
     go first, new rows fill the rest of a pass, in the order given, while the pool holds fewer than
     SLOTS_PER_PASS_TOKEN x `tokens_per_pass` keys; `read` learns from each pass's logits.
 
@@ -182,10 +186,10 @@ def drive(model: Any, rows: Sequence[Row], prefix: Sequence[int], read: Reader, 
     work = work if work is not None else Work()
     device = next(model.parameters()).device
     pool = KVPool()
-    pool.virtual = pool.alloc(int(getattr(model, "n_virtual", 0) or 0))
-    pool.shared = list(pool.virtual)
-    head = [Segment(pool.alloc(len(prefix)), list(prefix), list(range(len(prefix))), causal(len(prefix)), [])] \
-        if prefix else []
+    pool.virtual_slots = pool.alloc(int(getattr(model, "n_virtual", 0) or 0))
+    pool.shared_slots = list(pool.virtual_slots)
+    n = len(shared_prefix)
+    head = [Segment(pool.alloc(n), list(shared_prefix), list(range(n)), causal(n), [])] if n else []
     waiting, active = deque(rows), []
     while True:
         if head:
@@ -203,7 +207,7 @@ def drive(model: Any, rows: Sequence[Row], prefix: Sequence[int], read: Reader, 
         with torch.no_grad(), pooled(model):
             logits = model(**kwargs).logits[0]  # (K, V): the wanted positions only
         if head:
-            pool.shared += head[0].keys
+            pool.shared_slots += head[0].keys
             head = []
             continue
         read(logits, fed)
@@ -249,8 +253,8 @@ def pack(pool: KVPool, segments: Sequence[Segment], work: Work, device: Any) -> 
         starts.append(total)
         wanted += [total + i for i in s.logits]
         total += len(s.tokens)
-    shared = len(pool.shared)
-    groups = [_group(pool, [segments[i] for i in g], [starts[i] for i in g], work, device)
+    shared = len(pool.shared_slots)
+    blocks = [_blocks(pool, [segments[i] for i in g], [starts[i] for i in g], work, device)
               for g in _by_size(segments, shared)]
     ids = torch.tensor([t for s in segments for t in s.tokens], device=device)[None]
     positions = torch.tensor([p for s in segments for p in s.positions], device=device)[None]
@@ -260,7 +264,7 @@ def pack(pool: KVPool, segments: Sequence[Segment], work: Work, device: Any) -> 
     work.logit_positions += len(wanted)
     keep = torch.tensor(wanted or [total - 1], device=device)
     kwargs = {"input_ids": ids, "position_ids": positions, "use_cache": False, "logits_to_keep": keep,
-              KWARG: Packed(pool, write, groups, int(positions.max()) + 1)}
+              KWARG: Packed(pool, write, blocks, int(positions.max()) + 1)}
     return kwargs, wanted
 
 
@@ -284,29 +288,28 @@ def _by_size(segments: Sequence[Segment], shared: int) -> list[list[int]]:
     return groups
 
 
-def _group(pool: KVPool, segments: Sequence[Segment], starts: Sequence[int], work: Work, device: Any) -> _Group:
-    shared = len(pool.shared)
+def _blocks(pool: KVPool, segments: Sequence[Segment], starts: Sequence[int], work: Work, device: Any) -> _Blocks:
+    """The attention of `segments` (starting at `starts` in the pass) as one batch: per segment, its queries
+    and as keys the shared slots then its own, under the shared slots (all seen) beside its own mask."""
+    shared = len(pool.shared_slots)
     rows = len(segments)
     q_len = max(len(s.tokens) for s in segments)
     k_len = shared + max(len(s.keys) for s in segments)
     q_index = torch.zeros((rows, q_len), dtype=torch.long)
     k_index = torch.zeros((rows, k_len), dtype=torch.long)
-    mask = torch.zeros((rows, 1, q_len, k_len), dtype=torch.bool)
-    mask[:, 0, :, 0] = True  # a padding query sees one key (no empty softmax row); it is dropped
-    k_index[:, :shared] = torch.tensor(pool.shared, dtype=torch.long)
+    k_index[:, :shared] = torch.tensor(pool.shared_slots, dtype=torch.long)
     take, flat = [], []
     for r, (s, start) in enumerate(zip(segments, starts, strict=True)):
         n, k = len(s.tokens), len(s.keys)
         q_index[r, :n] = torch.arange(start, start + n)
         k_index[r, shared : shared + k] = torch.tensor(s.keys, dtype=torch.long)
-        mask[r, 0, :n, :shared] = True
-        mask[r, 0, :n, shared : shared + k] = s.mask  # over column 0 too when nothing is shared
         take += range(r * q_len, r * q_len + n)
         flat += range(start, start + n)
         work.attention_needed += n * (shared + k)
     work.attention_pairs += rows * q_len * k_len
-    return _Group(torch.tensor(flat, device=device), q_index.view(-1).to(device), torch.tensor(take, device=device),
-                  k_index.view(-1).to(device), mask.to(device))
+    mask = padded_blocks([with_leading_keys(s.mask, shared) for s in segments], q_len, k_len)
+    return _Blocks(torch.tensor(flat, device=device), q_index.view(-1).to(device), torch.tensor(take, device=device),
+                   k_index.view(-1).to(device), mask.to(device))
 
 
 def pool_attention(
@@ -384,12 +387,3 @@ def logprobs_at(logits: torch.Tensor, rows: Sequence[int], tokens: Sequence[int]
     index = torch.tensor(list(rows), device=logits.device)
     picked = logits[index, torch.tensor(list(tokens), device=logits.device)]
     return (picked - torch.logsumexp(logits, dim=-1).index_select(0, index)).tolist()
-
-
-def causal(n: int, before: int = 0) -> torch.Tensor:
-    """(n, before + n) bool: n new tokens that see `before` earlier keys and themselves causally.
-
-    >>> causal(2, 1).int().tolist()
-    [[1, 1, 0], [1, 1, 1]]
-    """
-    return torch.cat([torch.ones((n, before), dtype=torch.bool), torch.ones((n, n), dtype=torch.bool).tril()], dim=1)

@@ -1,5 +1,33 @@
 """Per-task evaluation: every task's validation loss and the metrics its kind deserves.
 
+How accuracy is computed, from here to the line that computes it (closed tasks: classification and
+multiple choice, DESIGN.md #9):
+
+1. `evaluate` takes each task's evaluation set (`build_eval_sets`: the prompts tokenised as in training,
+   each row's candidate answers as a `CandidateTrie`), shards its rows and calls
+   `eval/records.closed_records` on this process's shard.
+2. `closed_records` asks `score_items` for every row's candidate scores: `eval/search.score_rows` runs the
+   prompts in packed passes (`eval/pool.drive`; the prompts' shared prefix once, `eval/scoring.
+   shared_prefix_len`), feeding candidate-tree nodes (the exact best-first search, or the whole tree);
+   `eval/search._read` takes each fed position's next-token log-probabilities (`eval/pool.logprobs_at`) and
+   `_Scoring.learn` adds them up along the tree: a completed candidate's sum is its log-likelihood,
+   `log P(candidate | prompt)`, end-of-turn token included; `_Scoring.scores` returns them as `Scores`.
+3. `eval/records._closed_record` turns a row's scores into its record: the prediction is
+   `torch.argmax` of the scores (divided by the answer's tokens with `eval.length_normalized`; the first
+   of equal maxima), `correct` is whether it is the gold candidate, and `gold_score` the gold answer's
+   log-likelihood.
+4. `gather_records` brings every process's records together, in evaluation-set order, and
+   `eval/metrics.task_metrics` computes the task's metrics from them: `accuracy` is
+   `eval/metrics.classification_metrics`'s `accuracy_score(gold, predicted)` (scikit-learn) over the
+   records' gold labels and predictions; the validation `loss` is minus the summed `gold_score` over the
+   gold answers' tokens.
+
+Beside it, on the same records: `gen_accuracy` (what a chat user sees) from greedy answers
+(`eval/records._add_closed_generations` -> `eval/generate.greedy`, parsed by `parse_label` /
+`parse_choice`) in `eval/metrics.generation_metrics`; `choice_acc` / `choice_acc_norm` from the choice
+texts' scores in `eval/metrics.choice_accuracy`. Open tasks (`eval/records.open_records`) have a reference
+loss (`reference_losses`) and ROUGE, BLEU and chrF (`eval/metrics.text_metrics`) instead.
+
 Rows are sharded across processes (item i goes to process i % world_size); each process evaluates its
 shard into per-row records, the records are gathered, and every process computes the same metrics from
 all of them. Each row is counted exactly once whatever the number of processes (the gather checks it),

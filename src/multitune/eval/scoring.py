@@ -4,8 +4,8 @@
 token included, so a label that is a prefix of another is not favoured), the same numbers as one full
 forward pass per candidate. Three things make it cheap, here and in `eval/search.py`, which runs them:
 
-- the prefix that every prompt of a task shares (begin-of-text, system prompt, user header) runs once
-  per task, and every row attends to its keys and values;
+- the shared prefix of a task's prompts (begin-of-text, system prompt, user header: `shared_prefix_len`
+  tokens) runs once per task, and every row attends to its keys and values;
 - the candidates of a prompt are laid out as a tree of their distinct prefixes (`CandidateTrie`), so a
   token shared by several labels ("card" in card_arrival, card_linking, ...) runs once;
 - a tree node attends to its prompt, its ancestors and itself, so nodes of many rows and rounds run in
@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from functools import cached_property
 
 import torch
+
+from multitune.data.prefix import common_prefix_len
 
 
 @dataclass(frozen=True)
@@ -140,8 +142,9 @@ class Scores:
 
 
 def shared_prefix_len(prompts: Sequence[Sequence[int]]) -> int:
-    """Length of the token prefix all prompts share, leaving at least one token of each prompt after it
-    (its last position predicts the first answer token).
+    """Length of the shared prefix evaluation runs once for all `prompts`: their common prefix
+    (`data/prefix.common_prefix_len`), leaving at least one token of each prompt after it (its last position
+    predicts the first answer token).
 
     >>> shared_prefix_len([[1, 2, 3, 4], [1, 2, 5], [1, 2, 3]])
     2
@@ -150,8 +153,4 @@ def shared_prefix_len(prompts: Sequence[Sequence[int]]) -> int:
     """
     if not prompts:
         return 0
-    first, limit = prompts[0], min(len(p) for p in prompts) - 1
-    n = 0
-    while n < limit and all(p[n] == first[n] for p in prompts):
-        n += 1
-    return n
+    return max(0, min(common_prefix_len(prompts), min(len(p) for p in prompts) - 1))

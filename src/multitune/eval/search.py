@@ -1,8 +1,8 @@
 """Scoring closed answers in packed passes: every candidate's log-likelihood, or the winner's and the gold
 answer's by an exact best-first search over the tree of candidate prefixes.
 
-A prefix's log-likelihood bounds that of every candidate through it (more tokens only add log-
-probabilities <= 0). After the row's prompt has run, each round feeds, per row, the rest of the gold
+A node's log-likelihood (that of the candidate prefix it stands for, `CandidateTrie`) bounds that of every
+candidate through it (more tokens only add log-probabilities <= 0). After the row's prompt has run, each round feeds, per row, the rest of the gold
 answer's path (for the exact validation loss) and either the frontier node with the highest bound (while
 no candidate is complete) or every frontier node whose bound is at least the best complete score. The
 search stops when no node can still beat (or tie) the best complete candidate. So the winner, its log-
@@ -26,16 +26,18 @@ from typing import Any
 
 import torch
 
+from multitune.data.masks import causal
 from multitune.eval.lockstep import SOLO, Lockstep
-from multitune.eval.pool import KVPool, Segment, Work, causal, drive, logprobs_at
+from multitune.eval.pool import KVPool, Segment, Work, drive, logprobs_at
 from multitune.eval.scoring import CandidateTrie, Scores, shared_prefix_len
 
 TOKENS_PER_PASS = 512  # tokens of one packed pass, from any rows (eval.tokens_per_pass)
 
 
 @dataclass(eq=False)  # rows are told apart by identity (drive removes them from a list)
-class _Row:
-    """One prompt's scoring state. Node bounds are known once the node's parent has run."""
+class _Scoring:
+    """One prompt's scoring state, a row of `eval/pool.drive` (as `eval/generate._Decoding` is a decoding's).
+    Node bounds are known once the node's parent has run."""
 
     index: int  # position in the caller's list
     prompt: list[int]  # the prompt after the shared prefix
@@ -65,9 +67,11 @@ class _Row:
         n_prompt, n_new = len(self.prompt), len(prompt) + len(nodes)
         self.keys += pool.alloc(n_new)
         self.fed += nodes
-        mask = torch.zeros((n_new, len(self.keys)), dtype=torch.bool)  # keys: prompt, then nodes as fed
+        # keys: prompt, then nodes as fed; the prompt sees itself causally (`causal`), a node sees the
+        # prompt, its ancestors and itself (the tree's mask: `CandidateTrie.ancestry`)
+        mask = torch.zeros((n_new, len(self.keys)), dtype=torch.bool)
         mask[: len(prompt), : len(prompt)] = causal(len(prompt))
-        mask[len(prompt) :, :n_prompt] = True  # a node sees the prompt, its ancestors and itself
+        mask[len(prompt) :, :n_prompt] = True
         mask[len(prompt) :, n_prompt:] = self.trie.ancestry[nodes][:, self.fed]
         last = self.start + n_prompt - 1  # the position of the prompt's last token
         self.sources = ([None] if first else []) + nodes
@@ -127,12 +131,12 @@ def score_rows(
 ) -> Iterator[tuple[int, Scores]]:
     """(position in `prompts`, candidate scores) of each prompt as soon as it is decided, in packed passes
     (module docstring). With other processes (`step`), every process calls this as often, and the passes
-    go in lockstep. The prefix all prompts share runs once."""
-    n = shared_prefix_len(prompts)
+    go in lockstep. The prompts' shared prefix runs once."""
+    prefix_len = shared_prefix_len(prompts)
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
-    rows = [_Row(i, list(prompts[i][n:]), n, tries[i], golds[i], every_candidate) for i in order]
-    prefix = list(prompts[0][:n]) if prompts else []
-    for row in drive(model, rows, prefix, _read, tokens_per_pass=tokens_per_pass, step=step, work=work):
+    rows = [_Scoring(i, list(prompts[i][prefix_len:]), prefix_len, tries[i], golds[i], every_candidate) for i in order]
+    shared_prefix = list(prompts[0][:prefix_len]) if prompts else []
+    for row in drive(model, rows, shared_prefix, _read, tokens_per_pass=tokens_per_pass, step=step, work=work):
         yield row.index, row.scores()
 
 

@@ -1,10 +1,11 @@
 """Attention by blocks for shared-prefix rows (data/prefix.py).
 
-A shared-prefix row holds a prefix and the suffixes of several examples; its dense mask makes sdpa pay for
-every pair of tokens in the row, though a suffix token sees only its prefix and its own suffix. Here each
-segment of the row is a block: its queries, and as keys its prefix (for a suffix) and its own tokens. The
-blocks are gathered out of the row, attended with a small mask each, and scattered back; the result is
-the dense mask's, computed on a fraction of the pairs (banking77 rows of 8 examples: about a fifth).
+A shared-prefix row holds a shared prefix and the suffixes of several examples; its dense mask makes sdpa
+pay for every pair of tokens in the row, though a suffix token sees only its shared prefix and its own
+suffix. Here each segment of the row is a block: its queries, and as keys its shared prefix (for a suffix)
+and its own tokens (the blocks and their masks: `data/prefix.blocks`). The blocks are gathered out of the
+row, attended with a small mask each, and scattered back; the result is the dense mask's, computed on a
+fraction of the pairs (banking77 rows of 8 examples: about a fifth).
 
 How it is chosen, once per run and through transformers' public interface only:
 

@@ -38,6 +38,8 @@ from pathlib import Path
 import torch
 
 from multitune.config.schema import TinyModelConfig
+from multitune.data.collate import model_inputs, pad_batch
+from multitune.data.tokenize import Tokenized
 from multitune.io import cache_root
 from multitune.tasks.base import Message
 
@@ -183,16 +185,9 @@ def pretrain(model, tokenizer, texts: Sequence[str], cfg: TinyModelConfig, seed:
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
     model.train()
     for _ in range(cfg.pretrain_steps):
-        batch = [ids[rng.randrange(len(ids))] for _ in range(cfg.pretrain_batch_size)]
-        width = max(map(len, batch))
-        input_ids = torch.full((len(batch), width), tokenizer.pad_token_id)
-        labels = torch.full((len(batch), width), -100)
-        mask = torch.zeros((len(batch), width), dtype=torch.long)
-        for i, row in enumerate(batch):
-            input_ids[i, : len(row)] = torch.tensor(row)
-            labels[i, : len(row)] = torch.tensor(row)
-            mask[i, : len(row)] = 1
-        loss = model(input_ids=input_ids, attention_mask=mask, labels=labels, use_cache=False).loss
+        rows = [ids[rng.randrange(len(ids))] for _ in range(cfg.pretrain_batch_size)]
+        batch = pad_batch([Tokenized(row, row, 0) for row in rows], tokenizer.pad_token_id)  # every token trained
+        loss = model(**model_inputs(batch), labels=batch["labels"], use_cache=False).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()

@@ -1,4 +1,4 @@
-"""Prompt tuning and prefix tuning as a key/value prefix that every sequence sees, in every batch layout.
+"""Prompt tuning and prefix tuning as leading keys and values that every sequence sees, in every batch layout.
 
 peft's prompt-learning forward puts the virtual tokens in front of a plain padded batch. It cannot take what
 the rest of multitune feeds a model: packed rows (position ids restart inside a row), shared-prefix rows and
@@ -11,10 +11,12 @@ scoring trees (4-D masks), a prompt's cache reused across batches, and answer-on
 - prompt tuning: they are what the model computes for the P trained embeddings, which come first and so
   attend only among themselves: the same for every sequence, computed once per forward.
 
-`VirtualTokensModel.forward` builds that prefix once, lends it to the batch as a cache (an expanded view),
-shifts the position ids by P and gives every attention mask P visible leading columns. Logits come out for
-the real tokens only, so the loss, scoring and search code is the same for every method. A cache passed in
-(a prompt's shared cache in scoring, a generation step) already holds the prefix: it came from here.
+`VirtualTokensModel.forward` builds those keys and values once, lends them to the batch as a cache (an
+expanded view), shifts the position ids by P and gives every attention mask P visible leading columns
+(a packed row with no mask gets `data/masks.packed_mask` first). Logits come out for the real tokens only,
+so the loss, scoring and search code is the same for every method. A cache passed in (a generation step)
+already holds the virtual tokens: it came from here; evaluation's packed passes put them in slots every
+row sees (`eval/pool.py`).
 tests/models/test_methods.py checks the logits against `PeftModel.from_pretrained`'s own on padded
 batches, and scoring against a full forward per candidate.
 """
@@ -26,6 +28,7 @@ from typing import Any
 import torch
 from peft import PeftConfig, PeftModelForCausalLM
 
+from multitune.data.masks import packed_mask, with_leading_keys
 from multitune.data.prefix import BLOCKS_KWARG
 from multitune.models.cache import cache_keyword, returned_cache
 
@@ -76,7 +79,7 @@ class VirtualTokensModel(PeftModelForCausalLM):
         if attention_mask is None and position_ids is not None and fresh:
             attention_mask = packed_mask(position_ids.expand(batch, -1))  # rows of several sequences
         if attention_mask is not None:
-            attention_mask = with_virtual_columns(attention_mask, p)
+            attention_mask = with_leading_keys(attention_mask, p)
         if position_ids is not None:
             position_ids = position_ids + p
         return base(input_ids=input_ids, inputs_embeds=inputs_embeds, attention_mask=attention_mask,
@@ -92,37 +95,9 @@ class VirtualTokensModel(PeftModelForCausalLM):
         filler = input_ids.new_zeros((batch, p))
         mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
         out = base.generate(*args, input_ids=torch.cat([filler, input_ids], dim=1),
-                            attention_mask=torch.cat([mask.new_ones((batch, p)), mask], dim=1),
+                            attention_mask=with_leading_keys(mask, p),
                             **{cache_keyword(type(base)): self.virtual_cache(batch)}, **kwargs)
         return out[:, p:]
-
-
-def with_virtual_columns(mask: torch.Tensor, p: int) -> torch.Tensor:
-    """`mask` with P leading key columns every query attends: a 2-D padding mask gets ones; a 4-D mask,
-    boolean (True: attend) or additive (0: attend), gets its 'attend' value.
-
-    >>> with_virtual_columns(torch.tensor([[0, 1]]), 2).tolist()
-    [[1, 1, 0, 1]]
-    >>> with_virtual_columns(torch.tensor([[[[True, False]]]]), 1).tolist()
-    [[[[True, True, False]]]]
-    """
-    fill = True if mask.dtype == torch.bool else (1 if mask.dim() == 2 else 0)
-    return torch.cat([mask.new_full((*mask.shape[:-1], p), fill), mask], dim=-1)
-
-
-def packed_mask(position_ids: torch.Tensor) -> torch.Tensor:
-    """(B, 1, T, T) bool causal mask of rows that hold several sequences, each starting where its position
-    ids restart (what transformers detects by itself, but only without a cache).
-
-    >>> packed_mask(torch.tensor([[0, 1, 0, 1]]))[0, 0].int().tolist()
-    [[1, 0, 0, 0], [1, 1, 0, 0], [0, 0, 1, 0], [0, 0, 1, 1]]
-    """
-    starts = torch.ones_like(position_ids, dtype=torch.bool)
-    starts[:, 1:] = position_ids[:, 1:] != position_ids[:, :-1] + 1
-    sequence = starts.cumsum(dim=1)  # (B, T)
-    width = position_ids.shape[1]
-    causal = torch.ones(width, width, dtype=torch.bool, device=position_ids.device).tril()
-    return ((sequence[:, :, None] == sequence[:, None, :]) & causal)[:, None]
 
 
 @torch.no_grad()
