@@ -17,7 +17,7 @@ from __future__ import annotations
 from typing import Any, get_args
 
 from multitune.tasks import chat, classification, instruction, multiple_choice, summarization
-from multitune.tasks.base import EmptyPolicy, Example, Message, Rendered, TaskKind
+from multitune.tasks.base import ClosedKind, EmptyPolicy, Example, LabelSetKind, Message, Rendered, TaskKind
 from multitune.tasks.config import TaskBase
 
 BUILT_IN: tuple[TaskKind, ...] = (
@@ -39,6 +39,10 @@ def register(kind: TaskKind) -> TaskKind:
         raise ValueError(f"task kind {kind.name!r} is already registered ({type(taken).__name__})")
     if get_args(kind.config.model_fields["kind"].annotation) != (kind.name,):
         raise ValueError(f"task kind {kind.name!r}: its config section must set `kind: Literal[{kind.name!r}]`")
+    if kind.closed and not callable(getattr(kind, "read_answer", None)):
+        raise ValueError(f"task kind {kind.name!r} has closed answers but no read_answer(text, example)")
+    if kind.labels and not callable(getattr(kind, "gold_labels", None)):
+        raise ValueError(f"task kind {kind.name!r} has a label set (labels = True) but no gold_labels(cfg, rows)")
     KINDS[kind.name] = kind
     return kind
 
@@ -72,5 +76,5 @@ def examples(cfg: Any, rows: Any, *, labelled: bool = True, labels: list[str] | 
 for _kind in BUILT_IN:
     register(_kind)
 
-__all__ = ["BUILT_IN", "KINDS", "Example", "Message", "Rendered", "TaskBase", "TaskKind", "examples", "kind",
+__all__ = ["BUILT_IN", "KINDS", "ClosedKind", "Example", "LabelSetKind", "Message", "Rendered", "TaskBase", "TaskKind", "examples", "kind",
            "register", "render", "unregister"]

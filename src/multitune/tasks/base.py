@@ -1,5 +1,6 @@
-"""What every task kind produces, `Example`s (chat conversations with a known answer), and the row-level
-checks the kinds share: columns present, cells that must hold text, empty rows, unlabelled rows."""
+"""What a task kind is (`TaskKind`), what it produces, `Example`s (chat conversations with a known answer),
+and the row-level checks the kinds share: columns present, cells that must hold text, empty rows,
+unlabelled rows."""
 
 from __future__ import annotations
 
@@ -71,9 +72,9 @@ class TaskKind(Protocol):
     judged by ROUGE/BLEU/chrF on greedy answers and by perplexity on the references."""
     labels: bool
     """The candidates are the task's label set, learnt from the training rows: the labels are saved with
-    the run (`data_stats.json`), a separate validation file is checked against them, `predict` and
-    `eval` score against them, the metrics add F1 and a confusion matrix, and a generated answer is read
-    as a label (not a letter)."""
+    the run (`data_stats.json`), a separate validation file is checked against them (the kind is then a
+    `LabelSetKind`), `predict` and `eval` score against them, the metrics add F1 and a confusion matrix,
+    and a generated answer is read as a label (not a letter)."""
     choice_texts: bool
     """Rows carry the texts of their choices, which `eval.choice_texts` scores as answers too."""
     scored_metrics: tuple[str, ...]
@@ -98,6 +99,24 @@ class TaskKind(Protocol):
         the answer column is not read and blank inputs are kept (one prediction per input row). `labels`
         is a label-set kind's trained labels. `empty` says what to do with a row whose text is missing or
         blank."""
+        ...
+
+
+class ClosedKind(TaskKind, Protocol):
+    """What a kind with `closed` answers adds: how a generated answer is read back as a candidate."""
+
+    def read_answer(self, text: str, example: Example) -> str | None:
+        """The candidate of `example` a generated answer names; None when it names none (an invalid answer,
+        counted in `gen_invalid_rate`)."""
+        ...
+
+
+class LabelSetKind(ClosedKind, Protocol):
+    """What a kind with `labels` adds: each row's gold label, read without rendering, so that a separate
+    validation file is checked against the labels training saw (`data/prepare.py`)."""
+
+    def gold_labels(self, cfg: Any, rows: Any) -> list[str | None]:
+        """Each row's label name, None where the cell is empty."""
         ...
 
 

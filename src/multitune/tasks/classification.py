@@ -11,6 +11,7 @@ from collections import Counter
 from typing import Any, Literal
 
 from multitune.errors import UserError
+from multitune.tasks.answers import parse_label
 from multitune.tasks.base import (
     EmptyPolicy,
     Example,
@@ -119,6 +120,12 @@ class Classification:
         return system_prompt(cfg, DEFAULT_SYSTEM)
 
     render = staticmethod(render)
+
+    def gold_labels(self, cfg: ClassificationTask, rows: Any) -> list[str | None]:
+        return gold_labels(cfg, rows)
+
+    def read_answer(self, text: str, example: Example) -> str | None:
+        return parse_label(text, example.candidates or ())
 
 
 def gold_labels(cfg: ClassificationTask, rows: Any) -> list[str | None]:

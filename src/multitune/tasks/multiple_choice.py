@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from typing import Any, Literal
 
 from multitune.errors import UserError
+from multitune.tasks.answers import parse_choice, parse_label
 from multitune.tasks.base import (
     EmptyPolicy,
     Example,
@@ -111,6 +112,12 @@ class MultipleChoice:
         return system_prompt(cfg, default_system(cfg))
 
     render = staticmethod(render)
+
+    def read_answer(self, text: str, example: Example) -> str | None:
+        # Answered with the choices' texts (answer_format: text), a generated answer is read like a label.
+        if example.candidates == example.choice_texts:
+            return parse_label(text, example.candidates or ())
+        return parse_choice(text, example.candidates or ())
 
 
 def _choices(cell: Any, row: int, cfg: MultipleChoiceTask) -> tuple[list[str], list[str]]:
