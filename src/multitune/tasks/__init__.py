@@ -32,8 +32,9 @@ KINDS: dict[str, TaskKind] = {}
 
 
 def register(kind: TaskKind) -> TaskKind:
-    """Add a kind to the registry; its name must be new. Returns it, to use as a one-line decorator-like
-    call (`register(YesNo())`)."""
+    """Add a kind to the registry (`register(YesNo())`), refusing what the rest of multitune could not use:
+    a name already taken, a config section that does not name the kind, a closed kind that cannot read a
+    generated answer, a label-set kind that cannot read its gold labels. Returns the kind."""
     taken = KINDS.get(kind.name)
     if taken is not None and taken is not kind:
         raise ValueError(f"task kind {kind.name!r} is already registered ({type(taken).__name__})")
@@ -73,8 +74,8 @@ def examples(cfg: Any, rows: Any, *, labelled: bool = True, labels: list[str] | 
     return render(cfg, rows, labelled=labelled, labels=labels).examples
 
 
-for _kind in BUILT_IN:
-    register(_kind)
+for _built_in in BUILT_IN:
+    register(_built_in)
 
-__all__ = ["BUILT_IN", "KINDS", "ClosedKind", "Example", "LabelSetKind", "Message", "Rendered", "TaskBase", "TaskKind", "examples", "kind",
-           "register", "render", "unregister"]
+__all__ = ["BUILT_IN", "KINDS", "ClosedKind", "Example", "LabelSetKind", "Message", "Rendered", "TaskBase",
+           "TaskKind", "examples", "kind", "register", "render", "unregister"]

@@ -50,6 +50,7 @@ class ClassificationTask(TaskBase):
     label_descriptions: dict[str, str] | None = None
     """What each label means, shown to the model beside the label list (`{labels}` in the template)."""
 
+
 def label_names(cfg: ClassificationTask, rows: Any) -> list[str]:
     """The task's labels in order: from the config, a ClassLabel feature, or the sorted distinct values
     (case-insensitively, as the Hub orders ClassLabel names, so banking77's CSV and parquet layouts give
