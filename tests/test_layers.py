@@ -144,6 +144,7 @@ def test_every_kind_module_is_registered_once_under_its_config_name():
 
     from multitune.tasks import BUILT_IN, KINDS
 
+    # every module of tasks/ but the pieces the kinds share is a kind
     modules = {p.stem for p in (PACKAGE / "tasks").glob("*.py")} - {"__init__", "base", "config", "answers"}
     assert {type(k).__module__.rsplit(".", 1)[-1] for k in BUILT_IN} == modules
     assert [k.name for k in BUILT_IN] == list(KINDS)[: len(BUILT_IN)]
