@@ -1,5 +1,6 @@
 """The house rules a reader relies on: imports go down the floors only (DESIGN.md, "Layers"), and what
-depends on a task's kind reads the one table of kinds (`multitune.kinds`) instead of comparing names."""
+depends on a task's kind reads the one registry of kinds (`multitune.tasks.KINDS`) instead of comparing
+names."""
 
 from __future__ import annotations
 
@@ -12,10 +13,10 @@ PACKAGE = Path(multitune.__file__).parent
 # Lowest first. A module may import its own floor and the floors below; `train` and `eval` share a floor
 # but stay apart (SIBLINGS), so evaluation never depends on training code.
 FLOORS: list[set[str]] = [
-    {"errors", "io", "runtime", "__init__"},  # runtime: CPU thread settings, read before torch starts
-    {"kinds", "best", "stall"},  # the table of task kinds, the best-metric rule, the stalled-task warning: pure
-    {"config"},
-    {"tasks"},
+    {"errors", "io", "runtime", "section", "__init__"},  # runtime: CPU thread settings, read before torch starts
+    {"tasks"},  # one class per task kind (its config section, rows -> messages, answers, metrics) and their registry
+    {"kinds", "best", "stall"},  # the metric rules read from the kinds, the best-metric rule, the stalled-task warning
+    {"config"},  # the run config, gathering the kinds' sections
     {"data"},
     {"models", "loss", "tracking", "plan"},  # token-loss maths, trackers (shared by train and eval), the estimator
     {"train", "eval"},
@@ -27,8 +28,8 @@ SIBLINGS = {frozenset({"train", "eval"})}
 # The report is built from the files a run wrote (eval/metrics.json, metrics.jsonl), never from the code
 # that computed them: what it needs about metrics is in `kinds`.
 APART = {"report": {"train", "eval"}}
-# Where a kind's name may be compared: its table, its typed config and its own module.
-KIND_TABLE_FILES = {"kinds.py", "config/tasks.py", "tasks/"}
+# Where a kind's name may be compared: its own module (the kinds and their registry).
+KIND_TABLE_FILES = {"tasks/"}
 
 
 def unit(module: str) -> str:
@@ -118,7 +119,7 @@ def kind_comparisons(tree: ast.AST, kind_names: set[str]) -> list[int]:
 
 
 def test_no_kind_name_checks_outside_the_kind_table_and_the_task_modules():
-    from multitune.kinds import KINDS
+    from multitune.tasks import KINDS
 
     names = set(KINDS)
     found = []
@@ -127,7 +128,8 @@ def test_no_kind_name_checks_outside_the_kind_table_and_the_task_modules():
         if rel in KIND_TABLE_FILES or any(rel.startswith(d) for d in KIND_TABLE_FILES if d.endswith("/")):
             continue
         found += [f"{rel}:{line}" for line in kind_comparisons(ast.parse(path.read_text()), names)]
-    assert not found, "read multitune.kinds instead of comparing kind names:\n" + "\n".join(found)
+    assert not found, "read the kind's class (multitune.tasks.kind) instead of comparing kind names:\n" + \
+        "\n".join(found)
 
 
 def test_the_kind_check_finds_both_forms():
@@ -135,9 +137,16 @@ def test_the_kind_check_finds_both_forms():
     assert kind_comparisons(tree, {"classification", "multiple_choice"}) == [1, 2]
 
 
-def test_every_configurable_kind_is_in_the_table():
-    from multitune.config.tasks import TASK_KINDS
-    from multitune.kinds import KINDS
-    from multitune.tasks import KINDS as TASK_MODULES
+def test_every_kind_module_is_registered_once_under_its_config_name():
+    """The registry is the only list of kinds: each kind module's class is in it, under the name its config
+    section admits, and nothing else is."""
+    from typing import get_args
 
-    assert set(KINDS) == set(TASK_KINDS) == set(TASK_MODULES)
+    from multitune.tasks import BUILT_IN, KINDS
+
+    # every module of tasks/ but the pieces the kinds share is a kind
+    modules = {p.stem for p in (PACKAGE / "tasks").glob("*.py")} - {"__init__", "base", "config", "answers"}
+    assert {type(k).__module__.rsplit(".", 1)[-1] for k in BUILT_IN} == modules
+    assert [k.name for k in BUILT_IN] == list(KINDS)[: len(BUILT_IN)]
+    for name, spec in KINDS.items():
+        assert get_args(spec.config.model_fields["kind"].annotation) == (name,)

@@ -12,12 +12,11 @@ from multitune.eval.metrics import (
     confusion,
     generation_metrics,
     most_confused,
-    parse_choice,
-    parse_label,
     per_class,
     task_metrics,
     text_metrics,
 )
+from multitune.tasks.answers import parse_choice, parse_label
 
 GOLD = ["a", "a", "b", "b", "c", "c"]
 PRED = ["a", "b", "b", "b", "c", "a"]

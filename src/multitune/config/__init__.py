@@ -1,24 +1,15 @@
-"""Run configuration: typed sections, YAML loading, overrides, saving."""
+"""Run configuration: typed sections, YAML loading, overrides, saving. Each task kind's section lives with
+its kind (`multitune.tasks.<kind>`)."""
 
 from multitune.config.load import apply_overrides, dump, load, save, validate
 from multitune.config.schema import AdapterConfig, DataConfig, EvalConfig, ModelConfig, RunConfig, TrainConfig
-from multitune.config.tasks import (
-    TASK_KINDS,
-    ClassificationTask,
-    InstructionTask,
-    MultipleChoiceTask,
-    TaskConfig,
-)
+from multitune.config.tasks import TaskConfig
 
 __all__ = [
-    "TASK_KINDS",
     "AdapterConfig",
-    "ClassificationTask",
     "DataConfig",
     "EvalConfig",
-    "InstructionTask",
     "ModelConfig",
-    "MultipleChoiceTask",
     "RunConfig",
     "TaskConfig",
     "TrainConfig",

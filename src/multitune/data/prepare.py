@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from multitune import kinds, tasks
 from multitune.config.schema import RunConfig
@@ -91,21 +91,20 @@ def _load_task(task_cfg: Any, cfg: RunConfig) -> TaskSplit:
         return TaskSplit(task_cfg, len(rows), train, val, len(rendered.empty_rows))
     val_rows = load_rows(task_cfg, task_cfg.val_split)
     labels = None
-    if kinds.kind(task_cfg.kind).labels:
-        labels = _training_labels(rendered.examples, val_rows, task_cfg)
+    spec = kinds.kind(task_cfg.kind)
+    if spec.labels:
+        labels = _training_labels(cast(tasks.LabelSetKind, spec), rendered.examples, val_rows, task_cfg)
     val_rendered = tasks.render(task_cfg, val_rows, labels=labels, empty=empty)
     train, val = rendered.examples, val_rendered.examples
     dropped = len(rendered.empty_rows) + len(val_rendered.empty_rows)
     return TaskSplit(task_cfg, len(rows), train, val, dropped, val_rows=len(val_rows))
 
 
-def _training_labels(train: list[Example], val_rows: Any, task_cfg: Any) -> list[str]:
+def _training_labels(spec: tasks.LabelSetKind, train: list[Example], val_rows: Any, task_cfg: Any) -> list[str]:
     """The label set validation is scored against: the training one. Refuses validation labels that
     training never saw (the model cannot have learnt them), listing them all at once."""
-    from multitune.tasks.classification import gold_labels
-
     seen = {ex.label for ex in train}
-    gold = gold_labels(task_cfg, val_rows)
+    gold = spec.gold_labels(task_cfg, val_rows)
     unseen = Counter(g for g in gold if g is not None and g not in seen)
     if unseen:
         rows = [i for i, g in enumerate(gold) if g in unseen]

@@ -21,7 +21,8 @@ from multitune.data.tokenize import (
     segments,
 )
 from multitune.eval.scoring import CandidateTrie
-from multitune.kinds import Kind, kind
+from multitune.kinds import kind
+from multitune.tasks import TaskKind
 from multitune.tasks.base import Example
 
 
@@ -54,7 +55,7 @@ class EvalSet:
     dropped: int  # validation rows left out because they do not fit data.max_seq_len
 
     @property
-    def spec(self) -> Kind:
+    def spec(self) -> TaskKind:
         """The table's entry for this task's kind (`multitune.kinds`)."""
         return kind(self.kind)
 

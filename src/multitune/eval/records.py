@@ -9,7 +9,7 @@ the references. Both: greedy generation when asked, on `eval.generate_max_rows` 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -18,11 +18,12 @@ from multitune.data.collate import model_inputs, pad_batch
 from multitune.eval.generate import greedy
 from multitune.eval.items import EvalItem, EvalSet, choice_text_tries
 from multitune.eval.lockstep import SOLO, Lockstep
-from multitune.eval.metrics import parse_choice, parse_label, rouge_row
+from multitune.eval.metrics import rouge_row
 from multitune.eval.pool import Work
 from multitune.eval.scoring import CandidateTrie, Scores
 from multitune.eval.search import score_rows
 from multitune.loss import per_example_loss
+from multitune.tasks import ClosedKind
 
 # Candidate trees up to this many nodes are scored in one pass; larger ones (77 banking labels: ~200
 # nodes) by the exact best-first search, whose cost follows the winner's length instead.
@@ -102,9 +103,7 @@ def _add_closed_generations(
     for k, text in zip(chosen, answers, strict=True):
         ex = items[k].example
         assert ex.candidates is not None
-        # A multiple-choice row answered by its choice texts (answer_format: text) is read like a label.
-        parsed = (parse_label(text, ex.candidates) if eval_set.spec.labels or ex.candidates == ex.choice_texts
-                  else parse_choice(text, ex.candidates))
+        parsed = cast(ClosedKind, eval_set.spec).read_answer(text, ex)
         records[k] |= {"generated": text, "generated_label": parsed, "generated_correct": parsed == ex.label}
 
 

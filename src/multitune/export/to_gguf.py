@@ -132,10 +132,9 @@ def gguf_file_name(repo_id: str, type: str) -> str:
 
 def system_prompts(cfg: RunConfig) -> list[str | None]:
     """The system prompt each task trained with (None: no system turn), in the config's task order."""
-    from multitune.tasks import KINDS
-    from multitune.tasks.base import system_prompt
+    from multitune.tasks import kind
 
-    return [system_prompt(t, KINDS[t.kind].DEFAULT_SYSTEM) for t in cfg.tasks]
+    return [kind(t.kind).system_prompt(t) for t in cfg.tasks]
 
 
 def _config(name: str, cfg: RunConfig) -> Any:

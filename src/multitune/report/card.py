@@ -154,7 +154,7 @@ def _summary(cfg: RunConfig, full_model: bool) -> str:
     if cfg.adapter.method == "full":
         what = "A fully fine-tuned model"
     trained = [t for t in cfg.tasks if t.train]
-    tasks = ", ".join(f"`{t.name}` ({t.kind.replace('_', ' ')})" for t in trained)
+    tasks = ", ".join(f"`{t.name}` ({kinds.kind(t.kind).card_name})" for t in trained)
     kept = ", ".join(f"`{t.name}`" for t in cfg.tasks if not t.train)
     return (f"{what} fine-tuned with multitune on {len(trained)} "
             f"task{'s' if len(trained) > 1 else ''} at once: {tasks}."
@@ -303,9 +303,8 @@ def _use_section(cfg: RunConfig) -> str:
     lines = ["- Intended use: the tasks above, prompted the way they were trained (the system prompt and "
              "user template of each task in `training_config.yaml`; `multitune predict` renders them)."]
     for task in cfg.tasks:
-        if kinds.kind(task.kind).labels:
-            lines.append(f"- `{task.name}` answers with one of the labels it was trained on; it has no way to say "
-                         "that none applies.")
+        if kinds.kind(task.kind).card_limits:
+            lines.append(f"- `{task.name}` {kinds.kind(task.kind).card_limits}")
     lines += [
         "- The validation rows come from the same sources as the training rows: the scores say how well the "
         "model fits these datasets, not how it does on other data.",

@@ -1,5 +1,6 @@
-"""What every task kind produces, `Example`s (chat conversations with a known answer), and the row-level
-checks the kinds share: columns present, cells that must hold text, empty rows, unlabelled rows."""
+"""What a task kind is (`TaskKind`), what it produces, `Example`s (chat conversations with a known answer),
+and the row-level checks the kinds share: columns present, cells that must hold text, empty rows,
+unlabelled rows."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 from multitune.errors import UserError
+from multitune.tasks.config import TaskBase
 
 Message = dict[str, str]
 EmptyPolicy = Literal["drop", "error"]
@@ -55,15 +57,67 @@ class Rendered:
 
 
 class TaskKind(Protocol):
-    """A task kind turns a task's rows into examples. One module per kind implements it.
-
-    `labelled=False` renders rows without answers, for prediction: the answer column is not read and
-    blank inputs are kept (one prediction per input row). `labels` is a classification task's trained
-    label set. `empty` says what to do with a row whose text is missing or blank.
+    """Everything multitune knows about one kind of task, in one class (nanochat's `Task`: a dataset of
+    conversations with its metadata and evaluation criteria). One module per kind implements it and
+    `multitune.tasks.KINDS` registers it; nothing else compares kind names.
     """
 
+    name: str
+    """What `kind:` says in a task's config."""
+    config: type[TaskBase]
+    """The kind's config section: `kind: Literal[name]` and its columns and template fields."""
+    closed: bool
+    """Answers come from a closed set of candidates and are scored: the model's log-likelihood of each
+    candidate picks the answer, which `predict` writes with its score. Else they are generated (open) and
+    judged by ROUGE/BLEU/chrF on greedy answers and by perplexity on the references."""
+    labels: bool
+    """The candidates are the task's label set, learnt from the training rows: the labels are saved with
+    the run (`data_stats.json`), a separate validation file is checked against them (the kind is then a
+    `LabelSetKind`), `predict` and `eval` score against them, the metrics add F1 and a confusion matrix,
+    and a generated answer is read as a label (not a letter)."""
+    choice_texts: bool
+    """Rows carry the texts of their choices, which `eval.choice_texts` scores as answers too."""
+    scored_metrics: tuple[str, ...]
+    """What every evaluation reports, before generation adds its own."""
+    primary_metric: str
+    """The one number that says how good a task is (best checkpoint, tables, the card's trade-off)."""
+    hub_task: str
+    """The task type the model card's `model-index` gives the Hub for this kind's results."""
+    card_name: str
+    """How the model card names the kind ("multiple choice")."""
+    card_limits: str
+    """What the model card's intended-use section says the model cannot do on such a task ("" for nothing),
+    after "`<task>` "."""
+
+    def system_prompt(self, cfg: Any) -> str | None:
+        """The system prompt the task trains with (None: no system turn of its own)."""
+        ...
+
     def render(self, cfg: Any, rows: Any, *, labelled: bool = True, labels: list[str] | None = None,
-               empty: EmptyPolicy = "error") -> Rendered: ...
+               empty: EmptyPolicy = "error") -> Rendered:
+        """Turn a task's rows into examples. `labelled=False` renders rows without answers, for prediction:
+        the answer column is not read and blank inputs are kept (one prediction per input row). `labels`
+        is a label-set kind's trained labels. `empty` says what to do with a row whose text is missing or
+        blank."""
+        ...
+
+
+class ClosedKind(TaskKind, Protocol):
+    """What a kind with `closed` answers adds: how a generated answer is read back as a candidate."""
+
+    def read_answer(self, text: str, example: Example) -> str | None:
+        """The candidate of `example` a generated answer names; None when it names none (an invalid answer,
+        counted in `gen_invalid_rate`)."""
+        ...
+
+
+class LabelSetKind(ClosedKind, Protocol):
+    """What a kind with `labels` adds: each row's gold label, read without rendering, so that a separate
+    validation file is checked against the labels training saw (`data/prepare.py`)."""
+
+    def gold_labels(self, cfg: Any, rows: Any) -> list[str | None]:
+        """Each row's label name, None where the cell is empty."""
+        ...
 
 
 class EmptyText(UserError):

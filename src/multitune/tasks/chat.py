@@ -8,9 +8,8 @@ the last assistant turn teach nothing and are left out, so an example always end
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Literal
 
-from multitune.config.tasks import ChatTask
 from multitune.errors import UserError
 from multitune.tasks.base import (
     EmptyPolicy,
@@ -22,13 +21,24 @@ from multitune.tasks.base import (
     column,
     render_rows,
     require_columns,
+    system_prompt,
     text_cell,
 )
+from multitune.tasks.config import TaskBase
 
 DEFAULT_SYSTEM = None  # conversations bring their own system turn, if any
 DEFAULT_TEMPLATE = "{content}"
 FIELDS = ("content",)
 ROLES = {"system": "system", "user": "user", "assistant": "assistant", "human": "user", "gpt": "assistant"}
+
+
+class ChatTask(TaskBase):
+    """Template field: `{content}`, applied to every user turn. Every assistant turn is trained."""
+
+    kind: Literal["chat"]
+    messages_column: str = "messages"
+    """A list of turns per row: `{role, content}` (OpenAI / Hugging Face layout) or `{from, value}`
+    (ShareGPT `conversations`, roles human / gpt / system)."""
 
 
 def render(
@@ -58,6 +68,24 @@ def render(
         return Example(cfg.name, i, tuple(turns))
 
     return render_rows(len(cells), make, cfg.name, empty, unlabelled_fix="")
+
+
+class Chat:
+    """The `chat` kind (`multitune.tasks.base.TaskKind`)."""
+
+    name = "chat"
+    config = ChatTask
+    closed, labels, choice_texts = False, False, False
+    scored_metrics = ("loss", "perplexity")
+    primary_metric = "rougeL"
+    hub_task = "text-generation"
+    card_name = "chat"
+    card_limits = ""
+
+    def system_prompt(self, cfg: ChatTask) -> str | None:
+        return system_prompt(cfg, DEFAULT_SYSTEM)
+
+    render = staticmethod(render)
 
 
 def _turn_list(cell: Any, row: int, cfg: ChatTask) -> Sequence[Any]:

@@ -8,10 +8,10 @@ Scoring picks the label whose tokens the model finds most likely.
 from __future__ import annotations
 
 from collections import Counter
-from typing import Any
+from typing import Any, Literal
 
-from multitune.config.tasks import ClassificationTask
 from multitune.errors import UserError
+from multitune.tasks.answers import parse_label
 from multitune.tasks.base import (
     EmptyPolicy,
     Example,
@@ -26,6 +26,7 @@ from multitune.tasks.base import (
     system_prompt,
     text_cell,
 )
+from multitune.tasks.config import TaskBase
 
 DEFAULT_SYSTEM = "Classify the user's text. Reply with the label only."
 # Listing the labels helps an instruct model zero-shot but costs tokens on every example; past this many
@@ -34,6 +35,20 @@ LIST_LABELS_UP_TO = 20
 TEMPLATE_WITH_LABELS = "Labels: {labels}\n\nText: {text}"
 TEMPLATE_WITHOUT_LABELS = "Text: {text}"
 FIELDS = ("text", "labels")
+
+
+class ClassificationTask(TaskBase):
+    """Template fields: `{text}`, `{labels}` (the label names, or one `name: description` line each when
+    `label_descriptions` is set)."""
+
+    kind: Literal["classification"]
+    text_column: str = "text"
+    label_column: str = "label"
+    labels: list[str] | None = None
+    """The label set, in order. Default: read from the data (names of a `ClassLabel` column, or the
+    sorted distinct strings)."""
+    label_descriptions: dict[str, str] | None = None
+    """What each label means, shown to the model beside the label list (`{labels}` in the template)."""
 
 
 def label_names(cfg: ClassificationTask, rows: Any) -> list[str]:
@@ -88,6 +103,30 @@ def render(
 
     return render_rows(len(texts), make, cfg.name, empty,
                        unlabelled_fix="label every row, or remove unlabelled rows from the source")
+
+
+class Classification:
+    """The `classification` kind (`multitune.tasks.base.TaskKind`)."""
+
+    name = "classification"
+    config = ClassificationTask
+    closed, labels, choice_texts = True, True, False
+    scored_metrics = ("loss", "accuracy", "macro_f1", "weighted_f1")
+    primary_metric = "accuracy"
+    hub_task = "text-classification"
+    card_name = "classification"
+    card_limits = "answers with one of the labels it was trained on; it has no way to say that none applies."
+
+    def system_prompt(self, cfg: ClassificationTask) -> str | None:
+        return system_prompt(cfg, DEFAULT_SYSTEM)
+
+    render = staticmethod(render)
+
+    def gold_labels(self, cfg: ClassificationTask, rows: Any) -> list[str | None]:
+        return gold_labels(cfg, rows)
+
+    def read_answer(self, text: str, example: Example) -> str | None:
+        return parse_label(text, example.candidates or ())
 
 
 def gold_labels(cfg: ClassificationTask, rows: Any) -> list[str | None]:

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
-from multitune.config.tasks import InstructionTask
 from multitune.tasks.base import (
     EmptyPolicy,
     Example,
@@ -17,10 +16,20 @@ from multitune.tasks.base import (
     system_prompt,
     text_cell,
 )
+from multitune.tasks.config import TaskBase
 
 DEFAULT_SYSTEM = "You are a helpful assistant."
 DEFAULT_TEMPLATE = "{instruction}\n\n{input}"
 FIELDS = ("instruction", "input")
+
+
+class InstructionTask(TaskBase):
+    """Template fields: `{instruction}`, `{input}` (empty when the row has none)."""
+
+    kind: Literal["instruction"]
+    instruction_column: str = "instruction"
+    input_column: str = "input"
+    output_column: str = "output"
 
 
 def render(
@@ -48,3 +57,21 @@ def render(
         return Example(cfg.name, i, chat(system, user, output))
 
     return render_rows(len(instructions), make, cfg.name, empty, unlabelled_fix="")
+
+
+class Instruction:
+    """The `instruction` kind (`multitune.tasks.base.TaskKind`)."""
+
+    name = "instruction"
+    config = InstructionTask
+    closed, labels, choice_texts = False, False, False
+    scored_metrics = ("loss", "perplexity")
+    primary_metric = "rougeL"
+    hub_task = "text-generation"
+    card_name = "instruction"
+    card_limits = ""
+
+    def system_prompt(self, cfg: InstructionTask) -> str | None:
+        return system_prompt(cfg, DEFAULT_SYSTEM)
+
+    render = staticmethod(render)

@@ -9,10 +9,10 @@ label.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal
 
-from multitune.config.tasks import MultipleChoiceTask
 from multitune.errors import UserError
+from multitune.tasks.answers import parse_choice, parse_label
 from multitune.tasks.base import (
     EmptyPolicy,
     Example,
@@ -26,11 +26,33 @@ from multitune.tasks.base import (
     system_prompt,
     text_cell,
 )
+from multitune.tasks.config import TaskBase
 
 DEFAULT_SYSTEM = "Answer the multiple-choice question with the letter of the correct choice only."
 DEFAULT_SYSTEM_TEXT = "Answer the multiple-choice question with the text of the correct choice only."
 DEFAULT_TEMPLATE = "{question}\n\n{choices}"
 FIELDS = ("question", "choices")
+
+
+class MultipleChoiceTask(TaskBase):
+    """Template fields: `{question}`, `{choices}` (one `A. text` line per choice)."""
+
+    kind: Literal["multiple_choice"]
+    question_column: str = "question"
+    choices_column: str = "choices"
+    """A `{label: [...], text: [...]}` mapping per row (the Hub layout of tau/commonsense_qa)."""
+    answer_column: str = "answerKey"
+    answer_format: Literal["letter", "text"] = "letter"
+    """What the model answers: `letter`, the correct choice's letter (scoring compares the letters), or
+    `text`, the correct choice's text (scoring compares the row's choice texts as whole answers; a row's
+    repeated text counts as its first occurrence). The prompt lists the lettered choices either way. A
+    small model may be unable to tie letters to choices (SmolLM2-135M stays at chance on commonsense_qa
+    letters) yet learn to rank the texts: see docs/benchmarks.md."""
+
+
+def default_system(cfg: MultipleChoiceTask) -> str:
+    """The system prompt for the answer format: letters, or the choices' texts."""
+    return DEFAULT_SYSTEM_TEXT if cfg.answer_format == "text" else DEFAULT_SYSTEM
 
 
 def render(
@@ -41,7 +63,7 @@ def render(
     require_columns(rows, wanted | ({"answer_column": cfg.answer_column} if labelled else {}), cfg.name)
     template = cfg.prompt_template or DEFAULT_TEMPLATE
     check_template(template, FIELDS, cfg.name)
-    system = system_prompt(cfg, DEFAULT_SYSTEM_TEXT if cfg.answer_format == "text" else DEFAULT_SYSTEM)
+    system = system_prompt(cfg, default_system(cfg))
     questions = column(rows, cfg.question_column)
     choices = column(rows, cfg.choices_column)
     answers = column(rows, cfg.answer_column) if labelled else [None] * len(questions)
@@ -72,6 +94,30 @@ def render(
         unlabelled_fix=f"train and evaluate on a labelled split (the Hub's test split of commonsense_qa has no "
                        f"answers): set tasks.{cfg.name}.split / val_split to train or validation",
     )
+
+
+class MultipleChoice:
+    """The `multiple_choice` kind (`multitune.tasks.base.TaskKind`)."""
+
+    name = "multiple_choice"
+    config = MultipleChoiceTask
+    closed, labels, choice_texts = True, False, True
+    scored_metrics = ("loss", "accuracy")
+    primary_metric = "accuracy"
+    hub_task = "multiple-choice"
+    card_name = "multiple choice"
+    card_limits = ""
+
+    def system_prompt(self, cfg: MultipleChoiceTask) -> str | None:
+        return system_prompt(cfg, default_system(cfg))
+
+    render = staticmethod(render)
+
+    def read_answer(self, text: str, example: Example) -> str | None:
+        # Answered with the choices' texts (answer_format: text), a generated answer is read like a label.
+        if example.candidates == example.choice_texts:
+            return parse_label(text, example.candidates or ())
+        return parse_choice(text, example.candidates or ())
 
 
 def _choices(cell: Any, row: int, cfg: MultipleChoiceTask) -> tuple[list[str], list[str]]:

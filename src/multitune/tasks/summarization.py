@@ -5,9 +5,8 @@ The summary is the trained answer; evaluation generates and compares with the re
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
-from multitune.config.tasks import SummarizationTask
 from multitune.tasks.base import (
     EmptyPolicy,
     Example,
@@ -20,10 +19,21 @@ from multitune.tasks.base import (
     system_prompt,
     text_cell,
 )
+from multitune.tasks.config import TaskBase
 
 DEFAULT_SYSTEM = "Summarize the text the user gives in a few sentences. Reply with the summary only."
 DEFAULT_TEMPLATE = "{source}"
 FIELDS = ("source",)
+
+
+class SummarizationTask(TaskBase):
+    """Template field: `{source}`."""
+
+    kind: Literal["summarization"]
+    source_column: str = "text"
+    """The text to summarise (DialogSum: `dialogue`)."""
+    target_column: str = "summary"
+    """The reference summary, trained as the answer."""
 
 
 def render(
@@ -44,3 +54,21 @@ def render(
         return Example(cfg.name, i, chat(system, template.format(source=source), target))
 
     return render_rows(len(sources), make, cfg.name, empty, unlabelled_fix="")
+
+
+class Summarization:
+    """The `summarization` kind (`multitune.tasks.base.TaskKind`)."""
+
+    name = "summarization"
+    config = SummarizationTask
+    closed, labels, choice_texts = False, False, False
+    scored_metrics = ("loss", "perplexity")
+    primary_metric = "rougeL"
+    hub_task = "summarization"
+    card_name = "summarization"
+    card_limits = ""
+
+    def system_prompt(self, cfg: SummarizationTask) -> str | None:
+        return system_prompt(cfg, DEFAULT_SYSTEM)
+
+    render = staticmethod(render)

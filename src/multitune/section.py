@@ -1,4 +1,8 @@
-"""The base of every config section."""
+"""The base of every config section.
+
+On the lowest floor because the config is assembled from two floors: each task kind declares its own
+section (`multitune.tasks.<kind>`), below the run config (`multitune.config`) that gathers them.
+"""
 
 from __future__ import annotations
 
