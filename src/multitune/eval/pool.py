@@ -30,6 +30,7 @@ import torch.nn.functional as F
 
 from multitune.data.masks import causal, padded_blocks, with_leading_keys
 from multitune.eval.lockstep import SOLO, Lockstep, idle_forward
+from multitune.models import attention
 
 NAME = "multitune_pool"
 KWARG = "multitune_pool"  # the model keyword that carries a `Packed` pass down to attention
@@ -336,47 +337,41 @@ def _no_mask(*args: Any, **kwargs: Any) -> None:
     return None
 
 
-_registered = False
-
-
 def register() -> None:
-    global _registered
-    if _registered:
-        return
+    """Make `NAME` an attention implementation transformers knows (a process-wide table; registering again
+    changes nothing), with no mask of transformers' making: packed passes carry their own."""
     from transformers import AttentionInterface
     from transformers.masking_utils import AttentionMaskInterface
 
     AttentionInterface.register(NAME, pool_attention)
     AttentionMaskInterface.register(NAME, _no_mask)
-    _registered = True
-
-
-def hf_config(model: Any) -> Any:
-    """The transformers config under peft, DDP, FSDP or compile wrappers (None when there is none)."""
-    while not hasattr(model, "config") and hasattr(model, "module"):
-        model = model.module
-    return getattr(model, "config", None)
 
 
 def supported(model: Any) -> bool:
     """Whether packed passes can run `model`: a transformers model whose attention is an attention function
     (`AttentionInterface`); `pool_attention` refuses the variants it does not compute (soft-capping,
     attention sinks, a sliding window shorter than the rows)."""
-    config = hf_config(model)
-    return config is not None and hasattr(config, "_attn_implementation")
+    try:
+        return hasattr(attention.transformers_model(model).config, "_attn_implementation")
+    except TypeError:
+        return False
 
 
 @contextlib.contextmanager
 def pooled(model: Any) -> Iterator[None]:
-    """While inside, `model`'s attention takes the pool path for packed passes (others run as sdpa)."""
-    config = hf_config(model)
+    """While inside, `model`'s attention takes the pool path for packed passes (others run as sdpa), selected
+    and given back through transformers' public `set_attn_implementation`."""
+    inner = attention.transformers_model(model)
     register()
-    before = config._attn_implementation
-    config._attn_implementation_internal = NAME
+    before = inner.config._attn_implementation
+    inner.set_attn_implementation(NAME)
+    if inner.config._attn_implementation != NAME:  # transformers declined (it warned): packed passes would be wrong
+        raise RuntimeError(f"{type(inner).__name__} cannot switch its attention implementation, which packed "
+                           "evaluation passes need")
     try:
         yield
     finally:
-        config._attn_implementation_internal = before
+        inner.set_attn_implementation(before)
 
 
 def logprobs_at(logits: torch.Tensor, rows: Sequence[int], tokens: Sequence[int]) -> list[float]:
