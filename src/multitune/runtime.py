@@ -1,5 +1,5 @@
 """CPU threads: no oversubscription when several processes share a machine's cores; the process's peak memory;
-`print0`, the one way a run's code prints (the main process speaks for all).
+`print0`, how the recipes print when several processes run (the main process speaks for all).
 
 PyTorch's CPU kernels run on an OpenMP pool of one thread per core, whose idle threads spin-wait for the
 next parallel region. Two such processes on the same cores fight: measured here, a SmolLM2 training step
