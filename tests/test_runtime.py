@@ -44,3 +44,13 @@ def test_an_explicit_omp_num_threads_is_left_alone(monkeypatch, restore_threads)
 def test_never_fewer_than_one_thread():
     assert cpu_threads_per_process(2, 3) == 1
     assert cpu_threads_per_process(0, 1) == 1
+
+
+def test_print0_prints_on_the_main_process_only(capsys):
+    from types import SimpleNamespace
+
+    from multitune.runtime import print0
+
+    print0(SimpleNamespace(is_main_process=True), "a", 1, sep="-")
+    print0(SimpleNamespace(is_main_process=False), "b")
+    assert capsys.readouterr().out == "a-1\n"

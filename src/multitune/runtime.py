@@ -1,4 +1,5 @@
-"""CPU threads: no oversubscription when several processes share a machine's cores; the process's peak memory.
+"""CPU threads: no oversubscription when several processes share a machine's cores; the process's peak memory;
+`print0`, how the recipes print when several processes run (the main process speaks for all).
 
 PyTorch's CPU kernels run on an OpenMP pool of one thread per core, whose idle threads spin-wait for the
 next parallel region. Two such processes on the same cores fight: measured here, a SmolLM2 training step
@@ -15,6 +16,15 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
+
+
+def print0(accelerator: Any, *values: object, **kwargs: Any) -> None:
+    """`print` on the run's main process only (global rank 0), as nanochat's `print0`: one copy of each
+    line however many processes and nodes run. (`accelerator.print` prints once per node.) Writing a
+    shared file is not printing: that goes in one `if accelerator.is_main_process:` block per output."""
+    if accelerator.is_main_process:
+        print(*values, **kwargs)
 
 
 def passive_openmp() -> None:

@@ -133,7 +133,7 @@ def test_fp16_loss_scaling_survives_an_overflow_and_lowers_the_scale(tiny_dir: P
     from multitune.data.tokenize import IGNORE, Tokenized
     from multitune.train import optim
     from multitune.train.loop import train_step
-    from multitune.train.state import TrainState, record
+    from multitune.train.state import TrainState
 
     accelerator = Accelerator(cpu=True)
     # An initial scale that overflows float32 (loss x 1e38), lowered by the first overflow to 100.
@@ -147,17 +147,17 @@ def test_fp16_loss_scaling_survives_an_overflow_and_lowers_the_scale(tiny_dir: P
     ids = [5, 6, 7, 8, 9, 10]
     batch = pad_batch([Tokenized(ids, [IGNORE] * 3 + ids[3:], 0)], pad_id=0)
     state = TrainState()
-    state.reset_interval(1)
+    state.start_interval(1)
     weights = [p.detach().clone() for p in model.parameters()]
 
     first = train_step(model, optimizer, scheduler, accelerator, [batch], 1.0, n_tasks=1)
-    record(state, first)
+    state.record_step(first, seconds=0.0)
     assert first.overflow and not first.finite and not first.bad
     assert accelerator.scaler.get_scale() == pytest.approx(100.0)
     assert all(torch.equal(w, p) for w, p in zip(weights, model.parameters(), strict=True))  # no update
 
     second = train_step(model, optimizer, scheduler, accelerator, [batch], 1.0, n_tasks=1)
-    record(state, second)
+    state.record_step(second, seconds=0.0)
     assert second.finite and not second.overflow
     assert any(not torch.equal(w, p) for w, p in zip(weights, model.parameters(), strict=True))
     assert (state.step, state.bad_steps, state.consecutive_bad_steps) == (2, 0, 0)

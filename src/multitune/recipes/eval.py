@@ -30,6 +30,7 @@ from multitune.io import read_json
 from multitune.models import adapters, load
 from multitune.models.run_folder import check_model_folder, check_records, open_run
 from multitune.report.results import Summary, load_summary, write_results
+from multitune.runtime import print0
 
 Which = Literal["trained", "base"]
 Rows = Literal["val", "all"]
@@ -69,13 +70,14 @@ def run_eval(
     pad_id = load.pad_id(tokenizer)
 
     baseline = cfg.eval.baseline and kind != "base"
-    accelerator.print(rows_notice(eval_sets, cfg, rows, baseline))
+    print0(accelerator, rows_notice(eval_sets, cfg, rows, baseline))
 
     def measure(model: Any, which: str) -> dict[str, TaskResult]:
         model.to(accelerator.device)
         results = evaluate(model, tokenizer, eval_sets, cfg.eval, pad_id, generate=cfg.eval.generate != "never",
                            rank=accelerator.process_index, world_size=accelerator.num_processes)
-        accelerator.print(closing_line(f"the {which} model", results, "validation rows" if rows == "val" else "rows"))
+        print0(accelerator, closing_line(f"the {which} model", results,
+                                         "validation rows" if rows == "val" else "rows"))
         return results
 
     after = measure(_load_model(run_dir, kind, model_dir, run_cfg, cfg), "base" if kind == "base" else kind)

@@ -41,13 +41,13 @@ from multitune.report.build import write_report
 from multitune.report.results import Summary, write_results
 from multitune.report.run_stats import RUN_STATS, run_stats
 from multitune.report.table import before_after
-from multitune.runtime import configure_cpu_threads, peak_memory, tf32_matmuls
+from multitune.runtime import configure_cpu_threads, peak_memory, print0, tf32_matmuls
 from multitune.stall import run_warnings
 from multitune.tracking import Trackers, make_trackers
 from multitune.train import checkpoint, loop, optim, resume, shard
 from multitune.train.collectives import any_process
 from multitune.train.signals import Stopped, StopRequests
-from multitune.train.state import StepResult, TrainState, interval_row, record
+from multitune.train.state import StepResult, TrainState
 
 
 @dataclass
@@ -102,8 +102,7 @@ class Run:
 
     def account(self) -> None:
         """Bring the state's wall time and peak memory up to now (before it is checkpointed or reported)."""
-        self.state.wall_seconds = self.wall_before + time.monotonic() - self.started
-        self.state.peak_memory_bytes = max(self.state.peak_memory_bytes, peak_memory()[0])
+        self.state.account(self.wall_before + time.monotonic() - self.started, peak_memory()[0])
 
 
 def run(cfg: RunConfig, force: bool = False) -> TrainResult:
@@ -116,8 +115,7 @@ def run(cfg: RunConfig, force: bool = False) -> TrainResult:
     try:
         outcome = train(r)
         if isinstance(outcome, Stopped):
-            if r.accelerator.is_main_process:
-                print(outcome.message(), file=sys.stderr, flush=True)
+            print0(r.accelerator, outcome.message(), file=sys.stderr, flush=True)
             return TrainResult(None, None, r.tokenizer, stopped=outcome)
         result = write_outputs(r, outcome)
     finally:
@@ -139,7 +137,7 @@ def setup(cfg: RunConfig, force: bool) -> Run:
     tokenizer = load.load_tokenizer(model_name, cfg.model)
     with accelerator.main_process_first():  # the main process fills the tokenised cache, the others read it
         prepared = tokenize_splits(tokenizer, splits, cfg)
-    accelerator.print(data_summary(prepared, cfg.seed))
+    print0(accelerator, data_summary(prepared, cfg.seed))
     parts = _model(cfg, accelerator, model_name, prepared, topology)
 
     out = Path(cfg.output_dir)
@@ -152,9 +150,10 @@ def setup(cfg: RunConfig, force: bool) -> Run:
         write_json_atomic(out / "data_stats.json", prepared.stats)
     trackers = make_trackers(cfg, accelerator.is_main_process, keep_rows=state.metrics_rows if resumed_from else None,
                              run_id=state.tracker_run_id)
-    state.tracker_run_id = trackers.run_id
+    state.attach_tracker(trackers.run_id)
     plan = parts.plan
-    accelerator.print(
+    print0(
+        accelerator,
         f"training: {plan.total_steps} steps ({plan.steps_per_epoch}/epoch), global batch {plan.global_batch_size}"
         + (" packed rows" if plan.packed else "") + (" in shared-prefix rows" + (
             ", attended densely (block attention has no place for the virtual tokens)" if cfg.adapter.virtual_tokens
@@ -181,12 +180,11 @@ def train(r: Run) -> dict[str, TaskResult] | Stopped:
 
     cfg, accelerator, state, total = r.cfg, r.accelerator, r.state, r.plan.total_steps
     if r.resumed_from is None and cfg.eval.baseline:
-        state.baseline = {k: res.metrics for k, res in evaluate_run(r, 0, baseline=True).items()}
-        state.shots = evaluate_shots(r) if r.shot_sets else None
+        baseline = {k: res.metrics for k, res in evaluate_run(r, 0, baseline=True).items()}
+        state.record_baseline(baseline, evaluate_shots(r) if r.shot_sets else None)
     bar = tqdm(total=total, initial=state.step, disable=not accelerator.is_main_process,
                desc="train", unit="step", dynamic_ncols=True)
-    if not state.interval_task_sums:
-        state.reset_interval(len(r.prepared.task_names))
+    state.start_interval(len(r.prepared.task_names))
     started = time.perf_counter()  # of the current log interval
     r.model.train()
     with StopRequests(accelerator.is_main_process) as stop:
@@ -200,8 +198,7 @@ def train(r: Run) -> dict[str, TaskResult] | Stopped:
                 r.model, r.optimizer, r.scheduler, accelerator=accelerator, micro_batches=batches,
                 max_grad_norm=cfg.train.max_grad_norm, n_tasks=len(r.prepared.task_names),
                 answer_logits_only=cfg.train.answer_logits_only)
-            state.train_seconds += time.perf_counter() - step_started
-            record(state, result)
+            state.record_step(result, seconds=time.perf_counter() - step_started)
             bar.update(1)
             if result.bad:
                 _report_bad_step(r, result)
@@ -250,7 +247,7 @@ def evaluate_run(r: Run, step: int, *, baseline: bool = False, final: bool = Fal
     cfg, state = r.cfg.eval, r.state
     generate = cfg.generate == "always" or (cfg.generate == "ends" and (baseline or final))
     if baseline and (notice := baseline_notice(r.eval_sets, cfg)):  # a sample is said before it runs
-        r.accelerator.print(notice)
+        print0(r.accelerator, notice)
     plain = r.accelerator.unwrap_model(r.model, keep_torch_compile=False)  # eval shapes vary: not compiled
     # Under the run's autocast as a whole: `generate` calls the model past the forward accelerate wrapped
     # in it, and the adapters take bf16 inputs against their float32 weights (models/adapters.py).
@@ -260,21 +257,22 @@ def evaluate_run(r: Run, step: int, *, baseline: bool = False, final: bool = Fal
                            rank=r.accelerator.process_index, world_size=r.accelerator.num_processes)
     shard.reshard(plain)  # forwards without a backward leave the FSDP root gathered
     what = "the baseline" if baseline else f"the end (step {step})" if final else f"step {step}"
-    r.accelerator.print(closing_line(what, results))
+    print0(r.accelerator, closing_line(what, results))
     if state.last_eval_step == step:  # a run resumed at its very end has logged this one already
         return results
     trained = {t.name: t.kind for t in r.cfg.tasks if t.train}
     metrics = {k: res.metrics for k, res in results.items()}
     if not baseline:
         for warning in run_warnings(trained, state.baseline, metrics, {k: v.predictions for k, v in results.items()}):
-            r.accelerator.print(f"\nwarning: step {step}: {warning}")
+            print0(r.accelerator, f"\nwarning: step {step}: {warning}")
     row = {f"eval/{task}/{k}": v for task, res in results.items() for k, v in res.metrics.items() if k != "rows"}
+    best = state.best
     if cfg.best_metric and not baseline:
         scores = {k: m for k, m in metrics.items() if k in trained or cfg.best_metric.startswith(f"{k}/")}
-        state.best = update_best(state.best, cfg.best_metric, scores, r.primary, step=step)
-        row["eval/best_metric"] = float(state.best["value"])
+        best = update_best(state.best, cfg.best_metric, scores, r.primary, step=step)
+        row["eval/best_metric"] = float(best["value"])
     r.trackers.log(row, step=step)
-    state.last_eval_step = step
+    state.record_eval(step, best)
     return results
 
 
@@ -296,7 +294,7 @@ def save_checkpoint(r: Run) -> Path:
     state = r.state
     if r.last_save.path is not None and r.last_save.step == state.step:
         return r.last_save.path
-    state.metrics_rows = r.trackers.rows_written
+    state.mark_checkpoint(r.trackers.rows_written)
     r.account()
     path = checkpoint.save(r.out, r.accelerator, model=r.model, optimizer=r.optimizer, scheduler=r.scheduler,
                            state=state, config_yaml=r.config_yaml, meta=r.meta)
@@ -331,11 +329,12 @@ def write_outputs(r: Run, after: dict[str, TaskResult]) -> TrainResult:
             raise UserError(f"could not write the final adapter and metrics: {e}", where=str(r.out),
                             fix="free disk space or fix permissions, then run the same command again: it "
                                 "resumes from the final checkpoint and only writes these") from None
-        for task, result in after.items():
-            r.trackers.log_predictions(task, result.predictions, step=summary.final_step)
-        print("\n" + before_after(summary.before, summary.after, summary.shots, summary.shots_k, summary.retention))
-        print(f"\nadapter: {r.out / 'adapter'}\nmetrics: {r.out / 'eval' / 'metrics.json'}\n"
-              f"report:  {r.out / 'report.html'}")
+    for task, result in after.items():  # the trackers are null on the other processes
+        r.trackers.log_predictions(task, result.predictions, step=summary.final_step)
+    print0(r.accelerator,
+           "\n" + before_after(summary.before, summary.after, summary.shots, summary.shots_k, summary.retention))
+    print0(r.accelerator, f"\nadapter: {r.out / 'adapter'}\nmetrics: {r.out / 'eval' / 'metrics.json'}\n"
+                          f"report:  {r.out / 'report.html'}")
     return TrainResult(summary.to_json(), plain, r.tokenizer)
 
 
@@ -357,16 +356,16 @@ def _start(cfg: RunConfig, force: bool) -> tuple[Any, str, shard.Topology]:
                                   dynamo_plugin=_dynamo(cfg))
     topology = shard.topology(accelerator.num_processes, cfg.train.mixed_precision)
     if threads:
-        accelerator.print(threads)
-    accelerator.print(describe_device_settings(cfg))
+        print0(accelerator, threads)
+    print0(accelerator, describe_device_settings(cfg))
     if accelerator.num_processes > 1:
-        accelerator.print(f"{accelerator.num_processes} processes: {topology.describe()}")
+        print0(accelerator, f"{accelerator.num_processes} processes: {topology.describe()}")
     set_seed(cfg.seed)
     out = Path(cfg.output_dir)
     config_yaml = config_mod.dump(cfg)
-    if accelerator.is_main_process:
-        for path in checkpoint.prepare_output_dir(out):
-            print(f"removed an unfinished checkpoint write: {path}")
+    removed = checkpoint.prepare_output_dir(out) if accelerator.is_main_process else []  # one process tidies
+    for path in removed:
+        print0(accelerator, f"removed an unfinished checkpoint write: {path}")
     resume.refuse_changed_config(cfg.checkpoint.resume, out, config_yaml, force)
     accelerator.wait_for_everyone()
     return accelerator, config_yaml, topology
@@ -399,14 +398,14 @@ def _model(cfg: RunConfig, accelerator: Any, model_name: str, prepared: Prepared
                             autocast=cfg.train.mixed_precision != "no")
     initial = adapters.initial_weights(model, cfg.adapter)  # PiSSA / OLoRA: what the saved adapter is converted by
     trainable, total = adapters.count_parameters(model)
-    accelerator.print(f"model {cfg.model.name} ({model_name}): {cfg.adapter.method}, "
-                      f"{trainable:,} of {total:,} parameters trainable")
+    print0(accelerator, f"model {cfg.model.name} ({model_name}): {cfg.adapter.method}, "
+                        f"{trainable:,} of {total:,} parameters trainable")
     # Shared-prefix rows: the attention they run under (blocks, on a sdpa model) and the one mask they carry.
     prefix_mask = attention.select_for_shared_prefix(model, cfg.adapter.virtual_tokens) if cfg.shares_prefix else None
     model = shard.shard_model(model, topology, accelerator)  # before the optimizer: FSDP2 swaps the parameters
     if shard.is_sharded(model):
-        accelerator.print(f"sharded: {shard.describe_shards(model)}"
-                          + ("; weights read by process 0 alone and broadcast" if efficient else ""))
+        print0(accelerator, f"sharded: {shard.describe_shards(model)}"
+                            + ("; weights read by process 0 alone and broadcast" if efficient else ""))
     plan = loop.make_plan(cfg.train, prepared, cfg.seed, accelerator.num_processes, share_prefix=cfg.shares_prefix,
                           prefix_mask=prefix_mask)
     optimizer = optim.build_optimizer(model, cfg.train, cfg.adapter.loraplus_lr_ratio)
@@ -418,11 +417,10 @@ def _model(cfg: RunConfig, accelerator: Any, model_name: str, prepared: Prepared
 def _log_interval(r: Run, result: StepResult, *, lr: float, started: float, bar: Any) -> None:
     """The metrics.jsonl row of the steps since the last one, and the progress bar's figures."""
     state, names = r.state, r.prepared.task_names
-    row = interval_row(state, names, started)
+    row = state.close_interval(names, started)
     bar.set_postfix(loss=f"{row['train/loss']:.4f}", lr=f"{lr:.2e}", tok_s=f"{row['tokens_per_s']:.0f}")
     r.trackers.log({**row, "lr": lr, "grad_norm": result.grad_norm,
                     "epoch": state.step / r.plan.steps_per_epoch}, step=state.step)
-    state.reset_interval(len(names))
 
 
 class NonFiniteTraining(UserError):
@@ -434,8 +432,8 @@ def _report_bad_step(r: Run, result: StepResult) -> None:
     state = r.state
     r.trackers.log({"skipped_non_finite": 1, "bad_steps": state.bad_steps, "loss": result.loss,
                     "grad_norm": result.grad_norm}, step=state.step)
-    r.accelerator.print(f"\nwarning: step {state.step} skipped: loss {result.loss}, gradient norm "
-                        f"{result.grad_norm} ({state.consecutive_bad_steps} in a row, {state.bad_steps} in all)")
+    print0(r.accelerator, f"\nwarning: step {state.step} skipped: loss {result.loss}, gradient norm "
+                          f"{result.grad_norm} ({state.consecutive_bad_steps} in a row, {state.bad_steps} in all)")
     if state.consecutive_bad_steps >= r.cfg.train.max_bad_steps:
         raise NonFiniteTraining(
             f"training stopped: {state.consecutive_bad_steps} consecutive steps (up to step {state.step}) had a "

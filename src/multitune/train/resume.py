@@ -18,6 +18,7 @@ import yaml
 
 from multitune.data.prepare import Prepared
 from multitune.errors import UserError
+from multitune.runtime import print0
 from multitune.train import checkpoint
 from multitune.train.state import TrainState
 
@@ -150,5 +151,4 @@ def _flat(obj: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def _warn(accelerator: Any, message: str) -> None:
-    if accelerator.is_main_process:
-        print(f"warning: {message}", file=sys.stderr, flush=True)
+    print0(accelerator, f"warning: {message}", file=sys.stderr, flush=True)

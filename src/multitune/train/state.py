@@ -2,6 +2,11 @@
 
 The data position needs no field of its own: the batches of step N are a pure function of (seed, N)
 (see `data/mixture.py`), so `step` is the data position, the epoch and the position within it.
+
+Exact resume depends on every change to the state, so they are all here: the recipe changes a
+`TrainState` only through its methods (`record_step`, `start_interval`, `close_interval`,
+`record_baseline`, `record_eval`, `attach_tracker`, `mark_checkpoint`, `account`), never by assigning
+a field, and this file lists every mutation.
 """
 
 from __future__ import annotations
@@ -55,7 +60,70 @@ class TrainState:
     def from_dict(cls, d: dict[str, Any]) -> TrainState:
         return cls(**d)
 
-    def reset_interval(self, n_tasks: int) -> None:
+    def record_step(self, result: StepResult, seconds: float) -> None:
+        """Advance by one optimizer step that took `seconds`. A bad step (non-finite, `StepResult.bad`)
+        counts as bad and adds nothing to the loss sums; a loss scaler's overflow adds its (finite) loss
+        like any other step. The interval must have been started (`start_interval`)."""
+        self.step += 1
+        self.tokens_seen += result.tokens
+        self.train_seconds += seconds
+        if result.bad:
+            self.bad_steps += 1
+            self.consecutive_bad_steps += 1
+            return
+        self.consecutive_bad_steps = 0
+        for sums, (loss, n) in zip(self.interval_task_sums, result.task_sums.tolist(), strict=True):
+            sums[0] += loss
+            sums[1] += n
+        self.interval_tokens += result.tokens
+        self.interval_steps += 1
+
+    def start_interval(self, n_tasks: int) -> None:
+        """Zero sums for a new run's first log interval; a resumed run keeps the interval its checkpoint
+        was taken in, so it logs the same rows as an uninterrupted one."""
+        if not self.interval_task_sums:
+            self._zero_interval(n_tasks)
+
+    def close_interval(self, task_names: Sequence[str], started: float) -> dict[str, float]:
+        """The metrics.jsonl row for the steps since the last log line (losses are per answer token;
+        `started` is the interval's `time.perf_counter()`), and zero sums for the next interval."""
+        loss = sum(s[0] for s in self.interval_task_sums)
+        n = sum(s[1] for s in self.interval_task_sums)
+        row = {"train/loss": loss / n if n else float("nan")}
+        for name, (task_loss, task_n) in zip(task_names, self.interval_task_sums, strict=True):
+            if task_n:
+                row[f"train/{name}/loss"] = task_loss / task_n
+        # Wall-clock throughput: the one field of a row that a resumed run cannot reproduce.
+        row["tokens_per_s"] = self.interval_tokens / max(time.perf_counter() - started, 1e-9)
+        self._zero_interval(len(task_names))
+        return row
+
+    def record_baseline(self, baseline: dict[str, dict[str, float]],
+                        shots: dict[str, dict[str, float]] | None) -> None:
+        """The untrained model's metrics, zero-shot and (`eval.baseline_shots`) k-shot."""
+        self.baseline = baseline
+        self.shots = shots
+
+    def record_eval(self, step: int, best: dict[str, Any] | None) -> None:
+        """An evaluation of `step` was logged; `best` is the best so far (`best.update_best`'s answer)."""
+        self.best = best
+        self.last_eval_step = step
+
+    def attach_tracker(self, run_id: str | None) -> None:
+        """The tracker run (wandb's id) that a resumed run continues."""
+        self.tracker_run_id = run_id
+
+    def mark_checkpoint(self, metrics_rows: int) -> None:
+        """A checkpoint of this state is about to be written, after `metrics_rows` rows of metrics.jsonl."""
+        self.metrics_rows = metrics_rows
+
+    def account(self, wall_seconds: float, peak_memory_bytes: float) -> None:
+        """Bring the run's wall time (every session, up to now) and its peak memory up to date; the peak
+        is the largest of any session's."""
+        self.wall_seconds = wall_seconds
+        self.peak_memory_bytes = max(self.peak_memory_bytes, peak_memory_bytes)
+
+    def _zero_interval(self, n_tasks: int) -> None:
         self.interval_task_sums = [[0.0, 0.0] for _ in range(n_tasks)]
         self.interval_tokens = 0
         self.interval_steps = 0
@@ -81,32 +149,3 @@ class StepResult:
         """Skipped for a non-finite loss or gradient that loss scaling does not explain."""
         return not self.finite and not self.overflow
 
-
-def record(state: TrainState, result: StepResult) -> None:
-    """Advance the state by one step. A bad step (non-finite, `StepResult.bad`) counts as bad and adds
-    nothing to the loss sums; a loss scaler's overflow adds its (finite) loss like any other step."""
-    state.step += 1
-    state.tokens_seen += result.tokens
-    if result.bad:
-        state.bad_steps += 1
-        state.consecutive_bad_steps += 1
-        return
-    state.consecutive_bad_steps = 0
-    for sums, (loss, n) in zip(state.interval_task_sums, result.task_sums.tolist(), strict=True):
-        sums[0] += loss
-        sums[1] += n
-    state.interval_tokens += result.tokens
-    state.interval_steps += 1
-
-
-def interval_row(state: TrainState, task_names: Sequence[str], started: float) -> dict[str, float]:
-    """The metrics.jsonl row for the steps since the last log line (losses are per answer token)."""
-    loss = sum(s[0] for s in state.interval_task_sums)
-    n = sum(s[1] for s in state.interval_task_sums)
-    row = {"train/loss": loss / n if n else float("nan")}
-    for name, (task_loss, task_n) in zip(task_names, state.interval_task_sums, strict=True):
-        if task_n:
-            row[f"train/{name}/loss"] = task_loss / task_n
-    # Wall-clock throughput: the one field of a row that a resumed run cannot reproduce.
-    row["tokens_per_s"] = state.interval_tokens / max(time.perf_counter() - started, 1e-9)
-    return row
