@@ -38,7 +38,9 @@ Columns, per row of the table (per evaluated row where it says "/row"):
   larger of the read and the FLOPs, is in the JSON).
 `--before TREE` runs the same measurement in a subprocess with TREE/src first on PYTHONPATH (after this
 tree's runs, so both evaluate the same adapters); needed positions do not depend on the code, so its
-fractions use this tree's. `--profile TASK/MODEL/METHOD` runs torch.profiler over one evaluation of the
+fractions use this tree's. A task the older tree refuses is named under the table: commonsense_qa's
+`answer_format: text` is newer than the packed evaluation, so `--letters` (with a `--work` of its own)
+answers it by letter in both trees. `--profile TASK/MODEL/METHOD` runs torch.profiler over one evaluation of the
 first `--dtype` and prints the top ops by self CPU time, the matmul share and the host share (wall time
 outside every op). Writes everything to `--out`. Timings on a shared machine are noisy: compare the
 columns of one run, never runs of different days.
@@ -55,6 +57,7 @@ import sys
 import tempfile
 import time
 from dataclasses import asdict
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -70,17 +73,19 @@ SUMMARY_TOKENS = 64
 BATCH_SIZE = 16  # rows of a batch wherever the code measured still pads (transformers' generate, loss)
 
 
-def run_config(task: str, out: Path, steps: int) -> dict:
+def run_config(task: str, out: Path, steps: int, letters: bool = False) -> dict:
     """configs/smollm2-multitask.yaml on one of its tasks, every row of it, for `steps` steps; evaluation
-    kept to a minimum (the benchmark evaluates the result itself)."""
+    kept to a minimum (the benchmark evaluates the result itself). `letters`: commonsense_qa answered by
+    letter, as trees older than `answer_format` (issue 26) can evaluate it."""
     raw = yaml.safe_load(SETTINGS.read_text())
     spec = next(t for t in raw["tasks"] if t["name"] == task)
-    spec = {k: v for k, v in spec.items() if k != "max_rows"} | {"source": str((REPO / spec["source"]).resolve())}
+    dropped = {"max_rows", "answer_format"} if letters else {"max_rows"}
+    spec = {k: v for k, v in spec.items() if k not in dropped} | {"source": str((REPO / spec["source"]).resolve())}
     return {**raw, "output_dir": str(out), "tasks": [spec], "train": {**raw["train"], "max_steps": max(steps, 1)},
             "eval": {"baseline": False, "generate": "never", "max_rows": 4}, "checkpoint": {}}
 
 
-def setup(task: str, steps: int, work: Path):
+def setup(task: str, steps: int, work: Path, letters: bool):
     """(config, tokenizer, the task's evaluation set, {model name: loader}); trains the adapter if missing.
     The config is validated here from the same settings, not read from the run's config.yaml, so an
     older tree (`--before`) reads it too."""
@@ -89,8 +94,9 @@ def setup(task: str, steps: int, work: Path):
     from multitune.eval.runner import build_eval_sets
     from multitune.models import adapters, load
 
-    run_dir = trained_run(task, steps, work, None, make_config=run_config) if steps else work / f"{task}-0"
-    cfg = validate(run_config(task, run_dir, steps))
+    make_config = partial(run_config, letters=letters)
+    run_dir = trained_run(task, steps, work, None, make_config=make_config) if steps else work / f"{task}-0"
+    cfg = validate(make_config(task, run_dir, steps))
     base = load.resolve(cfg.model, [], cfg.seed)  # the converted GGUF folder
     tokenizer = load.load_tokenizer(str(run_dir / "adapter") if steps else base, cfg.model)
     (es,) = build_eval_sets(tokenizer, load_splits(cfg), cfg.data.max_seq_len, cfg.data.truncation)
@@ -158,12 +164,12 @@ def timed(fn, model, tokenizer, es, cfg, rows: int) -> dict:
     return out
 
 
-def measure_task(task: str, steps: int, work: Path, rows: int, dtypes: list[str]) -> list[dict]:
+def measure_task(task: str, steps: int, work: Path, rows: int, dtypes: list[str], letters: bool) -> list[dict]:
     import torch
 
     import multitune
 
-    cfg, tokenizer, es, loaders = setup(task, steps, work)
+    cfg, tokenizer, es, loaders = setup(task, steps, work, letters)
     methods = ["scored", "greedy"] if es.closed else ["greedy"]
     n = min(rows, len(es.items))
     out = []
@@ -193,14 +199,14 @@ def machine(dtypes: list[str]) -> dict:
             "read_bandwidth_gbs": read_bandwidth_gbs(), "torch": torch.__version__}
 
 
-def profile(spec: str, steps: int, work: Path, rows: int, dtype: str) -> dict:
+def profile(spec: str, steps: int, work: Path, rows: int, dtype: str, letters: bool) -> dict:
     """torch.profiler over one evaluation named TASK/MODEL/METHOD (after a warm-up)."""
     import torch
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as run_profiler
 
     task, name, method = spec.split("/")
-    cfg, tokenizer, es, loaders = setup(task, steps, work)
+    cfg, tokenizer, es, loaders = setup(task, steps, work, letters)
     model = loaders[name]().to(getattr(torch, dtype)).eval()
     n = min(rows, len(es.items))
     METHODS[method](model, tokenizer, es, cfg, min(WARM_UP_ROWS, n))
@@ -222,7 +228,8 @@ def before(tree: Path, args: argparse.Namespace) -> list[dict]:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "before.json"
         cmd = [sys.executable, __file__, "--rows", str(args.rows), "--train-steps", str(args.train_steps),
-               "--work", args.work, "--tasks", *args.tasks, "--dtype", *args.dtype, "--child-out", str(out)]
+               "--work", args.work, "--tasks", *args.tasks, "--dtype", *args.dtype, "--child-out", str(out)] + \
+            (["--letters"] if args.letters else [])
         env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tree / "src"), os.environ.get("PYTHONPATH", "")])}
         subprocess.run(cmd, env=env, check=True, cwd=REPO)
         return json.loads(out.read_text())
@@ -237,6 +244,9 @@ def main() -> None:
                    help="weights' dtypes, each its own rows")
     p.add_argument("--profile", metavar="TASK/MODEL/METHOD", help="e.g. banking77/trained/scored")
     p.add_argument("--before", type=Path, help="an older source tree (a git worktree) measured the same way")
+    p.add_argument("--letters", action="store_true",
+                   help="commonsense_qa answered by letter (for --before trees older than answer_format; "
+                        "use a --work of its own: the runs are named alike)")
     p.add_argument("--work", default=str(REPO / "runs" / "bench-eval-smollm2"), help="where the short runs go")
     p.add_argument("--out", default=str(REPO / "runs" / "bench-eval-smollm2" / "results.json"))
     p.add_argument("--child-out", help=argparse.SUPPRESS)  # --before's subprocess: raw rows to this file
@@ -244,7 +254,7 @@ def main() -> None:
     results = []
     for task in args.tasks:
         try:
-            results += measure_task(task, args.train_steps, Path(args.work), args.rows, args.dtype)
+            results += measure_task(task, args.train_steps, Path(args.work), args.rows, args.dtype, args.letters)
         except Exception as e:  # noqa: BLE001 (an older tree may refuse a task's settings: say so, go on)
             if not args.child_out:
                 raise
@@ -253,9 +263,11 @@ def main() -> None:
     if args.child_out:
         Path(args.child_out).write_text(json.dumps(results))
         return
-    report: dict[str, Any] = {"rows": args.rows, "train_steps": args.train_steps, "machine": machine(args.dtype)}
-    report["profile"] = profile(args.profile, args.train_steps, Path(args.work), args.rows, args.dtype[0]) \
-        if args.profile else None
+    report: dict[str, Any] = {"rows": args.rows, "train_steps": args.train_steps, "letters": args.letters,
+                              "machine": machine(args.dtype), "profile": None}
+    if args.profile:
+        report["profile"] = profile(args.profile, args.train_steps, Path(args.work), args.rows, args.dtype[0],
+                                    args.letters)
     old = before(args.before, args) if args.before else []
     report["results"] = [derive(r, report["machine"]) for r in results]
     report["before"] = [derive(r, report["machine"], needed_from=results) for r in old]
