@@ -62,6 +62,9 @@ def test_the_search_feeds_the_nodes_that_can_still_win_one_level_at_a_time():
     # Passes: the prefix [0, 6]; the prompt's last token; the gold path (3), (3, 5), which holds the
     # likeliest first token (3) too; then (2) and (3, 4), whose bounds reach the gold's score.
     assert (work.forwards, work.positions, work.logit_positions) == (4, 2 + 1 + 2 + 2, 1 + 2 + 2)
+    # Needed: all but (3, 4), whose bound (-1.948) is below the winner's -1.528: a round feeds it before
+    # the winner is known. (2) (-1.511) and (3) (-0.511) reach it; (3, 5) is on the gold path.
+    assert (work.needed_positions, work.needed_logits) == (2 + 1 + 3, 1 + 3)
 
 
 @pytest.mark.parametrize("tokens_per_pass", [512, 6])
@@ -72,6 +75,8 @@ def test_greedy_in_packed_passes_equals_transformers_generate(model, tokenizer, 
     got = greedy(model, tokenizer, prompts, 7, 2, tokenizer.pad_token_id, tokens_per_pass=tokens_per_pass, work=work)
     assert got == _generate(model, tokenizer, prompts, 7, 2, tokenizer.pad_token_id, SOLO)
     assert work.rows == 4 and work.positions <= 2 + sum(len(p) - 2 for p in prompts) + 4 * 6  # nothing padded
+    # every token fed is needed: the prompts and each generated token but the last
+    assert (work.needed_positions, work.needed_logits) == (work.positions, work.logit_positions)
 
 
 def test_greedy_stops_a_row_at_its_end_of_turn_and_goes_on_with_the_others(model, tokenizer):

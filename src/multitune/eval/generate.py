@@ -53,6 +53,10 @@ class _Decoding:
         return Segment(list(self.keys), [self.out[-1]], [self.start + len(self.prompt) + len(self.out) - 1],
                        causal(1, len(self.keys) - 1), [0])
 
+    def needed(self) -> tuple[int, int]:
+        # The prompt and every generated token but the last; the prompt's last and those give the logits.
+        return len(self.prompt) + len(self.out) - 1, len(self.out)
+
     def take(self, token: int) -> None:
         self.out.append(token)
         self.done = token in self.stop or len(self.out) >= self.max_new_tokens

@@ -50,6 +50,8 @@ class Work:
     attention_pairs: int = 0  # (query, key) pairs attention computed, padding included
     attention_needed: int = 0  # of which a query attends to its key's row at all
     rows: int = 0  # rows that finished
+    needed_positions: int = 0  # the least any exact method computes: shared prefix once, then `Row.needed`
+    needed_logits: int = 0  # of which need next-token logits
 
     def add(self, other: Work) -> None:
         for name in self.__dataclass_fields__:
@@ -170,6 +172,11 @@ class Row(Protocol):
         """Its next segment, with new slots from `pool` appended to its keys."""
         ...
 
+    def needed(self) -> tuple[int, int]:
+        """Once done: (positions, logit positions) that any exact method had to compute for this row after
+        the shared prefix, whatever the passes (`Work.needed_positions`)."""
+        ...
+
 
 Reader = Callable[[torch.Tensor, list[tuple[Any, int]]], None]  # (logits (K, V), [(row, its first logits row)])
 
@@ -192,6 +199,7 @@ def drive(model: Any, rows: Sequence[Row], shared_prefix: Sequence[int], read: R
     n = len(shared_prefix)
     head = [Segment(pool.alloc(n), list(shared_prefix), list(range(n)), causal(n), [])] if n else []
     waiting, active = deque(rows), []
+    work.needed_positions += len(prefix)
     while True:
         if head:
             segments, fed = head, []
@@ -217,6 +225,9 @@ def drive(model: Any, rows: Sequence[Row], shared_prefix: Sequence[int], read: R
                 active.remove(row)
                 pool.free(row.keys)
                 work.rows += 1
+                needed, logits = row.needed()
+                work.needed_positions += needed
+                work.needed_logits += logits
                 yield row
 
 

@@ -103,6 +103,17 @@ class _Scoring:
         for c, v in zip(ends, values[len(children) :], strict=True):
             self.complete[c] = base + v
 
+    def needed(self) -> tuple[int, int]:
+        """The prompt and the nodes no exact method can skip: those on the gold answer's path (its exact
+        log-likelihood) and every node whose bound reaches the winner's log-likelihood (it could hide a
+        better candidate until its children are known); each node and the prompt's last token need logits.
+        Under length normalisation a bound proves nothing and every node is needed: this undercounts."""
+        best = max(self.complete.values(), default=-math.inf)
+        nodes = {j for j in self.fed if self.bound[j] >= best}
+        if self.gold is not None:
+            nodes.update(self.trie.paths[self.gold])
+        return len(self.prompt) + len(nodes), 1 + len(nodes)
+
     def scores(self) -> Scores:
         values = [self.complete.get(c, -math.inf) for c in range(len(self.trie.candidates))]
         return Scores(torch.tensor(values, dtype=torch.float32), torch.tensor([len(c) for c in self.trie.candidates]))
