@@ -61,9 +61,11 @@ def raw_config(out: Path, method: str = "lora", **sections) -> dict:
         "tasks": TASKS,
         # 2 processes x 4 x 2 accumulation = one process x 4 x 4
         "train": {"max_steps": 6, "micro_batch_size": 4, "grad_accum_steps": 2, "learning_rate": 2e-3},
-        # 9 rows: shards of 5 and 4; scoring batches of 4: 2 batches on one process, 1 on the other
+        # 9 rows: shards of 5 and 4; passes of 16 tokens hold one row each (a row is longer), so one process
+        # has 5 scoring passes to run and the other 4 (with larger passes both shards fit the same number of
+        # passes, and evaluation sharded without lockstep happens not to hang)
         "eval": {"max_rows": 9, "every_steps": 2, "generate": "always", "generate_max_rows": 5,
-                 "max_new_tokens": 6, "micro_batch_size": 4},
+                 "max_new_tokens": 6, "micro_batch_size": 4, "tokens_per_pass": 16},
         "checkpoint": {"every_steps": 2, "keep_last": 5},
         "logging": {"every_steps": 1},
     }

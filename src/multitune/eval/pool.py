@@ -86,13 +86,14 @@ class KVPool:
     def in_use(self) -> int:
         return self.capacity - len(self._free)
 
-    def layer(self, index: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Layer `index`'s (keys, values), at the current capacity; `like` (1, kv_heads, T, head_dim)."""
+    def layer(self, index: int, key: torch.Tensor, value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Layer `index`'s (keys, values), at the current capacity, each stored in the dtype the layer gives
+        it: `key`, `value` (1, kv_heads, T, head_dim). Under autocast they differ (the rotary embedding
+        returns float32 keys beside bfloat16 values)."""
         keys = self._keys.get(index)
         if keys is None or keys.shape[0] < self.capacity:
-            shape = (self.capacity, like.shape[1], like.shape[3])
-            for store in (self._keys, self._values):
-                old, new = store.get(index), like.new_zeros(shape)
+            for store, like in ((self._keys, key), (self._values, value)):
+                old, new = store.get(index), like.new_zeros((self.capacity, like.shape[1], like.shape[3]))
                 if old is not None:
                     new[: old.shape[0]] = old
                 store[index] = new
@@ -139,7 +140,7 @@ class Packed:
         """query (1, H, T, D), key and value (1, Hkv, V + T, D) with V leading virtual keys -> (1, T, H, D)."""
         _, heads, width, dim = query.shape
         kv_heads = key.shape[1]
-        keys, values = self.pool.layer(layer, key)
+        keys, values = self.pool.layer(layer, key, value)
         extra = key.shape[2] - width
         if extra:  # the model's own leading keys (virtual tokens): the same every pass
             slots = torch.tensor(self.pool.virtual_slots, device=keys.device)
@@ -148,14 +149,17 @@ class Packed:
         keys.index_copy_(0, self.write, key[0, :, extra:].transpose(0, 1))
         values.index_copy_(0, self.write, value[0, :, extra:].transpose(0, 1))
         flat_q = query[0].transpose(0, 1)  # (T, H, D)
-        out = query.new_empty((width, heads, dim))
+        out: torch.Tensor | None = None  # in attention's output dtype (autocast's, under autocast)
         for b in self.blocks:
             rows, q_len, k_len = b.mask.shape[0], b.mask.shape[2], b.mask.shape[3]
             q = flat_q.index_select(0, b.q_index).view(rows, q_len, heads, dim).transpose(1, 2)
             k = keys.index_select(0, b.k_index).view(rows, k_len, kv_heads, dim).transpose(1, 2)
             v = values.index_select(0, b.k_index).view(rows, k_len, kv_heads, dim).transpose(1, 2)
             o = F.scaled_dot_product_attention(q, k, v, attn_mask=b.mask, scale=scaling, enable_gqa=heads != kv_heads)
+            if out is None:
+                out = o.new_empty((width, heads, dim))
             out.index_copy_(0, b.flat, o.transpose(1, 2).reshape(rows * q_len, heads, dim).index_select(0, b.q_take))
+        assert out is not None, "a packed pass has at least one block"
         return out[None]
 
 
@@ -199,36 +203,38 @@ def drive(model: Any, rows: Sequence[Row], shared_prefix: Sequence[int], read: R
     n = len(shared_prefix)
     head = [Segment(pool.alloc(n), list(shared_prefix), list(range(n)), causal(n), [])] if n else []
     waiting, active = deque(rows), []
-    work.needed_positions += len(prefix)
-    while True:
-        if head:
-            segments, fed = head, []
-        else:
-            segments, fed = _plan(pool, waiting, active, tokens_per_pass, SLOTS_PER_PASS_TOKEN * tokens_per_pass)
-        if not step.any(bool(segments)):
-            return
-        if not segments:
-            idle_forward(model)
-            work.forwards += 1
-            work.idle_forwards += 1
-            continue
-        kwargs, _ = pack(pool, segments, work, device)
-        with torch.no_grad(), pooled(model):
-            logits = model(**kwargs).logits[0]  # (K, V): the wanted positions only
-        if head:
-            pool.shared_slots += head[0].keys
-            head = []
-            continue
-        read(logits, fed)
-        for row, _ in fed:
-            if row.wants() == 0:
-                active.remove(row)
-                pool.free(row.keys)
-                work.rows += 1
-                needed, logits = row.needed()
-                work.needed_positions += needed
-                work.needed_logits += logits
-                yield row
+    work.needed_positions += n
+    # Selected once for the whole drive (the switch walks the model's modules), given back when it ends.
+    with pooled(model):
+        while True:
+            if head:
+                segments, fed = head, []
+            else:
+                segments, fed = _plan(pool, waiting, active, tokens_per_pass, SLOTS_PER_PASS_TOKEN * tokens_per_pass)
+            if not step.any(bool(segments)):
+                return
+            if not segments:
+                idle_forward(model)
+                work.forwards += 1
+                work.idle_forwards += 1
+                continue
+            kwargs, _ = pack(pool, segments, work, device)
+            with torch.no_grad():
+                logits = model(**kwargs).logits[0]  # (K, V): the wanted positions only
+            if head:
+                pool.shared_slots += head[0].keys
+                head = []
+                continue
+            read(logits, fed)
+            for row, _ in fed:
+                if row.wants() == 0:
+                    active.remove(row)
+                    pool.free(row.keys)
+                    work.rows += 1
+                    positions, logit_rows = row.needed()
+                    work.needed_positions += positions
+                    work.needed_logits += logit_rows
+                    yield row
 
 
 def _plan(pool: KVPool, waiting: deque[Any], active: list[Any], budget: int,
