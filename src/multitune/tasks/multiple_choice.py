@@ -47,7 +47,7 @@ class MultipleChoiceTask(TaskBase):
     `text`, the correct choice's text (scoring compares the row's choice texts as whole answers; a row's
     repeated text counts as its first occurrence). The prompt lists the lettered choices either way. A
     small model may be unable to tie letters to choices (SmolLM2-135M stays at chance on commonsense_qa
-    letters) yet learn to rank the texts: see docs/benchmarks.md."""
+    letters) yet learn to rank the texts: see docs/history.md."""
 
 
 def default_system(cfg: MultipleChoiceTask) -> str:
