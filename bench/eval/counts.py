@@ -1,4 +1,4 @@
-"""What `bench_eval_smollm2.py` counts and the limits it measures evaluation against.
+"""What `bench/eval/smollm2.py` counts and the limits it measures evaluation against.
 
 - `count_forwards`: a forward pre-hook on the model's decoder and one on its output head count every
   forward call, the positions it runs through the linear layers (padding included, told apart where an

@@ -1,7 +1,7 @@
 """Evaluation benchmark: scoring versus generating-and-parsing, and evaluation memory against set size.
 
-    python bench/bench_eval.py                      # both datasets, 1,000 rows, memory at 500 and 5,000 rows
-    python bench/bench_eval.py --rows 200 --memory-rows 100 1000 --train-steps 100   # a quicker look
+    python -m bench.eval.scoring                      # both datasets, 1,000 rows, memory at 500 and 5,000 rows
+    python -m bench.eval.scoring --rows 200 --memory-rows 100 1000 --train-steps 100   # a quicker look
 
 For banking77 and commonsense_qa (from ../shared/data), a tiny model is fine-tuned (full, a few hundred
 steps, so it answers in the task's format) or taken from a finished run (`--banking77-run`), then on the
@@ -28,13 +28,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from bench.common import REPO, child_env
+
 DATA = REPO.parent / "shared" / "data"
 TASKS = {
     "banking77": {"name": "banking77", "kind": "classification", "source": str(DATA / "banking77" / "train.parquet"),
@@ -205,10 +205,10 @@ def _rss_kib() -> int:
 
 
 def memory(run_dir: Path, rows: int) -> dict:
-    code = f"import sys, json; sys.path.insert(0, {str(REPO / 'bench')!r}); import bench_eval as b; " \
-           f"print(json.dumps(b.memory_child({str(run_dir)!r}, {rows})))"
-    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
-    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    # a fresh process, so its peak memory is this set's alone; `-c` puts its cwd (the repository) on the path
+    code = f"import json; from bench.eval import scoring as b; print(json.dumps(b.memory_child({str(run_dir)!r}, {rows})))"
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=child_env(), capture_output=True, text=True,
+                          check=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 

@@ -1,11 +1,11 @@
 """Where evaluation time goes on a real model (SmolLM2-135M-Instruct), against what it cannot beat.
 
-    python bench/bench_eval_smollm2.py                                   # 3 tasks, 100 rows, 60 training steps
-    python bench/bench_eval_smollm2.py --tasks banking77 --rows 200 --train-steps 120 --dtype float32 bfloat16
-    python bench/bench_eval_smollm2.py --train-steps 0                   # zero-shot only, nothing trained
-    python bench/bench_eval_smollm2.py --profile banking77/trained/scored
-    git worktree add /tmp/eval-before <commit> && python bench/bench_eval_smollm2.py --before /tmp/eval-before
-    python bench/bench_eval_smollm2.py --rows 4 --train-steps 2 --work /tmp/b --out /tmp/b/r.json   # a smoke run
+    python -m bench.eval.smollm2                                   # 3 tasks, 100 rows, 60 training steps
+    python -m bench.eval.smollm2 --tasks banking77 --rows 200 --train-steps 120 --dtype float32 bfloat16
+    python -m bench.eval.smollm2 --train-steps 0                   # zero-shot only, nothing trained
+    python -m bench.eval.smollm2 --profile banking77/trained/scored
+    git worktree add /tmp/eval-before <commit> && python -m bench.eval.smollm2 --before /tmp/eval-before
+    python -m bench.eval.smollm2 --rows 4 --train-steps 2 --work /tmp/b --out /tmp/b/r.json   # a smoke run
 
 Tasks (../shared/data), on `--rows` validation rows spread evenly over the seeded split (the rows
 `eval.max_rows` picks): banking77 (77 intents) and commonsense_qa (5 choices, answered with the choice's
@@ -51,7 +51,6 @@ from __future__ import annotations
 import argparse
 import inspect
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -62,9 +61,18 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from bench_eval import REPO, trained_run
-from eval_counts import count_forwards, cpu_flags, matmul_peak_gflops, op_shares, params, read_bandwidth_gbs
-from eval_table import derive, table
+
+from bench.common import REPO, child_env
+from bench.eval.counts import (
+    count_forwards,
+    cpu_flags,
+    matmul_peak_gflops,
+    op_shares,
+    params,
+    read_bandwidth_gbs,
+)
+from bench.eval.scoring import trained_run
+from bench.eval.table import derive, table
 
 SETTINGS = REPO / "configs" / "smollm2-multitask.yaml"  # LoRA, learning rate, lengths, task definitions
 TASKS = ("banking77", "commonsense_qa", "dialogsum")
@@ -227,11 +235,10 @@ def before(tree: Path, args: argparse.Namespace) -> list[dict]:
     """The same measurement with `tree`'s code, in a fresh process."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "before.json"
-        cmd = [sys.executable, __file__, "--rows", str(args.rows), "--train-steps", str(args.train_steps),
+        cmd = [sys.executable, "-m", "bench.eval.smollm2", "--rows", str(args.rows), "--train-steps", str(args.train_steps),
                "--work", args.work, "--tasks", *args.tasks, "--dtype", *args.dtype, "--child-out", str(out)] + \
             (["--letters"] if args.letters else [])
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tree / "src"), os.environ.get("PYTHONPATH", "")])}
-        subprocess.run(cmd, env=env, check=True, cwd=REPO)
+        subprocess.run(cmd, env=child_env(src=tree / "src"), check=True, cwd=REPO)
         return json.loads(out.read_text())
 
 

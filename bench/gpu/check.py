@@ -1,28 +1,28 @@
 """One GPU check of every training path and of evaluation, on a Llama-3-8B-shaped model with random weights,
 with the defaults a user gets on the device (issues 11 and 22).
 
-    bench/gpu_check.sh                                  # on the GPU machine: wheels, then this, into $OUT
-    python bench/gpu_check.py --out runs/gpu-check      # on any CUDA machine with the packages installed
-    python bench/gpu_check.py --cpu-smoke --out DIR     # every path at a toy size on a CPU (the test suite)
+    bench/gpu/check.sh                                  # on the GPU machine: wheels, then this, into $OUT
+    python -m bench.gpu.check --out runs/gpu-check      # on any CUDA machine with the packages installed
+    python -m bench.gpu.check --cpu-smoke --out DIR     # every path at a toy size on a CPU (the test suite)
 
 Writes DIR/gpu_check.json (after every section, so a run cut short keeps what it measured) and
 DIR/gpu_check.md (the tables). Sections, in the order they run (a failing one is recorded with its error
 and the others still run; the exit status is 1 if any failed):
 
 - environment: `multitune doctor`'s report, versions, the GPU, a measured bf16 matmul peak and the datasheet's;
-- data: banking77 + commonsense_qa rendered through the chat template by multitune's data layer (gpu_data.py);
+- data: banking77 + commonsense_qa rendered through the chat template by multitune's data layer (bench/gpu/data.py);
 - defaults: what the shipped `auto` / `null` settings resolve to on this device for each method
   (config/device.py: precision, weight dtype, batch layout, TF32, the adapters' input cast);
-- lora: multitune's own train_step with those defaults (gpu_steps.py), on packed rows of 2,048 tokens and
+- lora: multitune's own train_step with those defaults (bench/gpu/steps.py), on packed rows of 2,048 tokens and
   in the device's default layout (padded micro-batches on a GPU): tokens/s, peak memory, MFU against both
-  peaks, FLOPs per step (gpu_shapes.py says how they are counted);
+  peaks, FLOPs per step (bench/gpu/shapes.py says how they are counted);
 - share_prefix: shared-prefix rows against padded rows on the same examples (LoRA, all layers): tokens/s,
   peak memory, the first losses, and whether the layout should be the GPU default;
 - eval: multitune's evaluation (scoring over banking77's 77 labels, commonsense_qa's letters, greedy
-  generation) on the same model, rows/s, forward calls, peak memory (gpu_eval.py);
+  generation) on the same model, rows/s, forward calls, peak memory (bench/gpu/eval.py);
 - qlora (NF4, double quantisation, bf16 compute), dora, full (32 layers, else 16, else 8: float32 master
   weights), lora_checkpointing: as lora;
-- trl: the same LoRA step through TRL's SFTTrainer + PEFT (peers.py), and multitune's ratio to it;
+- trl: the same LoRA step through TRL's SFTTrainer + PEFT (bench/peers/trl_side.py), and multitune's ratio to it;
 - logits: answer-only logits against the plain loss at the 128k vocabulary (Liger when installed);
 - launch_single (CPU only), launch_fsdp, launch_fsdp_qlora: `multitune train` under `accelerate launch` with
   the shipped topologies at one process: steps, checkpoint, resume with the same loss, full adapter
@@ -30,7 +30,7 @@ and the others still run; the exit status is 1 if any failed):
   single-process one on a CPU from the start, the FSDP + QLoRA one beside the FSDP one);
 - compile: `train.compile: true` (inductor) against eager on the LoRA step, compile time apart.
 
-Every timed section writes its config as a user would (bench/gpu_steps.py) and resolves it for the device
+Every timed section writes its config as a user would (bench/gpu/steps.py) and resolves it for the device
 as `multitune train` does; what it set and what it got are in its `overrides` and `settings`.
 
 A GPU-only part says "skipped: no CUDA" on a CPU; a part the time budget (`--budget-s`) cannot fit says so.
@@ -49,7 +49,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
+from bench.common import REPO
+
 # Rough seconds each section takes on an H100/H200 at the 8B shape (guesses until a GPU has run it): a
 # section starts only if it fits in what is left of --budget-s. launch_single skips itself on a GPU.
 GPU_COST_S = {"environment": 10, "data": 15, "defaults": 2, "lora": 20, "share_prefix": 35, "eval": 60,
@@ -68,14 +69,14 @@ def main(argv: list[str] | None = None) -> int:
     for key, value in [("HF_HUB_OFFLINE", "1"), ("HF_DATASETS_OFFLINE", "1"), ("TOKENIZERS_PARALLELISM", "false"),
                        ("WANDB_MODE", "disabled"), ("MULTITUNE_CACHE", str(Path(args.work) / "cache"))]:
         os.environ.setdefault(key, value)
-    sys.path.insert(0, str(REPO / "src"))
-    import gpu_sections  # after the environment above: it imports datasets through multitune
+    # after the environment above: it imports datasets through multitune
+    from bench.gpu import sections as gpu_sections
 
     out, work = Path(args.out), Path(args.work)
     out.mkdir(parents=True, exist_ok=True)
     work.mkdir(parents=True, exist_ok=True)
     report: dict[str, Any] = {
-        "command": " ".join(["python", "bench/gpu_check.py", *(argv if argv is not None else sys.argv[1:])]),
+        "command": " ".join(["python", "-m", "bench.gpu.check", *(argv if argv is not None else sys.argv[1:])]),
         "mode": "cpu-smoke" if args.cpu_smoke else "gpu", "started": datetime.datetime.now(datetime.timezone.utc).isoformat(),
         "budget_s": args.budget_s, "sections": {},
     }
@@ -123,7 +124,7 @@ def summary(result: dict[str, Any]) -> str:
 
 
 def write(out: Path, report: dict[str, Any]) -> None:
-    import gpu_report
+    from bench.gpu import report as gpu_report
 
     (out / "gpu_check.json").write_text(json.dumps(report, indent=1, default=str))
     (out / "gpu_check.md").write_text(gpu_report.markdown(report))
@@ -135,7 +136,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--out", default=str(REPO / "runs" / "gpu-check"), help="where the JSON and markdown go")
     p.add_argument("--work", default=None, help="model folders, launched runs, caches (default: OUT/work)")
     p.add_argument("--data", default=None, help="folder with banking77 and commonsense_qa "
-                   "(default: ../shared/data, else .whl/data as bench/gpu_wheels.sh fills it)")
+                   "(default: ../shared/data, else .whl/data as bench/gpu/wheels.sh fills it)")
     p.add_argument("--budget-s", type=float, default=None, help="skip sections that would not fit in this many seconds")
     p.add_argument("--only", type=lambda s: s.split(","), default=[], help=f"comma-separated, of: {','.join(SECTIONS)}")
     p.add_argument("--skip", type=lambda s: s.split(","), default=[], help="comma-separated sections to leave out")

@@ -1,4 +1,4 @@
-"""Real token streams for bench/gpu_check.py: banking77 and commonsense_qa through multitune's own data
+"""Real token streams for bench/gpu/check.py: banking77 and commonsense_qa through multitune's own data
 layer (task kinds, chat template, answer-only labels, seeded split, mixture, packing), tokenised with a
 byte-level BPE trained on the rows (the Llama-3-style tokenizer `model.name: tiny` builds; no Llama 3
 tokenizer can be downloaded) and its ids spread over the model's vocabulary.
@@ -12,8 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gpu_shapes import Shape
-
+from bench.gpu.shapes import Shape
 from multitune.config import validate
 from multitune.data.prepare import Prepared, TaskSplit, load_splits, tokenize_splits, training_conversations
 from multitune.data.tokenize import IGNORE, Tokenized
@@ -42,7 +41,7 @@ class Streams:
 
 def data_files(data_dir: Path) -> dict[str, Path]:
     """banking77 and commonsense_qa under `data_dir`: ../shared/data's layout, or the flat copies that
-    bench/gpu_wheels.sh puts in .whl/data for the GPU machine."""
+    bench/gpu/wheels.sh puts in .whl/data for the GPU machine."""
     nested = {"banking77": data_dir / "banking77" / "train.parquet",
               "commonsense_qa": data_dir / "commonsense_qa" / "train.jsonl"}
     flat = {"banking77": data_dir / "banking77.parquet", "commonsense_qa": data_dir / "commonsense_qa.jsonl"}

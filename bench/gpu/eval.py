@@ -1,4 +1,4 @@
-"""The eval section of bench/gpu_check.py: multitune's own evaluation on the random-weight model of the
+"""The eval section of bench/gpu/check.py: multitune's own evaluation on the random-weight model of the
 shape, as a training run evaluates it.
 
 The run config is a user's (the tasks, LoRA, `eval.max_rows` and `eval.generate_max_rows`, nothing else),
@@ -25,10 +25,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from gpu_data import SEED, Streams
-from gpu_shapes import SKIP_CUDA, Shape, free_memory, random_model
-from gpu_steps import accelerator_for, settings, synchronize
 
+from bench.gpu.data import SEED, Streams
+from bench.gpu.shapes import SKIP_CUDA, Shape, free_memory, random_model
+from bench.gpu.steps import accelerator_for, settings, synchronize
 from multitune.config import EvalConfig, RunConfig, validate
 from multitune.eval.items import EvalSet
 from multitune.eval.runner import build_eval_sets, evaluate
@@ -61,7 +61,7 @@ def eval_config(shape: Shape, tasks: list[dict[str, Any]]) -> tuple[RunConfig, d
     overrides = {"adapter": {"r": shape.lora_r, "alpha": shape.lora_alpha}, "data": {"max_seq_len": shape.pack_len},
                  "eval": {"max_rows": shape.eval_rows, "generate_max_rows": shape.eval_generate_rows}}
     user = {"model": {"name": f"random {shape.layers}-layer model"}, "seed": SEED, "tasks": tasks, **overrides}
-    return load.for_this_machine(validate(user, origin="bench/gpu_eval.py")), overrides
+    return load.for_this_machine(validate(user, origin="bench/gpu/eval.py")), overrides
 
 
 def decoder(model: Any) -> Any:

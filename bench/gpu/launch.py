@@ -1,4 +1,4 @@
-"""The launched runs of bench/gpu_check.py: `multitune train` exactly as a user types it under
+"""The launched runs of bench/gpu/check.py: `multitune train` exactly as a user types it under
 `accelerate launch` with a shipped topology cut to one process (single-gpu.yaml, on a CPU with use_cpu;
 fsdp-1x4.yaml; fsdp-qlora-1x4.yaml), through a few steps, a checkpoint, a resume and the final adapter.
 
@@ -11,7 +11,6 @@ its full shape (under FSDP a process holds 1/N of each; the saved adapter must h
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -19,10 +18,11 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from gpu_data import task_configs
-from gpu_shapes import SKIP_CUDA, Shape
 
-REPO = Path(__file__).resolve().parents[1]
+from bench.common import REPO, child_env
+from bench.gpu.data import task_configs
+from bench.gpu.shapes import SKIP_CUDA, Shape
+
 # The shipped topologies, cut to the one GPU the check runs on, and the run-config overrides each needs
 # (fsdp-qlora-1x4.yaml's own header says which).
 TOPOLOGIES = {
@@ -100,8 +100,7 @@ def check_topology(topology: str, shape: Shape, layers: int, folder: str, data_d
 
 def _run(cmd: list[str], log: Path) -> str:
     """Run one launch with the worktree's sources first on the path; raise with the log's end on failure."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")]),
-           "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"}
+    env = child_env(PYTHONUNBUFFERED="1", TOKENIZERS_PARALLELISM="false")
     with log.open("w") as f:
         done = subprocess.run(cmd, cwd=REPO, env=env, stdout=f, stderr=subprocess.STDOUT, check=False)
     tail = "\n".join(log.read_text(errors="replace").splitlines()[-15:])

@@ -1,4 +1,4 @@
-"""bench/gpu_check.py's JSON as markdown tables: what goes into docs/benchmarks.md."""
+"""bench/gpu/check.py's JSON as markdown tables: what goes into docs/benchmarks.md."""
 
 from __future__ import annotations
 

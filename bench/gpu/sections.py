@@ -1,4 +1,4 @@
-"""The sections of bench/gpu_check.py, one method each on `Check`, which holds what they share (the token
+"""The sections of bench/gpu/check.py, one method each on `Check`, which holds what they share (the token
 streams, the model folders, the measured peak) so that each is built once and only when needed."""
 
 from __future__ import annotations
@@ -9,13 +9,14 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import gpu_eval
-import gpu_launch
-import gpu_shapes
 import torch
-from gpu_data import Streams, build_streams, peer_rows
-from gpu_shapes import SKIP_CUDA, Shape, free_memory
-from gpu_steps import Method, device_defaults, measure, resolved_config
+
+from bench.gpu import eval as gpu_eval
+from bench.gpu import launch as gpu_launch
+from bench.gpu import shapes as gpu_shapes
+from bench.gpu.data import Streams, build_streams, peer_rows
+from bench.gpu.shapes import SKIP_CUDA, Shape, free_memory
+from bench.gpu.steps import Method, device_defaults, measure, resolved_config
 
 
 class Check:
@@ -94,7 +95,7 @@ class Check:
         return {**out, **compare_layouts(out["padded"], out["shared_prefix"], torch.cuda.is_available())}
 
     def eval(self) -> dict[str, Any]:
-        """multitune's evaluation (scoring, multiple choice, greedy generation) at the shape (gpu_eval.py)."""
+        """multitune's evaluation (scoring, multiple choice, greedy generation) at the shape (bench/gpu/eval.py)."""
         return gpu_eval.measure_eval(self.shape, self.streams)
 
     def qlora(self) -> dict[str, Any]:
@@ -136,7 +137,7 @@ class Check:
         """TRL's SFTTrainer + PEFT on the same shape, rows and LoRA settings (peers.py)."""
         if importlib.util.find_spec("trl") is None:
             return {"status": "skipped: trl not installed (pip install 'multitune[bench]')"}
-        import peers
+        from bench.peers import trl_side as peers
 
         shape, streams = self.shape, self.streams
         rows = peer_rows(streams.examples)

@@ -1,4 +1,4 @@
-"""The shapes bench/gpu_check.py measures, the random-weight models built from them, the FLOP count per
+"""The shapes bench/gpu/check.py measures, the random-weight models built from them, the FLOP count per
 token, and the machine it runs on (versions, GPU, a measured bf16 matmul peak).
 
 FLOPs (model FLOPs, what MFU counts; recomputation under gradient checkpointing is not counted):

@@ -1,6 +1,6 @@
 """One method's training steps, measured: multitune's own `train_step` (loop.py) on a model built the way
 the `train` recipe builds it (models/load.py for the 4-bit base, models/adapters.py, train/optim.py,
-accelerate's `prepare`), over the real token streams of gpu_data.py.
+accelerate's `prepare`), over the real token streams of bench/gpu/data.py.
 
 What a user gets: each measurement is a run config written as a user would write it (the method, the
 tasks, the few settings the check sets, listed as `overrides`), resolved for this machine by
@@ -26,9 +26,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from gpu_data import SEED, Streams
-from gpu_shapes import SKIP_CUDA, Shape, free_memory, random_model, step_flops
 
+from bench.gpu.data import SEED, Streams
+from bench.gpu.shapes import SKIP_CUDA, Shape, free_memory, random_model, step_flops
 from multitune.config import RunConfig, device, validate
 from multitune.loss import answer_positions
 from multitune.models import adapters, load
@@ -82,7 +82,7 @@ def resolved_config(shape: Shape, spec: Method, tasks: list[dict[str, Any]], lay
     it holds (everything but the tasks and the model's name)."""
     user = user_config(shape, spec, tasks, layout, steps, model_name or f"random {spec.layers}-layer model")
     overrides = {k: v for k, v in user.items() if k not in ("tasks", "model", "seed")}
-    return load.for_this_machine(validate(user, origin="bench/gpu_steps.py")), overrides
+    return load.for_this_machine(validate(user, origin="bench/gpu/steps.py")), overrides
 
 
 def layout_name(cfg: RunConfig) -> str:

@@ -1,18 +1,18 @@
 #!/usr/bin/env bash
-# bench/gpu_wheels.sh: fill .whl/ with what bench/gpu_check.py needs on the GPU machine and that machine lacks.
+# bench/gpu/wheels.sh: fill .whl/ with what bench/gpu/check.py needs on the GPU machine and that machine lacks.
 #
 # The GPU machine (Python 3.12, torch 2.11 + CUDA 13, transformers, peft, accelerate 1.15, pyarrow, pandas,
 # fsspec, xxhash) cannot reach any registry, so the missing packages travel as cp312 manylinux wheels in
 # `.whl/` (ignored by git, named in the device call's `carry`). The two data files of the check travel in
 # `.whl/data/` for the same reason: ../shared/data does not go along. Run from the repository root:
 #
-#     bench/gpu_wheels.sh            # downloads into .whl/ (about 50 MiB), prints the sizes
+#     bench/gpu/wheels.sh            # downloads into .whl/ (about 50 MiB), prints the sizes
 #
 # manylinux_2_24 is added to the device README's platforms: bitsandbytes 0.50.2 is tagged only with it.
 # Pins: the versions the CPU suite runs with (bitsandbytes, pydantic, datasets) and the `bench` extra (trl).
 # One version of each package only: two stop the whole `pip install --no-deps` there.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 PYTHON=${PYTHON:-python3}
 DATA=${DATA:-../shared/data}
 WHEELS=(

@@ -1,6 +1,6 @@
 """multitune against the peer a user would pick, TRL's SFTTrainer + PEFT, on the same step (issue 15).
 
-    PYTHONPATH=src:bench python bench/bench_peers.py [--models tiny,smollm2] [--rounds 2] [--steps N]
+    python -m bench.peers.compare [--models tiny,smollm2] [--rounds 2] [--steps N]
         [--trl-packing] [--out FILE.json]
 
 Run it alone on the machine: the figures are ratios of timings, and another process on the cores makes
@@ -15,7 +15,7 @@ constant learning rate 2e-4 without warm-up, gradient clipping at 1.0, float32, 
 (`--threads`, default: OMP_NUM_THREADS or the cores).
 
 Each round runs multitune, multitune padded, then TRL (then TRL packed with `--trl-packing`), each side in a process of its
-own (bench/peers_sides.py); the table gives medians over the rounds of:
+own (bench/peers/sides.py); the table gives medians over the rounds of:
 
 - real tokens/s: non-padding tokens over the seconds of the steps after `--warmup`, clocked from one
   step's end to the next (batch making included);
@@ -23,7 +23,7 @@ own (bench/peers_sides.py); the table gives medians over the rounds of:
 - peak RSS: the side's process's `ru_maxrss` (from `os.wait4`: that process alone, model loading included);
 - loss after N steps: the loss of step N's batch, before its update (both sides: the mean over its answer /
   completion tokens); the JSON has every step's loss, and the relative gap between the sides;
-- MFU: real tokens/s x model FLOPs per real token (peers_flops.py states the count) over the fp32 and the
+- MFU: real tokens/s x model FLOPs per real token (bench/peers/flops.py states the count) over the fp32 and the
   bf16 peak of an n^3 matmul measured at the start with the same threads;
 - x TRL: real tokens/s over TRL's padded real tokens/s on the same model; x TRL's best: over the faster
   of TRL's runs (padded, and packed with `--trl-packing`).
@@ -53,10 +53,10 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-import peers_flops
-from peers_sides import MODELS, Spec, render
+from bench.common import REPO, child_env, default_threads, set_threads
+from bench.peers import flops as peers_flops
+from bench.peers.sides import MODELS, Spec, render
 
-REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data" / "banking77" / "train.parquet"
 MICRO_BATCH = {"tiny": 16, "smollm2": 8}
 DEFAULT_STEPS = {"tiny": 20, "smollm2": 12}
@@ -86,18 +86,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.steps is not None and args.steps <= args.warmup:
         p.error(f"--steps ({args.steps}) must exceed --warmup ({args.warmup}) to time anything")
     if args.threads is None:
-        args.threads = int(os.environ.get("OMP_NUM_THREADS") or len(os.sched_getaffinity(0)))
+        args.threads = default_threads()
     return args
 
 
 def side_env(threads: int) -> dict[str, str]:
     """The same environment for every side: its threads, idle OpenMP threads asleep (as `multitune` sets
     them), no GPU (a CPU comparison: on a GPU TRL would switch to bf16 and multitune would not), offline,
-    and bench/ + src/ importable."""
-    path = os.pathsep.join([str(REPO / "src"), str(REPO / "bench"), os.environ.get("PYTHONPATH", "")])
-    return {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "CUDA_VISIBLE_DEVICES": "",
-            "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE"), "HF_HUB_OFFLINE": "1",
-            "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": path}
+    and this tree's src/ first (`bench` itself imports from the repository root, the children's cwd)."""
+    return child_env(threads, CUDA_VISIBLE_DEVICES="", HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1",
+                     TOKENIZERS_PARALLELISM="false")
 
 
 def run_side(side: str, spec: Spec, threads: int, tag: str) -> dict[str, Any]:
@@ -108,7 +106,7 @@ def run_side(side: str, spec: Spec, threads: int, tag: str) -> dict[str, Any]:
     result_file.unlink(missing_ok=True)
     started = time.perf_counter()
     with log.open("w") as out:
-        proc = subprocess.Popen([sys.executable, str(REPO / "bench" / "peers_sides.py"), side, str(spec_file),
+        proc = subprocess.Popen([sys.executable, "-m", "bench.peers.sides", side, str(spec_file),
                                  str(result_file)], cwd=REPO, env=side_env(threads), stdout=out, stderr=subprocess.STDOUT)
         _, status, usage = os.wait4(proc.pid, 0)  # that child's own resource usage, not all children's
         proc.returncode = os.waitstatus_to_exitcode(status)
@@ -220,9 +218,7 @@ def notes(report: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
-    import torch
-
-    torch.set_num_threads(args.threads)  # the peak at the threads every side runs with
+    set_threads(args.threads)  # the peak at the threads every side runs with
     peaks = {dtype: peers_flops.matmul_peak(args.matmul_n, dtype) for dtype in ("float32", "bfloat16")}
     report: dict[str, Any] = {
         "command": " ".join(sys.argv), "threads": args.threads, "machine": platform.processor() or platform.machine(),

@@ -1,4 +1,4 @@
-"""Model FLOPs per real token and the CPU's matmul peak, for bench/bench_peers.py's MFU columns.
+"""Model FLOPs per real token and the CPU's matmul peak, for bench/peers/compare.py's MFU columns.
 
 Model FLOPs (what a LoRA step needs, whichever tool runs it; recomputation and wasted work not counted),
 per sequence of n real tokens of which a carry the loss (answer / completion tokens):

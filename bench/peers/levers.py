@@ -1,12 +1,12 @@
 """One training lever at a time on the benchmark's multitune side: s/step, real tokens/s, the torch profile.
 
-    PYTHONPATH=src:bench python bench/bench_levers.py --layout shared          # the default layout
-    PYTHONPATH=src:bench python bench/bench_levers.py --layout padded          # train.share_prefix: false
-    PYTHONPATH=src:bench python bench/bench_levers.py --layout packed --pack-len 448 --micro-batch 1
-    PYTHONPATH=src:bench python bench/bench_levers.py --compile                # torch.compile (time apart)
-    PYTHONPATH=src:bench python bench/bench_levers.py --profile 3              # top ops of 3 more steps
+    python -m bench.peers.levers --layout shared          # the default layout
+    python -m bench.peers.levers --layout padded          # train.share_prefix: false
+    python -m bench.peers.levers --layout packed --pack-len 448 --micro-batch 1
+    python -m bench.peers.levers --compile                # torch.compile (time apart)
+    python -m bench.peers.levers --profile 3              # top ops of 3 more steps
 
-Run it alone on the machine. It builds what bench/bench_peers.py's multitune side builds (SmolLM2 or the
+Run it alone on the machine. It builds what bench/peers/compare.py's multitune side builds (SmolLM2 or the
 tiny model, LoRA r 16 on all linear layers, banking77 rows as multitune renders them, constant learning
 rate 2e-4, float32) and runs `train.loop.batches_for_step` + `train_step` for `--warmup` untimed steps
 (compilation happens there), then `--steps` timed ones, and prints s/step, real tokens/s, the positions a
@@ -22,9 +22,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from peers_sides import MODELS, Spec, prepare_data, run_config
+from bench.common import REPO
+from bench.peers.sides import MODELS, Spec, prepare_data, run_config
 
-REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data" / "banking77" / "train.parquet"
 
 
@@ -45,11 +45,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def build(args: argparse.Namespace) -> Callable[[int], tuple[Any, float, int]]:
     """The step function of the benchmark's multitune side (its model, optimizer and data inside): step i ->
     (its StepResult, seconds spent making its batches, positions its batches compute)."""
-    import peers_sides
     import torch
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
+    from bench.peers import sides as peers_sides
     from multitune.models import adapters, attention, load
     from multitune.train import loop, optim
 

@@ -1,6 +1,6 @@
 """Padding share and real training tokens per second, without and with packing.
 
-    PYTHONPATH=src python bench/bench_packing.py            # banking77 + commonsense_qa from ../shared/data
+    python -m bench.peers.packing            # banking77 + commonsense_qa from ../shared/data
 
 Data: banking77 (train.parquet) and commonsense_qa (train.jsonl) from ../shared/data, tokenised for the
 tiny model (`model.name: tiny`, default size: 4 layers, width 256, byte-level BPE of 2048 built from these
@@ -35,7 +35,8 @@ from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
+from bench.common import REPO
+
 SHARED_DATA = REPO.parent / "shared" / "data"
 
 

@@ -1,4 +1,4 @@
-"""The two sides of bench/bench_peers.py and the data they share.
+"""The two sides of bench/peers/compare.py and the data they share.
 
 `render` (in the benchmark's own process) runs multitune's config and data layer once per model: the
 banking77 rows rendered and tokenised as multitune trains them, the model folder, multitune's step order.
@@ -6,7 +6,7 @@ It writes what the peer needs: TRL rows (conversational prompt / completion, in 
 with a sequential sampler both sides train on the same batches) and the tokenizer multitune uses (its chat
 template as multitune applies it).
 
-Each side then runs in a process of its own, started by the benchmark (`python bench/peers_sides.py SIDE
+Each side then runs in a process of its own, started by the benchmark (`python -m bench.peers.sides SIDE
 SPEC RESULT`), so each one's peak resident memory is its own:
 
 - `multitune` / `multitune-padded`: the real training code (with its default shared-prefix rows, or
@@ -193,9 +193,10 @@ def summarise(losses: list[float], seconds: list[float], tokens: list[int], warm
 def trl_side(spec: Spec, packing: bool) -> dict[str, Any]:
     """TRL's SFTTrainer + PEFT (peers.trl_lora_steps) on the same folder, rows and settings: padded
     batches of `micro_batch_size` rows in multitune's order, or packed rows of `pack_len`."""
-    import peers
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from bench.peers import trl_side as peers
 
     rows = json.loads(Path(spec.rows_file).read_text())
     if not packing:
@@ -213,7 +214,7 @@ def trl_side(spec: Spec, packing: bool) -> dict[str, Any]:
 
 
 def main(argv: list[str]) -> None:
-    """`peers_sides.py SIDE SPEC RESULT`: run one side, write its result (JSON) with its own peak RSS."""
+    """`python -m bench.peers.sides SIDE SPEC RESULT`: run one side, write its result (JSON) with its own peak RSS."""
     import resource
 
     side, spec_file, result_file = argv

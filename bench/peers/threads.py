@@ -1,7 +1,7 @@
 """What idle OpenMP threads should do in a run alone on the machine: spin (`OMP_WAIT_POLICY=ACTIVE`, the
 OpenMP default) or sleep (`PASSIVE`, what `multitune` sets unless the environment says otherwise).
 
-    python bench/bench_threads.py [--steps 6] [--rounds 2]
+    python -m bench.peers.threads [--steps 6] [--rounds 2]
 
 Each policy runs in a fresh process (the policy is read when the OpenMP runtime starts), alternating,
 timing LoRA steps (r 16, all linear layers, AdamW) of SmolLM2-135M-Instruct on 16 rows of 56 tokens with
@@ -12,13 +12,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import subprocess
 import sys
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from bench.common import child_env
 
 STEPS = r"""
 import json, sys, time, torch
@@ -46,7 +44,7 @@ print(json.dumps({"threads": torch.get_num_threads(), "step_s": times}))
 
 
 def one(policy: str, steps: int) -> list[float]:
-    env = {**os.environ, "OMP_WAIT_POLICY": policy, "PYTHONPATH": str(REPO / "src")}
+    env = child_env(OMP_WAIT_POLICY=policy)
     out = subprocess.run([sys.executable, "-c", STEPS, str(steps)], env=env, check=True, capture_output=True,
                          text=True).stdout
     return json.loads(out.strip().splitlines()[-1])["step_s"][1:]

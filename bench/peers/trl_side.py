@@ -3,7 +3,7 @@ LoRA (DESIGN.md #12). A bench-only dependency (`pip install 'multitune[bench]'`)
 
 `trl_lora_steps` trains a model (object or folder) for a few optimizer steps on prompt/completion
 conversations (the loss on the completion only, as multitune trains answers) and reports what
-bench/gpu_check.py reports for multitune's own step: tokens/s of real tokens, seconds per step, peak GPU
+bench/gpu/check.py reports for multitune's own step: tokens/s of real tokens, seconds per step, peak GPU
 memory and the losses. Timing is taken between consecutive step ends, data loading included, after
 `warmup_steps`; real tokens are counted in the batches the collator makes (non-padding tokens).
 
@@ -40,7 +40,7 @@ def trl_lora_steps(model: Any, tokenizer: Any, rows: list[dict[str, Any]], lora:
 
     `rows` are conversational prompt/completion rows: {"prompt": [messages], "completion": [assistant]}.
     `sampling` is the Trainer's `train_sampling_strategy`: "sequential" trains on `rows` in the order
-    given (bench/bench_peers.py hands over multitune's own order, so both train on the same batches).
+    given (bench/peers/compare.py hands over multitune's own order, so both train on the same batches).
     Returns tokens_per_s, real_tokens_per_step, step_s (median), peak_memory_gib (None without CUDA),
     losses (one per step), loss_tokens (the tokens each step's loss averages over), trainable_params and
     setup_s (SFTTrainer's tokenising and packing).

@@ -1,7 +1,7 @@
 """`multitune plan`'s estimate against `--measure` on this machine: peak memory and time per step.
 
-    PYTHONPATH=src python bench/bench_plan.py                  # the tiny model, and SmolLM2-135M if present
-    PYTHONPATH=src python bench/bench_plan.py --models tiny --steps 4
+    python -m bench.plan.estimate                  # the tiny model, and SmolLM2-135M if present
+    python -m bench.plan.estimate --models tiny --steps 4
 
 Every case is a fresh `multitune plan CONFIG ... --measure N` process (so no case inherits another's
 memory), on the quickstart's four demo tasks (`configs/quickstart.yaml`): LoRA and full fine-tuning,
@@ -30,7 +30,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from bench.common import REPO, child_env
+
 GiB = 1024**3
 
 CASES = [  # (name, overrides) on top of the model's own
@@ -60,7 +61,7 @@ def run_case(model: str, model_name: str, label: str, overrides: list[str], size
     path = out / "plan.json"
     cmd = [sys.executable, "-m", "multitune", "plan", "configs/quickstart.yaml", *args, "--measure", str(steps),
            "--output", str(path)]
-    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"), "PYTHONPATH": str(REPO / "src")}
+    env = child_env(int(os.environ.get("OMP_NUM_THREADS", "1")))  # one thread a process: what target.py calibrated
     r = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
     if r.returncode:
         raise SystemExit(f"{model} {label} failed:\n{r.stderr[-3000:]}")

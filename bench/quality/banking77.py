@@ -1,8 +1,8 @@
 """The proof that the pipeline learns real data: `multitune train` on banking77 with the tiny model, full
 fine-tuning and LoRA, timed end to end (tiny model build, tokenisation, training, final evaluation).
 
-    python bench/bench_banking77.py                 # both configs
-    python bench/bench_banking77.py --only full     # configs/banking77-tiny-full.yaml alone
+    python -m bench.quality.banking77                 # both configs
+    python -m bench.quality.banking77 --only full     # configs/banking77-tiny-full.yaml alone
 
 Each run is a subprocess exactly as a user types it (`python -m multitune train CONFIG output_dir=...`),
 with a fresh tiny-model cache so the build is counted. Prints validation accuracy (all 1,998 held-out
@@ -13,25 +13,23 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from bench.common import REPO, child_env, stopwatch
+
 CONFIGS = {"full": "configs/banking77-tiny-full.yaml", "lora": "configs/banking77-tiny-lora.yaml"}
 
 
 def run(name: str, work: Path) -> dict:
     out = work / name
     cache = tempfile.mkdtemp(prefix="multitune-bench-cache-")  # the tiny model is built inside the timing
-    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "MULTITUNE_CACHE": cache}
     cmd = [sys.executable, "-m", "multitune", "train", CONFIGS[name], f"output_dir={out}"]
-    start = time.perf_counter()
-    subprocess.run(cmd, cwd=REPO, env=env, check=True)
-    wall = time.perf_counter() - start
+    with stopwatch() as clock:
+        subprocess.run(cmd, cwd=REPO, env=child_env(MULTITUNE_CACHE=cache), check=True)
+    wall = clock.seconds
     after = json.loads((out / "eval" / "metrics.json").read_text())["after"]["banking77"]
     return {"config": CONFIGS[name], "wall_s": wall, "accuracy": after["accuracy"], "macro_f1": after["macro_f1"],
             "rows": after["rows"], "command": " ".join(["python -m multitune train", CONFIGS[name]])}

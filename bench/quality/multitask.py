@@ -1,9 +1,9 @@
 """The multi-task proof table (issue 26): per task, zero-shot | k-shot | one single-task LoRA | the joint LoRA,
 on the same validation rows, and the retention rows (each single-task adapter scored on the other tasks).
 
-    python bench/bench_multitask.py                            # configs/smollm2-multitask.yaml, ~3 h alone
-    python bench/bench_multitask.py --smoke --work /tmp/proof  # a few steps and rows: the plumbing only
-    python bench/bench_multitask.py key=value ...              # overrides for every run (e.g. seed=1)
+    python -m bench.quality.multitask                            # configs/smollm2-multitask.yaml, ~3 h alone
+    python -m bench.quality.multitask --smoke --work /tmp/proof  # a few steps and rows: the plumbing only
+    python -m bench.quality.multitask key=value ...              # overrides for every run (e.g. seed=1)
 
 Runs one `multitune train` after another, each a subprocess exactly as a user types it, in WORK/<cell>/:
 
@@ -23,14 +23,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
+from bench.common import REPO, child_env, stopwatch
+
 CONFIG = "configs/smollm2-multitask.yaml"
 # Few steps and rows: proves every cell runs and the table fills, says nothing about quality.
 SMOKE = ["train.max_steps=2", "eval.max_rows=4", "eval.baseline_max_rows=4", "eval.generate_max_rows=2",
@@ -60,12 +59,10 @@ def run_cell(name: str, config: str, overrides: list[str], work: Path) -> dict[s
         return json.loads(record.read_text())
     cmd = ["multitune", "train", config, f"output_dir={out}", *overrides]
     print(f"\n=== {name}: {' '.join(cmd)}", flush=True)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO / "src"), os.environ.get("PYTHONPATH")]))}
-    load_before = os.getloadavg()[0]
-    start = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "multitune", *cmd[1:]], cwd=REPO, env=env, check=True)
-    done = {"command": " ".join(cmd), "minutes": round((time.perf_counter() - start) / 60, 1),
-            "load_before": round(load_before, 2), "load_after": round(os.getloadavg()[0], 2)}
+    with stopwatch() as clock:
+        subprocess.run([sys.executable, "-m", "multitune", *cmd[1:]], cwd=REPO, env=child_env(), check=True)
+    done = {"command": " ".join(cmd), "minutes": clock.minutes, "load_before": clock.load_before,
+            "load_after": clock.load_after}
     record.write_text(json.dumps(done, indent=2))
     return done
 
@@ -154,7 +151,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--only", nargs="*", help="run only these cells (joint, single-<task>); the table needs all")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
     args = p.parse_args(argv)
-    sys.path.insert(0, str(REPO / "src"))
     from multitune.config.load import apply_overrides, read_yaml
 
     raw = apply_overrides(read_yaml(REPO / args.config), args.overrides)

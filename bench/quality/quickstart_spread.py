@@ -1,7 +1,7 @@
 """How far the quickstart's table moves with the CPU's rounding: the shipped `configs/quickstart.yaml`
 run once per kernel and thread setting (seed 0), and once per seed (1-4), each in a fresh process.
 
-    python bench/bench_quickstart_spread.py [--root /tmp/quickstart-spread] [--only default,seed1]
+    python -m bench.quality.quickstart_spread [--root /tmp/quickstart-spread] [--only default,seed1]
                                             [--set train.epochs=2 ...]
 
 torch's CPU wheel does matmuls in MKL and the rest in ATen's own kernels; these settings make this CPU
@@ -16,12 +16,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from bench.common import REPO, child_env
 
 KERNELS: dict[str, dict[str, str]] = {
     "default": {},
@@ -55,7 +54,7 @@ def run_one(root: Path, name: str, env: dict[str, str], overrides: list[str]) ->
               flush=True)
         log = root / f"{name}.log"  # the run's progress bars and messages, not this table's
         with log.open("w") as f:
-            done_ok = subprocess.run(cmd, env={**os.environ, **env, "PYTHONPATH": str(REPO / "src")},
+            done_ok = subprocess.run(cmd, env=child_env(**env),
                                      stdout=f, stderr=subprocess.STDOUT).returncode == 0
         if not done_ok:
             raise SystemExit(f"{name} failed; its output is in {log}")

@@ -1,9 +1,9 @@
 """The quality proof on a real model: LoRA on SmolLM2-135M-Instruct, validation metrics against
 wall-clock minutes of `multitune train` (the GGUF's conversion included: each run gets a fresh cache).
 
-    python bench/bench_smollm2.py                        # configs/smollm2-banking77.yaml
-    python bench/bench_smollm2.py --config configs/smollm2-multitask.yaml
-    python bench/bench_smollm2.py key=value ...          # overrides passed on to `multitune train`
+    python -m bench.quality.smollm2                        # configs/smollm2-banking77.yaml
+    python -m bench.quality.smollm2 --config configs/smollm2-multitask.yaml
+    python -m bench.quality.smollm2 key=value ...          # overrides passed on to `multitune train`
 
 The run is a subprocess exactly as a user types it. While it runs, every evaluation row that reaches
 `metrics.jsonl` is stamped with the minutes since the command started, which gives the learning curve
@@ -15,20 +15,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from bench.common import REPO, child_env
 
 
 def run(config: str, overrides: list[str], work: Path) -> dict:
     out = work / Path(config).stem
-    env = {**os.environ, "PYTHONPATH": str(REPO / "src"),
-           "MULTITUNE_CACHE": tempfile.mkdtemp(prefix="multitune-bench-cache-")}
+    env = child_env(MULTITUNE_CACHE=tempfile.mkdtemp(prefix="multitune-bench-cache-"))
     cmd = [sys.executable, "-m", "multitune", "train", config, f"output_dir={out}", *overrides]
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=REPO, env=env)

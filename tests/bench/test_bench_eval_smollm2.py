@@ -1,4 +1,4 @@
-"""bench/bench_eval_smollm2.py (issue 23): the hooks count what the evaluation's own counter counts, the
+"""bench/eval/smollm2.py (issue 23): the hooks count what the evaluation's own counter counts, the
 limits' arithmetic gives known values, and the table puts an older tree's columns beside this one's."""
 
 from __future__ import annotations

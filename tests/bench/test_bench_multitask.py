@@ -1,4 +1,4 @@
-"""bench/bench_multitask.py (issue 26): every cell is a valid run of the shipped config, a finished cell is
+"""bench/quality/multitask.py (issue 26): every cell is a valid run of the shipped config, a finished cell is
 not run again, and the table reads zero-shot | k-shot | single-task | joint plus the retention rows."""
 
 from __future__ import annotations

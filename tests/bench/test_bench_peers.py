@@ -1,4 +1,4 @@
-"""bench/bench_peers.py (issue 15): the FLOP count behind its MFU pinned to hand-computed values, and the
+"""bench/peers/compare.py (issue 15): the FLOP count behind its MFU pinned to hand-computed values, and the
 whole benchmark at a toy size (tiny model, 3 steps, 1 round, one thread) with both sides and TRL packed."""
 
 from __future__ import annotations
@@ -76,7 +76,7 @@ def test_toy_benchmark_has_both_sides_and_equal_losses(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1",
            "PYTHONPATH": os.pathsep.join([str(REPO / "src"), str(REPO / "bench"), os.environ.get("PYTHONPATH", "")])}
     done = subprocess.run(
-        [sys.executable, "bench/bench_peers.py", "--models", "tiny", "--steps", "3", "--warmup", "1", "--rounds", "1",
+        [sys.executable, "bench/peers/compare.py", "--models", "tiny", "--steps", "3", "--warmup", "1", "--rounds", "1",
          "--max-rows", "300", "--matmul-n", "256", "--trl-packing", "--work", str(tmp_path / "work"), "--out", str(out)],
         cwd=REPO, env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]

@@ -1,4 +1,4 @@
-"""bench/gpu_check.py --cpu-smoke: every path of the GPU check (issues 11 and 22) runs on a CPU at a toy size,
+"""bench/gpu/check.py --cpu-smoke: every path of the GPU check (issues 11 and 22) runs on a CPU at a toy size,
 with real banking77 and commonsense_qa rows, before a GPU is lent for it; GPU-only parts say so."""
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ needs_data = pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="../shared/data
 def smoke(tmp_path_factory):
     out = tmp_path_factory.mktemp("gpu-check")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")])}
-    done = subprocess.run([sys.executable, "bench/gpu_check.py", "--cpu-smoke", "--out", str(out),
+    done = subprocess.run([sys.executable, "bench/gpu/check.py", "--cpu-smoke", "--out", str(out),
                            "--data", str(SHARED_DATA)], cwd=REPO, env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
     return json.loads((out / "gpu_check.json").read_text()), (out / "gpu_check.md").read_text()
