@@ -3,19 +3,14 @@ limits' arithmetic gives known values, and the table puts an older tree's column
 
 from __future__ import annotations
 
-import sys
-
 import pytest
 import torch
 
-from conftest import REPO
+from bench.eval.counts import Calls, Params, count_forwards, flop_fraction, needed_flops, params
+from bench.eval.table import derive, table
 from multitune.eval.pool import Work
 from multitune.eval.scoring import CandidateTrie
 from multitune.eval.search import score_rows
-
-sys.path.insert(0, str(REPO / "bench"))
-from eval_counts import Calls, Params, count_forwards, flop_fraction, needed_flops, params  # noqa: E402
-from eval_table import derive, table  # noqa: E402 (bench/ is not a package)
 
 
 @pytest.fixture(scope="module")
