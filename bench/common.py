@@ -14,8 +14,10 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Generic, TypeVar
 
 REPO = Path(__file__).resolve().parents[1]
+T = TypeVar("T")
 
 
 def default_threads() -> int:
@@ -85,32 +87,42 @@ def stopwatch() -> Iterator[Clock]:
 
 
 @dataclass
-class Timings:
-    """Seconds of each timed call after the warm-up, and the load average around them."""
+class Timings(Generic[T]):
+    """What `warm_then_time` measured: the seconds and result of each timed call, the warm-up's seconds,
+    and the load average around the timed calls."""
 
+    warmup_seconds: float = 0.0
     seconds: list[float] = field(default_factory=list)
+    results: list[T] = field(default_factory=list)
     load_before: float = 0.0
     load_after: float = 0.0
+
+    @property
+    def total(self) -> float:
+        return sum(self.seconds)
 
     @property
     def median(self) -> float:
         return statistics.median(self.seconds)
 
 
-def warm_then_time(fn: Callable[[], object], repeats: int, warmup: int = 1) -> Timings:
-    """Call `fn` `warmup` times untimed (allocations, caches, lazy initialisation), then `repeats` times timed.
+def warm_then_time(fn: Callable[[int], T], repeats: int, warmup: int = 1) -> Timings[T]:
+    """Call `fn(0)` .. `fn(warmup - 1)` untimed but for their sum (allocations, caches, compilation), then
+    `fn(warmup)` .. `fn(warmup + repeats - 1)` each timed; the index lets `fn` take step i of a run.
 
-    >>> t = warm_then_time(lambda: None, repeats=3)
-    >>> len(t.seconds), t.median >= 0
-    (3, True)
+    >>> t = warm_then_time(lambda i: i * i, repeats=3, warmup=2)
+    >>> t.results, len(t.seconds), t.median >= 0
+    ([4, 9, 16], 3, True)
     """
-    for _ in range(warmup):
-        fn()
-    out = Timings(load_before=load_average())
-    for _ in range(repeats):
+    out: Timings[T] = Timings()
+    start = time.perf_counter()
+    for i in range(warmup):
+        fn(i)
+    out.warmup_seconds = time.perf_counter() - start
+    out.load_before = load_average()
+    for i in range(warmup, warmup + repeats):
         start = time.perf_counter()
-        fn()
+        out.results.append(fn(i))
         out.seconds.append(time.perf_counter() - start)
     out.load_after = load_average()
     return out
-

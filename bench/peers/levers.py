@@ -22,7 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench.common import REPO
+from bench.common import REPO, warm_then_time
 from bench.peers.sides import MODELS, Spec, prepare_data, run_config
 
 DATA = REPO.parent / "shared" / "data" / "banking77" / "train.parquet"
@@ -93,21 +93,16 @@ def build(args: argparse.Namespace) -> Callable[[int], tuple[Any, float, int]]:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     step = build(args)
-    started = time.perf_counter()
-    for i in range(args.warmup):
-        step(i)
-    print(f"warm-up: {args.warmup} steps in {time.perf_counter() - started:.1f} s (compilation included)")
-    tokens = positions = 0
-    making = 0.0
-    started = time.perf_counter()
-    for i in range(args.warmup, args.warmup + args.steps):
-        result, made, laid = step(i)
-        tokens, positions, making = tokens + result.tokens, positions + laid, making + made
-    seconds = time.perf_counter() - started
+    timed = warm_then_time(step, repeats=args.steps, warmup=args.warmup)
+    print(f"warm-up: {args.warmup} steps in {timed.warmup_seconds:.1f} s (compilation included)")
+    tokens = sum(result.tokens for result, _, _ in timed.results)
+    positions = sum(laid for _, _, laid in timed.results)
+    making = sum(made for _, made, _ in timed.results)
+    seconds, last = timed.total, timed.results[-1][0]
     print(f"{args.model} {args.layout}{' compiled' if args.compile else ''}: {seconds / args.steps:.3f} s/step, "
           f"{tokens / seconds:,.1f} real tokens/s, {positions / tokens:.3f} positions per real token, "
           f"batch making {1000 * making / args.steps:.1f} ms/step, loss at step {args.warmup + args.steps} "
-          f"{result.loss:.4f}")
+          f"{last.loss:.4f}; load average {timed.load_before} -> {timed.load_after}")
     if args.profile:
         from torch.profiler import ProfilerActivity, profile
 

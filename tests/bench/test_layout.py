@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 import re
 import subprocess
 import sys
@@ -62,3 +63,20 @@ def test_help_exits_zero(module):
                           text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "usage:" in done.stdout
+
+
+def test_common_helpers():
+    import doctest
+
+    from bench import common
+
+    assert doctest.testmod(common).failed == 0
+    env = common.child_env(3, src=REPO / "elsewhere", OMP_WAIT_POLICY="ACTIVE")
+    assert (env["OMP_NUM_THREADS"], env["MKL_NUM_THREADS"], env["OMP_WAIT_POLICY"]) == ("3", "3", "ACTIVE")
+    assert env["PYTHONPATH"].split(os.pathsep)[0] == str(REPO / "elsewhere")
+    calls: list[int] = []
+    timed = common.warm_then_time(lambda i: calls.append(i) or 10 * i, repeats=2, warmup=1)
+    assert calls == [0, 1, 2] and timed.results == [10, 20] and len(timed.seconds) == 2
+    with common.stopwatch() as clock:
+        pass
+    assert clock.seconds >= 0 and clock.load_after >= 0
