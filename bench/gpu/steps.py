@@ -31,7 +31,7 @@ from bench.gpu.data import SEED, Streams
 from bench.gpu.shapes import SKIP_CUDA, Shape, free_memory, random_model, step_flops
 from multitune.config import RunConfig, device, validate
 from multitune.loss import answer_positions
-from multitune.models import adapters, load
+from multitune.models import adapters, attention, load
 from multitune.runtime import tf32_matmuls
 from multitune.train import loop, optim
 
@@ -179,7 +179,10 @@ def run_layout(shape: Shape, spec: Method, streams: Streams, cfg: RunConfig, mod
     """`warmup_steps` then `timed_steps` optimizer steps through loop.train_step; see the module docstring."""
     prepared = streams.layout("packed" if cfg.data.packing else "padded")
     steps = shape.warmup_steps + shape.timed_steps
-    plan = loop.make_plan(cfg.train, prepared, SEED, 1, share_prefix=cfg.shares_prefix)
+    # Shared-prefix rows carry the mask of the attention they run under, chosen as the train recipe chooses it.
+    prefix_mask = (attention.select_for_shared_prefix(accelerator.unwrap_model(model), cfg.adapter.virtual_tokens)
+                   if cfg.shares_prefix else None)
+    plan = loop.make_plan(cfg.train, prepared, SEED, 1, share_prefix=cfg.shares_prefix, prefix_mask=prefix_mask)
     n_tasks = len(prepared.task_names)
     if cuda():
         torch.cuda.reset_peak_memory_stats()
