@@ -29,10 +29,10 @@ def run(name: str, work: Path) -> dict:
     cmd = [sys.executable, "-m", "multitune", "train", CONFIGS[name], f"output_dir={out}"]
     with stopwatch() as clock:
         subprocess.run(cmd, cwd=REPO, env=child_env(MULTITUNE_CACHE=cache), check=True)
-    wall = clock.seconds
     after = json.loads((out / "eval" / "metrics.json").read_text())["after"]["banking77"]
-    return {"config": CONFIGS[name], "wall_s": wall, "accuracy": after["accuracy"], "macro_f1": after["macro_f1"],
-            "rows": after["rows"], "command": " ".join(["python -m multitune train", CONFIGS[name]])}
+    return {"config": CONFIGS[name], "wall_s": clock.seconds, "accuracy": after["accuracy"],
+            "macro_f1": after["macro_f1"], "rows": after["rows"], "load_before": clock.load_before,
+            "load_after": clock.load_after, "command": " ".join(["python -m multitune train", CONFIGS[name]])}
 
 
 def main() -> None:
