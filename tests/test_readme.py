@@ -2,7 +2,7 @@
 and this test runs the quickstart config as it ships and compares the two.
 
 The table must read the same on every CPU, so each row is compared within how far it was measured to move
-with the CPU's rounding (`bench/bench_quickstart_spread.py`: 8 kernel and thread settings, docs/benchmarks.md
+with the CPU's rounding (`bench/quality/quickstart_spread.py`: 8 kernel and thread settings, docs/benchmarks.md
 "The quickstart on every CPU"), and no further: a real change that moves a closed task's accuracy by 0.05
 fails here on every machine.
 """

@@ -1,21 +1,16 @@
-"""bench/bench_eval_smollm2.py (issue 23): the hooks count what the evaluation's own counter counts, the
+"""bench/eval/smollm2.py (issue 23): the hooks count what the evaluation's own counter counts, the
 limits' arithmetic gives known values, and the table puts an older tree's columns beside this one's."""
 
 from __future__ import annotations
 
-import sys
-
 import pytest
 import torch
 
-from conftest import REPO
+from bench.eval.counts import Calls, Params, count_forwards, flop_fraction, needed_flops, params
+from bench.eval.table import derive, table
 from multitune.eval.pool import Work
 from multitune.eval.scoring import CandidateTrie
 from multitune.eval.search import score_rows
-
-sys.path.insert(0, str(REPO / "bench"))
-from eval_counts import Calls, Params, count_forwards, flop_fraction, needed_flops, params  # noqa: E402
-from eval_table import derive, table  # noqa: E402 (bench/ is not a package)
 
 
 @pytest.fixture(scope="module")

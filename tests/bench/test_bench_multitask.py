@@ -1,18 +1,15 @@
-"""bench/bench_multitask.py (issue 26): every cell is a valid run of the shipped config, a finished cell is
+"""bench/quality/multitask.py (issue 26): every cell is a valid run of the shipped config, a finished cell is
 not run again, and the table reads zero-shot | k-shot | single-task | joint plus the retention rows."""
 
 from __future__ import annotations
 
 import json
-import sys
 
+from bench.quality import multitask as bench_multitask
 from conftest import REPO
 from multitune import config
 from multitune.config.load import read_yaml
 from multitune.io import write_json_atomic
-
-sys.path.insert(0, str(REPO / "bench"))
-import bench_multitask  # noqa: E402 (bench/ is not a package)
 
 SHIPPED = REPO / "configs" / "smollm2-multitask.yaml"
 TASKS = {"banking77": "accuracy", "commonsense_qa": "accuracy", "dialogsum": "rougeL"}

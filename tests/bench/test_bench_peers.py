@@ -1,22 +1,20 @@
-"""bench/bench_peers.py (issue 15): the FLOP count behind its MFU pinned to hand-computed values, and the
+"""bench/peers/compare.py (issue 15): the FLOP count behind its MFU pinned to hand-computed values, and the
 whole benchmark at a toy size (tiny model, 3 steps, 1 round, one thread) with both sides and TRL packed."""
 
 from __future__ import annotations
 
 import json
 import math
-import os
 import subprocess
 import sys
 
 import pytest
 
+from bench.common import child_env
+from bench.peers import flops as peers_flops
+from bench.peers.flops import ModelShape
+from bench.peers.sides import packed_micro_batch
 from conftest import REPO, SHARED_DATA
-
-sys.path.insert(0, str(REPO / "bench"))
-import peers_flops  # noqa: E402 (bench/ is not a package)
-from peers_flops import ModelShape  # noqa: E402
-from peers_sides import packed_micro_batch  # noqa: E402
 
 # `model.name: tiny`'s default shape and SmolLM2-135M-Instruct's, as their config.json say.
 TINY = {"hidden_size": 256, "intermediate_size": 704, "num_attention_heads": 8, "num_key_value_heads": 2,
@@ -73,10 +71,9 @@ def test_matmul_peak_reports_a_rate():
 @pytest.mark.skipif(not (SHARED_DATA / "banking77" / "train.parquet").is_file(), reason="no banking77 in ../shared/data")
 def test_toy_benchmark_has_both_sides_and_equal_losses(tmp_path):
     out = tmp_path / "peers.json"
-    env = {**os.environ, "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": os.pathsep.join([str(REPO / "src"), str(REPO / "bench"), os.environ.get("PYTHONPATH", "")])}
+    env = child_env(1)  # this tree's src/ first, one thread; bench imports from REPO, the cwd
     done = subprocess.run(
-        [sys.executable, "bench/bench_peers.py", "--models", "tiny", "--steps", "3", "--warmup", "1", "--rounds", "1",
+        [sys.executable, "-m", "bench.peers.compare", "--models", "tiny", "--steps", "3", "--warmup", "1", "--rounds", "1",
          "--max-rows", "300", "--matmul-n", "256", "--trl-packing", "--work", str(tmp_path / "work"), "--out", str(out)],
         cwd=REPO, env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]

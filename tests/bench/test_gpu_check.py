@@ -1,26 +1,24 @@
-"""bench/gpu_check.py --cpu-smoke: every path of the GPU check (issues 11 and 22) runs on a CPU at a toy size,
+"""bench/gpu/check.py --cpu-smoke: every path of the GPU check (issues 11 and 22) runs on a CPU at a toy size,
 with real banking77 and commonsense_qa rows, before a GPU is lent for it; GPU-only parts say so."""
 
 from __future__ import annotations
 
 import json
 import math
-import os
 import subprocess
 import sys
 
 import pytest
 import torch
 
+from bench.common import child_env
+from bench.gpu import data as gpu_data
+from bench.gpu import launch as gpu_launch
+from bench.gpu import shapes as gpu_shapes
+from bench.gpu import steps as gpu_steps
+from bench.gpu.sections import compare_layouts
+from bench.gpu.steps import sequence_lengths
 from conftest import REPO, SHARED_DATA
-
-sys.path.insert(0, str(REPO / "bench"))
-import gpu_data  # noqa: E402 (bench/ is not a package)
-import gpu_launch  # noqa: E402
-import gpu_shapes  # noqa: E402
-import gpu_steps  # noqa: E402
-from gpu_sections import compare_layouts  # noqa: E402
-from gpu_steps import sequence_lengths  # noqa: E402
 
 SKIP = "skipped: no CUDA"
 METHODS = ["lora", "qlora", "dora", "full", "lora_checkpointing"]
@@ -33,9 +31,8 @@ needs_data = pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="../shared/data
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory):
     out = tmp_path_factory.mktemp("gpu-check")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")])}
-    done = subprocess.run([sys.executable, "bench/gpu_check.py", "--cpu-smoke", "--out", str(out),
-                           "--data", str(SHARED_DATA)], cwd=REPO, env=env, capture_output=True, text=True)
+    done = subprocess.run([sys.executable, "-m", "bench.gpu.check", "--cpu-smoke", "--out", str(out),
+                           "--data", str(SHARED_DATA)], cwd=REPO, env=child_env(), capture_output=True, text=True)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
     return json.loads((out / "gpu_check.json").read_text()), (out / "gpu_check.md").read_text()
 
@@ -111,7 +108,7 @@ def gpu_defaults_on_the_cpu(monkeypatch):
 def test_the_gpu_defaults_train_and_evaluate_through_the_bench_on_a_cpu(gpu_defaults_on_the_cpu):
     # What the CPU smoke cannot reach: bf16 autocast with adapters fed bf16 inputs, float32 master weights
     # under autocast, and generation under the run's autocast (it raised before evaluate_run took it).
-    import gpu_eval
+    from bench.gpu import eval as gpu_eval
 
     torch.manual_seed(0)
     shape = gpu_shapes.SMOKE

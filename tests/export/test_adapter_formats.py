@@ -1,6 +1,6 @@
 """Adapters in the serving formats: llama.cpp's adapter GGUF (read back with gguf-py's reader, applied as
 llama.cpp applies it: W + alpha / rank x B A, and compared with the merged GGUF), and vLLM's LoRA folder
-(checked against what vLLM's loader reads and refuses). bench/llamacpp_lora_check.py runs llama.cpp itself."""
+(checked against what vLLM's loader reads and refuses). bench/export/llamacpp_lora.py runs llama.cpp itself."""
 
 from __future__ import annotations
 

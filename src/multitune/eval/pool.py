@@ -41,7 +41,7 @@ SLOTS_PER_PASS_TOKEN = 32
 
 @dataclass
 class Work:
-    """What evaluation computed, in machine-independent counts (`bench/bench_eval_smollm2.py` prints them)."""
+    """What evaluation computed, in machine-independent counts (`bench/eval/smollm2.py` prints them)."""
 
     forwards: int = 0  # packed passes run, idle passes of lockstep included
     idle_forwards: int = 0  # one-token passes run only to keep in step with other processes

@@ -9,7 +9,7 @@ from multitune.plan.activations import Precision
 from multitune.plan.gpus import Gpu, find_gpu
 
 # No vendor publishes a CPU's "peak" for this; a plan on a CPU is calibrated with --measure. These rates
-# are what bench/bench_plan.py calibrated on this project's 2-core machine with one thread per process:
+# are what bench/plan/estimate.py calibrated on this project's 2-core machine with one thread per process:
 # 23-25 GFLOP/s of training matmuls per thread, and about 4 GB/s for the optimizer step's element-wise
 # updates of SmolLM2's 134M float32 weights (docs/benchmarks.md).
 CPU_GFLOPS_PER_THREAD = 24.0

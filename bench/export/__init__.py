@@ -1,0 +1,1 @@
+"""Shipping: GGUF out of a run, read back by transformers and run in llama.cpp itself."""

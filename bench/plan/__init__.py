@@ -1,0 +1,1 @@
+"""`multitune plan`'s estimate against its own measurement."""
