@@ -126,7 +126,12 @@ def scored(model, tokenizer, es, cfg, k: int) -> tuple[dict, Any]:
 def generated(model, tokenizer, es, cfg, k: int) -> tuple[dict, Any]:
     """Greedy answers as evaluation generates them; accuracy and invalid rate, or mean ROUGE-L."""
     from multitune.eval.generate import greedy
-    from multitune.eval.metrics import parse_choice, parse_label, rouge_row
+    from multitune.eval.metrics import rouge_row
+
+    try:
+        from multitune.tasks.answers import parse_choice, parse_label
+    except ImportError:  # a tree from before the task-kind registry (--before)
+        from multitune.eval.metrics import parse_choice, parse_label
     from multitune.eval.records import CLOSED_GENERATION_SLACK
     from multitune.eval.runner import spread
     from multitune.models import load
