@@ -77,7 +77,7 @@ def _args() -> argparse.Namespace:
     return p.parse_args()
 
 
-# The export tests' demo run (tests/export/finished.py), restated here so that no benchmark imports tests/:
+# The export tests' demo run (tests/export/finished.py imports it from here; no benchmark imports tests/):
 # LoRA on a 2-layer tiny model, a classification and an instruction task, `modules_to_save` like the quickstart
 # (trained embeddings and head travel in the GGUF too), a high learning rate so the adapter moves the logits.
 TINY_RUN: dict[str, Any] = {

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from conftest import SMALL_TINY
+from bench.export.llamacpp import TINY_RUN  # the llama.cpp check runs this same run
 
 _built: dict[str, Path] = {}
 
@@ -21,19 +21,7 @@ def finished_run(tmp_path_factory) -> Path:
         from multitune.recipes.train import run
 
         out = tmp_path_factory.mktemp("finished") / "run"
-        run(validate({
-            "output_dir": str(out),
-            "model": {"name": "tiny", "tiny": SMALL_TINY},
-            "adapter": {"r": 8, "alpha": 16, "dropout": 0.0, "modules_to_save": ["embed_tokens", "lm_head"]},
-            "tasks": [
-                {"name": "claims", "kind": "classification", "source": "demo:claims", "max_rows": 60},
-                {"name": "instruct", "kind": "instruction", "source": "demo:instruct", "max_rows": 30},
-            ],
-            "data": {"max_seq_len": 128},
-            "train": {"max_steps": 6, "micro_batch_size": 8, "learning_rate": 1e-2, "warmup_ratio": 0.0},
-            "eval": {"max_rows": 8, "micro_batch_size": 8},
-            "logging": {"every_steps": 3},
-        }))
+        run(validate({"output_dir": str(out), **TINY_RUN}))
         _built["run"] = out
     return _built["run"]
 

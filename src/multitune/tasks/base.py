@@ -238,6 +238,22 @@ def text_cell(value: Any, column: str, row: int, task: str, *, required: bool = 
     )
 
 
+class OpenKind:
+    """What the open kinds share (answers generated and judged by ROUGE/BLEU/chrF, perplexity on the
+    references): a kind subclasses it and states its name, config section, default system prompt and
+    `render`, and anything it says differently (its Hub task)."""
+
+    closed, labels, choice_texts = False, False, False
+    scored_metrics: tuple[str, ...] = ("loss", "perplexity")
+    primary_metric = "rougeL"
+    hub_task = "text-generation"
+    card_limits = ""
+    default_system: str | None = None
+
+    def system_prompt(self, cfg: Any) -> str | None:
+        return system_prompt(cfg, self.default_system)
+
+
 def system_prompt(cfg: Any, default: str | None) -> str | None:
     """The task's system prompt: the config's when set ("" sends none), else the kind's default."""
     return default if cfg.system_prompt is None else (cfg.system_prompt or None)

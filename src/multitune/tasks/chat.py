@@ -16,12 +16,12 @@ from multitune.tasks.base import (
     EmptyText,
     Example,
     Message,
+    OpenKind,
     Rendered,
     check_template,
     column,
     render_rows,
     require_columns,
-    system_prompt,
     text_cell,
 )
 from multitune.tasks.config import TaskBase
@@ -70,21 +70,12 @@ def render(
     return render_rows(len(cells), make, cfg.name, empty, unlabelled_fix="")
 
 
-class Chat:
+class Chat(OpenKind):
     """The `chat` kind (`multitune.tasks.base.TaskKind`)."""
 
-    name = "chat"
+    name = card_name = "chat"
     config = ChatTask
-    closed, labels, choice_texts = False, False, False
-    scored_metrics = ("loss", "perplexity")
-    primary_metric = "rougeL"
-    hub_task = "text-generation"
-    card_name = "chat"
-    card_limits = ""
-
-    def system_prompt(self, cfg: ChatTask) -> str | None:
-        return system_prompt(cfg, DEFAULT_SYSTEM)
-
+    default_system = DEFAULT_SYSTEM
     render = staticmethod(render)
 
 

@@ -7,6 +7,7 @@ from typing import Any, Literal
 from multitune.tasks.base import (
     EmptyPolicy,
     Example,
+    OpenKind,
     Rendered,
     chat,
     check_template,
@@ -59,19 +60,10 @@ def render(
     return render_rows(len(instructions), make, cfg.name, empty, unlabelled_fix="")
 
 
-class Instruction:
+class Instruction(OpenKind):
     """The `instruction` kind (`multitune.tasks.base.TaskKind`)."""
 
-    name = "instruction"
+    name = card_name = "instruction"
     config = InstructionTask
-    closed, labels, choice_texts = False, False, False
-    scored_metrics = ("loss", "perplexity")
-    primary_metric = "rougeL"
-    hub_task = "text-generation"
-    card_name = "instruction"
-    card_limits = ""
-
-    def system_prompt(self, cfg: InstructionTask) -> str | None:
-        return system_prompt(cfg, DEFAULT_SYSTEM)
-
+    default_system = DEFAULT_SYSTEM
     render = staticmethod(render)

@@ -10,6 +10,7 @@ from typing import Any, Literal
 from multitune.tasks.base import (
     EmptyPolicy,
     Example,
+    OpenKind,
     Rendered,
     chat,
     check_template,
@@ -56,19 +57,11 @@ def render(
     return render_rows(len(sources), make, cfg.name, empty, unlabelled_fix="")
 
 
-class Summarization:
+class Summarization(OpenKind):
     """The `summarization` kind (`multitune.tasks.base.TaskKind`)."""
 
-    name = "summarization"
+    name = card_name = "summarization"
     config = SummarizationTask
-    closed, labels, choice_texts = False, False, False
-    scored_metrics = ("loss", "perplexity")
-    primary_metric = "rougeL"
     hub_task = "summarization"
-    card_name = "summarization"
-    card_limits = ""
-
-    def system_prompt(self, cfg: SummarizationTask) -> str | None:
-        return system_prompt(cfg, DEFAULT_SYSTEM)
-
+    default_system = DEFAULT_SYSTEM
     render = staticmethod(render)
