@@ -18,6 +18,7 @@ Norm weights stay float32 in every type, as llama.cpp's own converter keeps them
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 from collections.abc import Iterator
@@ -153,7 +154,6 @@ def write_gguf(model: Any, tokenizer: Any, path: str | Path, type: str = "f16", 
     `type`: f16 (default), bf16 or q8_0 for the 2-D weights. Raises `UserError` for another architecture
     or a tokenizer llama.cpp could not run exactly.
     """
-    import gguf
 
     from multitune.export.gguf_vocab import write_vocab
 
@@ -162,17 +162,28 @@ def write_gguf(model: Any, tokenizer: Any, path: str | Path, type: str = "f16", 
     config = model.config
     check_architecture(config)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        writer = gguf.GGUFWriter(tmp, ARCHITECTURE)
+    with gguf_file(path) as writer:
         _write_hyperparameters(writer, config, name or path.stem, type)
         write_vocab(writer, tokenizer, config.vocab_size)
         written, kept_f16, tied = _add_tensors(writer, model.state_dict(), config, type)
         if rope_parameters(config)["rope_type"] == "llama3":
             writer.add_tensor("rope_freqs.weight", llama3_rope_factors(config))
             written += 1
+    return GgufWritten(path, type, written, tied, kept_f16)
+
+
+@contextlib.contextmanager
+def gguf_file(path: Path) -> Iterator[Any]:
+    """A `gguf.GGUFWriter` for `path`, written whole when the block ends and renamed into place: `path` is
+    complete or absent (a failure leaves no partial file and keeps an earlier one)."""
+    import gguf
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        writer = gguf.GGUFWriter(tmp, ARCHITECTURE)
+        yield writer
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file()
@@ -182,7 +193,6 @@ def write_gguf(model: Any, tokenizer: Any, path: str | Path, type: str = "f16", 
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    return GgufWritten(path, type, written, tied, kept_f16)
 
 
 def _write_hyperparameters(writer: Any, config: Any, name: str, type: str) -> None:

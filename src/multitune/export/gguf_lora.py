@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +28,7 @@ import numpy as np
 import torch
 
 from multitune.errors import UserError
-from multitune.export.gguf import ARCHITECTURE, check_architecture, gguf_name, permute_qk
+from multitune.export.gguf import check_architecture, gguf_file, gguf_name, permute_qk
 from multitune.export.merge import refuse_virtual_tokens
 
 TYPES = {"f16": np.float16, "f32": np.float32}
@@ -119,24 +117,11 @@ def write_gguf_lora(adapter_dir: Path, base_config: Any, path: Path, type: str =
     check_architecture(base_config)
     tensors = list(lora_tensors(load_file(str(adapter_dir / "adapter_model.safetensors")), base_config))
     alpha = llama_cpp_alpha(adapter_config)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        writer = gguf.GGUFWriter(tmp, ARCHITECTURE)
+    with gguf_file(path) as writer:
         writer.add_type(gguf.GGUFType.ADAPTER)
         writer.add_string(gguf.Keys.Adapter.TYPE, "lora")
         writer.add_float32(gguf.Keys.Adapter.LORA_ALPHA, alpha)
         writer.add_name(name or path.stem)
         for tensor_name, array in tensors:
             writer.add_tensor(tensor_name, array.astype(TYPES[type]))
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_tensors_to_file()
-        writer.close()
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return LoraGgufWritten(path, type, alpha, int(adapter_config["r"]), len(tensors) // 2)
