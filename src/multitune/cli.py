@@ -106,21 +106,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="resume from output_dir's checkpoint even if the config or data changed")
     t.set_defaults(func=_train)
 
-    sw = sub.add_parser("sweep", help="a grid of runs over config keys, one after another, then one table and plot")
-    sw.add_argument("config", help="path of the runs' YAML config")
-    sw.add_argument("overrides", nargs="+", metavar="KEY=V1,V2",
-                    help="the grid: each key with its values, e.g. adapter.method=lora,ia3 train.learning_rate=1e-4,3e-4 "
-                         "(a key with one value is set for every run)")
-    sw.add_argument("--output-dir", help="the sweep folder, holding one run folder per grid point "
-                                         "(default: the config's output_dir + '-sweep')")
-    sw.add_argument("--shard", default="1/1", metavar="K/N",
-                    help="run only every N-th run of the grid, from the K-th (to spread a sweep over N machines)")
-    sw.add_argument("--zip", action="append", default=[], metavar="KEY,KEY",
-                    help="keys whose values advance together instead of crossing, e.g. --zip "
-                         "adapter.method,train.learning_rate for a learning rate per method (repeatable)")
-    sw.add_argument("--report-only", action="store_true",
-                    help="train nothing: rebuild the table and report from the run folders that exist")
-    sw.set_defaults(func=_sweep)
+    _sweep_command(sub)
 
     pr = sub.add_parser("predict", help="batch inference with a trained run on rows in a task's format")
     pr.add_argument("run_dir", help="a run's output_dir (holds config.yaml and adapter/)")
@@ -164,6 +150,24 @@ def _parser() -> argparse.ArgumentParser:
 
     _shipping_commands(sub)
     return p
+
+
+def _sweep_command(sub: argparse._SubParsersAction) -> None:
+    sw = sub.add_parser("sweep", help="a grid of runs over config keys, one after another, then one table and plot")
+    sw.add_argument("config", help="path of the runs' YAML config")
+    sw.add_argument("overrides", nargs="+", metavar="KEY=V1,V2",
+                    help="the grid: each key with its values, e.g. adapter.method=lora,ia3 train.learning_rate=1e-4,3e-4 "
+                         "(a key with one value is set for every run)")
+    sw.add_argument("--output-dir", help="the sweep folder, holding one run folder per grid point "
+                                         "(default: the config's output_dir + '-sweep')")
+    sw.add_argument("--shard", default="1/1", metavar="K/N",
+                    help="run only every N-th run of the grid, from the K-th (to spread a sweep over N machines)")
+    sw.add_argument("--zip", action="append", default=[], metavar="KEY,KEY",
+                    help="keys whose values advance together instead of crossing, e.g. --zip "
+                         "adapter.method,train.learning_rate for a learning rate per method (repeatable)")
+    sw.add_argument("--report-only", action="store_true",
+                    help="train nothing: rebuild the table and report from the run folders that exist")
+    sw.set_defaults(func=_sweep)
 
 
 def _plan_command(sub: argparse._SubParsersAction) -> None:
