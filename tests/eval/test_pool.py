@@ -60,11 +60,27 @@ def test_the_search_feeds_the_nodes_that_can_still_win_one_level_at_a_time():
     [(_, s)] = list(score_rows(m, [[0, 6, 1]], [trie], [2], every_candidate=False, work=work))
     assert int(s.logprobs.argmax()) == 0 and torch.isfinite(s.logprobs).all()
     # Passes: the prefix [0, 6]; the prompt's last token; the gold path (3), (3, 5), which holds the
-    # likeliest first token (3) too; then (2) and (3, 4), whose bounds reach the gold's score.
+    # likeliest first token (3) too; then, the row alone having the whole pass, (2) and (3, 4), whose
+    # bounds reach the gold's score.
     assert (work.forwards, work.positions, work.logit_positions) == (4, 2 + 1 + 2 + 2, 1 + 2 + 2)
     # Needed: all but (3, 4), whose bound (-1.948) is below the winner's -1.528: a round feeds it before
     # the winner is known. (2) (-1.511) and (3) (-0.511) reach it; (3, 5) is on the gold path.
     assert (work.needed_positions, work.needed_logits) == (2 + 1 + 3, 1 + 3)
+
+
+def test_a_row_feeding_one_node_a_round_feeds_only_the_needed_ones():
+    # The case above with passes of one token, so the row's width is one node a round (eval/search.Width):
+    # after the gold path, (2) alone, the highest bound left, whose end (-1.528) is above (3, 4)'s bound
+    # (-1.948): "B y" is never fed. Same answer and passes, one position less: exactly the needed ones.
+    table = {1: {2: 2.0, 3: 3.0}, 2: {7: 6.0}, 3: {4: 1.0, 5: 1.0}, 4: {7: 0.5}, 5: {7: 0.0}}
+    trie = CandidateTrie.build([[2, 7], [3, 4, 7], [3, 5, 7]])
+    work = Work()
+    [(_, s)] = list(score_rows(bigram_model(table), [[0, 6, 1]], [trie], [2], every_candidate=False,
+                               tokens_per_pass=1, work=work))
+    assert int(s.logprobs.argmax()) == 0 and torch.isfinite(s.logprobs[[0, 2]]).all()
+    assert not torch.isfinite(s.logprobs[1])  # "B y" (3, 4, 7): pruned, provably below the winner
+    assert work.positions == work.needed_positions == 2 + 1 + 3
+    assert work.forwards == 4
 
 
 @pytest.mark.parametrize("tokens_per_pass", [512, 6])

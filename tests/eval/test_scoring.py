@@ -117,8 +117,9 @@ def test_hand_built_model_scoring_picks_the_known_label():
     assert found.logprobs[2].item() == pytest.approx(want[2], abs=1e-4)  # the gold is always exact
 
 
-@pytest.mark.parametrize("attn", ["sdpa", "eager"])
-def test_search_finds_the_full_tree_winner_and_the_exact_gold(attn):
+@pytest.mark.parametrize(("attn", "tokens_per_pass"), [("sdpa", 512), ("eager", 512), ("sdpa", 1)])
+def test_search_finds_the_full_tree_winner_and_the_exact_gold(attn, tokens_per_pass):
+    # tokens_per_pass 1: every row feeds one node a round (eval/search.Width), in passes of its own
     m = small_llama(attn, vocab=40, seed=1)
     with torch.no_grad():
         m.lm_head.weight.mul_(20.0)  # peaked distributions, so the search actually prunes
@@ -134,7 +135,7 @@ def test_search_finds_the_full_tree_winner_and_the_exact_gold(attn):
         prompts = [[1, 2] + [rng.randint(1, 38) for _ in range(rng.randint(1, 6))] for _ in range(4)]
         golds = [rng.randrange(len(cands)) for _ in prompts]
         full = score_batch(m, prompts, [trie] * 4)
-        found = search_batch(m, prompts, [trie] * 4, golds)
+        found = search_batch(m, prompts, [trie] * 4, golds, tokens_per_pass=tokens_per_pass)
         for f, s, gold in zip(full, found, golds, strict=True):
             assert int(s.logprobs.argmax()) == int(f.logprobs.argmax())
             known = torch.isfinite(s.logprobs)
@@ -142,3 +143,4 @@ def test_search_finds_the_full_tree_winner_and_the_exact_gold(attn):
             torch.testing.assert_close(s.logprobs[known], f.logprobs[known], rtol=1e-4, atol=1e-4)
             pruned += int((~known).sum())
     assert pruned > 0
+

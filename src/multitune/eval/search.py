@@ -2,19 +2,28 @@
 answer's by an exact best-first search over the tree of candidate prefixes.
 
 A node's log-likelihood (that of the candidate prefix it stands for, `CandidateTrie`) bounds that of every
-candidate through it (more tokens only add log-probabilities <= 0). After the row's prompt has run, each round feeds, per row, the rest of the gold
-answer's path (for the exact validation loss) and either the frontier node with the highest bound (while
-no candidate is complete) or every frontier node whose bound is at least the best complete score. The
-search stops when no node can still beat (or tie) the best complete candidate. So the winner, its log-
-likelihood and the gold answer's are exactly those of running every candidate; a candidate the search
-never completed is provably below the winner and gets -inf. The nodes it feeds are those any exact method
-must (a node whose bound reaches the winner's score could hide a better candidate), give or take the
-nodes of one round: rounds cost no padding here (`eval/pool.py`), so the search feeds nodes one level at
-a time instead of guessing subtrees.
+candidate through it (more tokens only add log-probabilities <= 0). After the row's prompt has run, each
+round feeds, per row, the rest of the gold answer's path (for the exact validation loss) and the frontier
+node with the highest bound (while no candidate is complete) or the frontier nodes with the highest
+bounds among those whose bound is at least the best complete score, as many as the row's width (below). The search stops when no node can still beat (or tie) the best complete
+candidate. So the winner, its log-likelihood and the gold answer's are exactly those of running every
+candidate; a candidate the search never completed is provably below the winner and gets -inf. With a
+width of one node it is plain best-first and feeds exactly the nodes any exact method must (those whose
+bound reaches the winner's score, which could hide a better candidate) besides the gold path; wider
+rounds feed what a later round might have pruned. Rounds cost no padding here (`eval/pool.py`), so the
+search feeds nodes one level at a time instead of guessing subtrees.
 
 For a trained model that is the gold path and a node or two; for a model with no preference (zero-shot)
-it is most of the tree, level by level. `every_candidate` feeds the whole tree with the prompt instead, in
-one segment: every candidate's exact log-likelihood (small trees, length normalisation, choice texts).
+it is most of the tree, level by level.
+
+The width is the row's share of a pass (`Width`): a pass's tokens over the rows left. While many rows
+remain, passes are full anyway and a row feeds only its highest bounds, so a node that a better candidate
+found meanwhile rules out is never run (a half-trained model's floor rises round by round); when few rows
+remain and passes would run nearly empty, a row feeds every node that can still win and finishes in fewer
+passes. The width never changes a result, only how many nodes run and in which round.
+
+`every_candidate` feeds the whole tree with the prompt instead, in one segment: every candidate's exact
+log-likelihood (small trees, length normalisation, choice texts).
 """
 
 from __future__ import annotations
@@ -34,6 +43,19 @@ from multitune.eval.scoring import CandidateTrie, Scores, shared_prefix_len
 TOKENS_PER_PASS = 512  # tokens of one packed pass, from any rows (eval.tokens_per_pass)
 
 
+@dataclass
+class Width:
+    """Nodes a row may feed per round beyond its gold path: a pass's tokens shared among the rows left
+    (`score_rows` updates it as rows finish), at least one."""
+
+    tokens_per_pass: int
+    rows_left: int
+
+    @property
+    def nodes(self) -> int:
+        return max(1, self.tokens_per_pass // max(1, self.rows_left))
+
+
 @dataclass(eq=False)  # rows are told apart by identity (drive removes them from a list)
 class _Scoring:
     """One prompt's scoring state, a row of `eval/pool.drive` (as `eval/generate._Decoding` is a decoding's).
@@ -45,6 +67,7 @@ class _Scoring:
     trie: CandidateTrie
     gold: int | None
     every: bool  # every candidate, in one segment with the prompt
+    width: Width
     keys: list[int] = field(default_factory=list)  # pool slots: the prompt's, then the fed nodes' in order
     fed: list[int] = field(default_factory=list)  # nodes in the order fed
     sources: list[int | None] = field(default_factory=list)  # what the last segment's logits follow (None: prompt)
@@ -80,15 +103,14 @@ class _Scoring:
                        mask, ([n_prompt - 1] if first else []) + [len(prompt) + i for i in range(len(nodes))])
 
     def picks(self) -> list[int]:
-        """Nodes to feed this round (module docstring), sorted, so parents come before children."""
+        """Nodes to feed this round (module docstring): the highest bounds that reach the best complete
+        candidate, up to the row's width, and the gold path; sorted, so parents come before children."""
         fed = set(self.fed)
-        frontier = [j for j in self.bound if j not in fed]
         floor = max(self.complete.values(), default=-math.inf)
-        chosen: set[int] = set()
-        if floor > -math.inf:
-            chosen.update(j for j in frontier if self.bound[j] >= floor)
-        elif frontier:
-            chosen.add(max(frontier, key=lambda j: self.bound[j]))
+        frontier = [j for j in self.bound if j not in fed and self.bound[j] >= floor]
+        frontier.sort(key=lambda j: -self.bound[j])
+        # No complete candidate yet: the gold path will give a floor, so one node beside it, not a guess.
+        chosen = set(frontier[: self.width.nodes if floor > -math.inf else 1])
         if self.gold is not None and self.gold not in self.complete:
             chosen.update(j for j in self.trie.paths[self.gold] if j not in fed)
         return sorted(chosen)
@@ -145,9 +167,12 @@ def score_rows(
     go in lockstep. The prompts' shared prefix runs once."""
     prefix_len = shared_prefix_len(prompts)
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
-    rows = [_Scoring(i, list(prompts[i][prefix_len:]), prefix_len, tries[i], golds[i], every_candidate) for i in order]
+    width = Width(tokens_per_pass, len(prompts))
+    rows = [_Scoring(i, list(prompts[i][prefix_len:]), prefix_len, tries[i], golds[i], every_candidate, width)
+            for i in order]
     shared_prefix = list(prompts[0][:prefix_len]) if prompts else []
     for row in drive(model, rows, shared_prefix, _read, tokens_per_pass=tokens_per_pass, step=step, work=work):
+        width.rows_left -= 1
         yield row.index, row.scores()
 
 
