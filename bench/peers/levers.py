@@ -5,6 +5,8 @@
     python -m bench.peers.levers --layout packed --pack-len 448 --micro-batch 1
     python -m bench.peers.levers --compile                # torch.compile (time apart)
     python -m bench.peers.levers --profile 3              # top ops of 3 more steps
+    python -m bench.peers.levers --precision autocast-bf16 --profile 3   # bf16 autocast over float32 weights
+    python -m bench.peers.levers --precision bfloat16 --profile 3        # bf16 weights and autocast
 
 Run it alone on the machine. It builds what bench/peers/compare.py's multitune side builds (SmolLM2 or the
 tiny model, LoRA r 16 on all linear layers, banking77 rows as multitune renders them, constant learning
@@ -26,6 +28,8 @@ from bench.common import REPO, warm_then_time
 from bench.peers.sides import MODELS, Spec, prepare_data, run_config
 
 DATA = REPO.parent / "shared" / "data" / "banking77" / "train.parquet"
+# --precision -> (model.dtype, train.mixed_precision), as a run's config would set them
+PRECISIONS = {"float32": ("float32", "no"), "autocast-bf16": ("float32", "bf16"), "bfloat16": ("bfloat16", "bf16")}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -38,6 +42,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=6)
     p.add_argument("--compile", action="store_true", help="torch.compile(model, dynamic=True)")
     p.add_argument("--profile", type=int, default=0, help="profile this many more steps and print the top ops")
+    p.add_argument("--precision", default="float32", choices=list(PRECISIONS),
+                   help="float32; autocast-bf16 (train.mixed_precision: bf16); bfloat16 (and model.dtype: bfloat16)")
     p.add_argument("--data", type=Path, default=DATA)
     return p.parse_args(argv)
 
@@ -64,7 +70,10 @@ def build(args: argparse.Namespace) -> Callable[[int], tuple[Any, float, int]]:
                                                                               "max_seq_len": args.pack_len})})
         peers_sides.run_config = packed
     cfg, prepared, folder, tokenizer, _ = prepare_data(spec)
-    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    dtype, mixed = PRECISIONS[args.precision]
+    cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"dtype": dtype}),
+                                 "train": cfg.train.model_copy(update={"mixed_precision": mixed})})
+    accelerator = Accelerator(mixed_precision=mixed, cpu=not torch.cuda.is_available())
     base = load.load_model(folder, cfg.model, None, accelerator.device)
     set_seed(cfg.seed)
     model = adapters.attach(base, cfg.adapter, cfg.train.gradient_checkpointing)
@@ -99,7 +108,8 @@ def main(argv: list[str] | None = None) -> None:
     positions = sum(laid for _, _, laid in timed.results)
     making = sum(made for _, made, _ in timed.results)
     seconds, last = timed.total, timed.results[-1][0]
-    print(f"{args.model} {args.layout}{' compiled' if args.compile else ''}: {seconds / args.steps:.3f} s/step, "
+    print(f"{args.model} {args.layout} {args.precision}{' compiled' if args.compile else ''}: "
+          f"{seconds / args.steps:.3f} s/step, "
           f"{tokens / seconds:,.1f} real tokens/s, {positions / tokens:.3f} positions per real token, "
           f"batch making {1000 * making / args.steps:.1f} ms/step, loss at step {args.warmup + args.steps} "
           f"{last.loss:.4f}; load average {timed.load_before} -> {timed.load_after}")
