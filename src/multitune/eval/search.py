@@ -5,13 +5,14 @@ A node's log-likelihood (that of the candidate prefix it stands for, `CandidateT
 candidate through it (more tokens only add log-probabilities <= 0). After the row's prompt has run, each
 round feeds, per row, the rest of the gold answer's path (for the exact validation loss) and the frontier
 node with the highest bound (while no candidate is complete) or the frontier nodes with the highest
-bounds among those whose bound is at least the best complete score, as many as the row's width (below). The search stops when no node can still beat (or tie) the best complete
-candidate. So the winner, its log-likelihood and the gold answer's are exactly those of running every
-candidate; a candidate the search never completed is provably below the winner and gets -inf. With a
-width of one node it is plain best-first and feeds exactly the nodes any exact method must (those whose
-bound reaches the winner's score, which could hide a better candidate) besides the gold path; wider
-rounds feed what a later round might have pruned. Rounds cost no padding here (`eval/pool.py`), so the
-search feeds nodes one level at a time instead of guessing subtrees.
+bounds among those whose bound is at least the best complete score, as many as the row's width (below).
+The search stops when no node can still beat (or tie) the best complete candidate. So the winner, its
+log-likelihood and the gold answer's are exactly those of running every candidate; a candidate the search
+never completed is provably below the winner and gets -inf. With a width of one node it is plain
+best-first and feeds exactly the nodes any exact method must (those whose bound reaches the winner's
+score, which could hide a better candidate) besides the gold path; wider rounds feed what a later round
+might have pruned. Rounds cost no padding here (`eval/pool.py`), so the search feeds nodes one level at a
+time instead of guessing subtrees.
 
 For a trained model that is the gold path and a node or two; for a model with no preference (zero-shot)
 it is most of the tree, level by level.
