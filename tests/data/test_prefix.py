@@ -177,3 +177,32 @@ def test_row_lengths_are_the_rows_the_batch_lays_down(seed, n, max_len):
     # a row's last laid-down slot is an example's token or the padding slot holding its last target: a task
     laid = [int((row >= 0).nonzero().max()) + 1 for row in batch["task_ids"]]
     assert laid == widths and max(widths) == batch["input_ids"].shape[1]
+
+
+@pytest.mark.parametrize("weights, autocast", [(torch.bfloat16, False), (torch.float32, True)])
+def test_a_bf16_step_attends_its_blocks_in_float32_on_the_cpu(tiny_dir, tokenizer, monkeypatch, weights, autocast):
+    """PyTorch's CPU flash attention runs its backward several times slower in bf16 than in fp32, so block
+    attention attends in fp32, with autocast off (or autocast would cast back), and hands bf16 on."""
+    from transformers import AutoModelForCausalLM
+
+    from multitune.data.collate import model_inputs
+    from multitune.models import attention
+
+    seen: list[tuple[torch.dtype, bool]] = []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+
+    def spy(q: torch.Tensor, *args: object, **kwargs: object) -> torch.Tensor:
+        seen.append((q.dtype, torch.is_autocast_enabled("cpu")))
+        return sdpa(q, *args, **kwargs)
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_dir, attn_implementation="sdpa", dtype=weights).train()
+    seqs = with_prefixes(len(tokenizer), 8, seed=6)
+    batch = model_inputs(shared_prefix_batch(seqs, tokenizer.pad_token_id, 1024,
+                                             mask=attention.select_for_shared_prefix(model, virtual_tokens=0)))
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", spy)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        logits = model(**batch).logits
+    logits.float().logsumexp(-1).mean().backward()
+    assert seen and set(seen) == {(torch.float32, False)}  # every layer, fp32, autocast off inside
+    assert logits.dtype == torch.bfloat16 and all(p.grad is not None and p.grad.isfinite().all()
+                                                  for p in model.parameters() if p.requires_grad)

@@ -30,6 +30,8 @@ model's config, so only a selected function ever sees the keyword.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -70,13 +72,29 @@ def block_attention(
         flat = states.transpose(1, 2).reshape(rows * width, states.shape[1], dim)
         return flat.index_select(0, index.reshape(-1)).view(n, index.shape[1], states.shape[1], dim).transpose(1, 2)
 
-    out = F.scaled_dot_product_attention(
-        gather(query, q_index), gather(key, k_index), gather(value, k_index), attn_mask=attention_mask,
-        dropout_p=dropout if module.training else 0.0, scale=scaling, enable_gqa=heads != key.shape[1],
-    )  # (N, H, Q, D)
+    q, k, v = gather(query, q_index), gather(key, k_index), gather(value, k_index)
+    with upcast_on_cpu(q) as dtype:
+        out = F.scaled_dot_product_attention(
+            q.to(dtype), k.to(dtype), v.to(dtype), attn_mask=attention_mask,
+            dropout_p=dropout if module.training else 0.0, scale=scaling, enable_gqa=heads != key.shape[1],
+        ).to(query.dtype)  # (N, H, Q, D)
     out = out.transpose(1, 2).reshape(n * q_len, heads, dim).index_select(0, q_take)
     result = out.new_zeros(rows * width, heads, dim).index_copy(0, q_index.reshape(-1).index_select(0, q_take), out)
     return result.view(rows, width, heads, dim), None
+
+
+@contextmanager
+def upcast_on_cpu(states: torch.Tensor) -> Iterator[torch.dtype]:
+    """The dtype to attend in: float32 on a CPU where the states are bfloat16 or bf16 autocast would make them
+    so (autocast off meanwhile, or it would cast them back), else the states' own. PyTorch's CPU flash
+    attention runs its backward 3.5-4x slower in bfloat16 than in float32 (docs/benchmarks.md, "The bf16
+    training step"); the casts cost less than that, and the softmax is more exact."""
+    autocast_bf16 = torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+    if states.device.type == "cpu" and (states.dtype == torch.bfloat16 or autocast_bf16):
+        with torch.autocast("cpu", enabled=False):
+            yield torch.float32
+    else:
+        yield states.dtype
 
 
 def register() -> None:
