@@ -113,3 +113,24 @@ def test_a_bf16_autocast_run_generates_at_its_baseline_and_final_evaluations(tmp
     for when in ("before", "after"):
         claims = result.metrics[when]["claims"]
         assert claims["rows"] == 4.0 and claims["gen_rows"] == 2.0 and 0.0 <= claims["gen_accuracy"] <= 1.0
+
+
+def test_evaluation_time_is_counted_apart_from_training_and_said_at_the_end(tmp_path, monkeypatch, capsys):
+    import time
+
+    from multitune.recipes import train as recipe
+
+    real = recipe.evaluate
+
+    def slow(*args, **kwargs):  # each evaluation takes at least half a second
+        time.sleep(0.5)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(recipe, "evaluate", slow)
+    run(validate(small_run(tmp_path, train={"max_steps": 1}, eval={"baseline": True, "generate": "never"})))
+    stats = json.loads((tmp_path / "run" / "run_stats.json").read_text())
+    assert stats["eval_seconds"] >= 1.0  # the baseline and the final evaluation
+    assert stats["train_seconds"] + stats["eval_seconds"] <= stats["wall_seconds"]
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("time: "))
+    wall = stats["wall_seconds"]
+    assert f"evaluation {stats['eval_seconds'] / 60:.1f} min ({stats['eval_seconds'] / wall:.0%})" in line

@@ -39,7 +39,7 @@ from multitune.kinds import primary_metrics
 from multitune.models import adapters, attention, gguf, load
 from multitune.report.build import write_report
 from multitune.report.results import Summary, write_results
-from multitune.report.run_stats import RUN_STATS, run_stats
+from multitune.report.run_stats import RUN_STATS, run_stats, time_line
 from multitune.report.table import before_after
 from multitune.runtime import configure_cpu_threads, peak_memory, print0, tf32_matmuls
 from multitune.stall import run_warnings
@@ -248,6 +248,7 @@ def evaluate_run(r: Run, step: int, *, baseline: bool = False, final: bool = Fal
     generate = cfg.generate == "always" or (cfg.generate == "ends" and (baseline or final))
     if baseline and (notice := baseline_notice(r.eval_sets, cfg)):  # a sample is said before it runs
         print0(r.accelerator, notice)
+    started = time.perf_counter()
     plain = r.accelerator.unwrap_model(r.model, keep_torch_compile=False)  # eval shapes vary: not compiled
     # Under the run's autocast as a whole: `generate` calls the model past the forward accelerate wrapped
     # in it, and the adapters take bf16 inputs against their float32 weights (models/adapters.py).
@@ -256,6 +257,7 @@ def evaluate_run(r: Run, step: int, *, baseline: bool = False, final: bool = Fal
                            pad_id=load.pad_id(r.tokenizer), generate=generate,
                            rank=r.accelerator.process_index, world_size=r.accelerator.num_processes)
     shard.reshard(plain)  # forwards without a backward leave the FSDP root gathered
+    state.record_eval_time(time.perf_counter() - started)
     what = "the baseline" if baseline else f"the end (step {step})" if final else f"step {step}"
     print0(r.accelerator, closing_line(what, results))
     if state.last_eval_step == step:  # a run resumed at its very end has logged this one already
@@ -279,11 +281,13 @@ def evaluate_run(r: Run, step: int, *, baseline: bool = False, final: bool = Fal
 def evaluate_shots(r: Run) -> dict[str, dict[str, float]]:
     """The in-context baseline (`eval.baseline_shots`): the baseline's rows with k training examples in
     each prompt. Logged at step 0, never a candidate for the best."""
+    started = time.perf_counter()
     plain = r.accelerator.unwrap_model(r.model, keep_torch_compile=False)
     with r.accelerator.autocast():  # as every evaluation (evaluate_run)
         metrics = evaluate_shots_on(plain, r.tokenizer, r.shot_sets, r.cfg.eval, load.pad_id(r.tokenizer),
                                     rank=r.accelerator.process_index, world_size=r.accelerator.num_processes)
     shard.reshard(plain)
+    r.state.record_eval_time(time.perf_counter() - started)
     k = r.cfg.eval.baseline_shots
     r.trackers.log({f"eval_{k}shot/{t}/{name}": v for t, m in metrics.items() for name, v in m.items()}, step=0)
     return metrics
@@ -333,6 +337,7 @@ def write_outputs(r: Run, after: dict[str, TaskResult]) -> TrainResult:
         r.trackers.log_predictions(task, result.predictions, step=summary.final_step)
     print0(r.accelerator,
            "\n" + before_after(summary.before, summary.after, summary.shots, summary.shots_k, summary.retention))
+    print0(r.accelerator, "\n" + time_line(r.state))
     print0(r.accelerator, f"\nadapter: {r.out / 'adapter'}\nmetrics: {r.out / 'eval' / 'metrics.json'}\n"
                           f"report:  {r.out / 'report.html'}")
     return TrainResult(summary.to_json(), plain, r.tokenizer)

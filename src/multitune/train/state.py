@@ -43,6 +43,8 @@ class TrainState:
     """The step of the last logged evaluation, so a run resumed at its end does not log it twice."""
     train_seconds: float = 0.0
     """Time spent in optimizer steps, every session of the run (what tokens/s is computed over)."""
+    eval_seconds: float = 0.0
+    """Time spent evaluating (the baselines, periodic and final evaluations), every session of the run."""
     wall_seconds: float = 0.0
     """The run's time from setup to its last checkpoint or output, every session added (work lost to a kill
     after the last checkpoint is not counted: it is done again)."""
@@ -103,6 +105,10 @@ class TrainState:
         """The untrained model's metrics, zero-shot and (`eval.baseline_shots`) k-shot."""
         self.baseline = baseline
         self.shots = shots
+
+    def record_eval_time(self, seconds: float) -> None:
+        """An evaluation (logged or not) took `seconds`."""
+        self.eval_seconds += seconds
 
     def record_eval(self, step: int, best: dict[str, Any] | None) -> None:
         """An evaluation of `step` was logged; `best` is the best so far (`best.update_best`'s answer)."""
