@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -239,6 +241,20 @@ def cleanup(r: Run) -> None:
             r.pusher.close()
 
 
+@contextmanager
+def evaluating(r: Run) -> Iterator[Any]:
+    """The model to evaluate: unwrapped (eval shapes vary: not compiled) and under the run's autocast as a
+    whole (`generate` calls the model past the forward accelerate wrapped in it, and the adapters take bf16
+    inputs against their float32 weights: models/adapters.py). Afterwards the FSDP root is resharded
+    (forwards without a backward leave it gathered) and the time goes to `state.eval_seconds`."""
+    started = time.perf_counter()
+    plain = r.accelerator.unwrap_model(r.model, keep_torch_compile=False)
+    with r.accelerator.autocast():
+        yield plain
+    shard.reshard(plain)
+    r.state.record_eval_time(time.perf_counter() - started)
+
+
 def evaluate_run(r: Run, step: int, *, baseline: bool = False, final: bool = False) -> dict[str, TaskResult]:
     """Evaluate every task (generation metrics where `eval.generate` says) and log it; the baseline
     (on at most `eval.baseline_max_rows` rows) is never a candidate for the best (`eval.best_metric`),
@@ -248,16 +264,10 @@ def evaluate_run(r: Run, step: int, *, baseline: bool = False, final: bool = Fal
     generate = cfg.generate == "always" or (cfg.generate == "ends" and (baseline or final))
     if baseline and (notice := baseline_notice(r.eval_sets, cfg)):  # a sample is said before it runs
         print0(r.accelerator, notice)
-    started = time.perf_counter()
-    plain = r.accelerator.unwrap_model(r.model, keep_torch_compile=False)  # eval shapes vary: not compiled
-    # Under the run's autocast as a whole: `generate` calls the model past the forward accelerate wrapped
-    # in it, and the adapters take bf16 inputs against their float32 weights (models/adapters.py).
-    with r.accelerator.autocast():
+    with evaluating(r) as plain:
         results = evaluate(plain, r.tokenizer, r.eval_sets, cfg=baseline_config(cfg) if baseline else cfg,
                            pad_id=load.pad_id(r.tokenizer), generate=generate,
                            rank=r.accelerator.process_index, world_size=r.accelerator.num_processes)
-    shard.reshard(plain)  # forwards without a backward leave the FSDP root gathered
-    state.record_eval_time(time.perf_counter() - started)
     what = "the baseline" if baseline else f"the end (step {step})" if final else f"step {step}"
     print0(r.accelerator, closing_line(what, results))
     if state.last_eval_step == step:  # a run resumed at its very end has logged this one already
@@ -281,13 +291,9 @@ def evaluate_run(r: Run, step: int, *, baseline: bool = False, final: bool = Fal
 def evaluate_shots(r: Run) -> dict[str, dict[str, float]]:
     """The in-context baseline (`eval.baseline_shots`): the baseline's rows with k training examples in
     each prompt. Logged at step 0, never a candidate for the best."""
-    started = time.perf_counter()
-    plain = r.accelerator.unwrap_model(r.model, keep_torch_compile=False)
-    with r.accelerator.autocast():  # as every evaluation (evaluate_run)
+    with evaluating(r) as plain:
         metrics = evaluate_shots_on(plain, r.tokenizer, r.shot_sets, r.cfg.eval, load.pad_id(r.tokenizer),
                                     rank=r.accelerator.process_index, world_size=r.accelerator.num_processes)
-    shard.reshard(plain)
-    r.state.record_eval_time(time.perf_counter() - started)
     k = r.cfg.eval.baseline_shots
     r.trackers.log({f"eval_{k}shot/{t}/{name}": v for t, m in metrics.items() for name, v in m.items()}, step=0)
     return metrics
